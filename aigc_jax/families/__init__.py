@@ -1,0 +1,47 @@
+"""The family contract and its lookup.
+
+A family is one module `aigc_jax/families/<name>.py` with `make_family(config) -> Family`. The functions
+close over the config (score_sde-style factories) and are pure:
+
+  init(rng, example_batch) -> state                       any pytree: params, opt states, EMA, batch stats
+  train_step(state, batch, rng) -> (state, metrics)       for ONE device; pmean over parallel.DATA_AXIS
+  sample(state, rng, ids_B) -> outputs                    for ONE device; ids_B are global sample ids, so
+                                                          sample i is the same whatever the device count
+  eval_step(state, batch, rng) -> metrics   (optional)    likelihoods etc., pmean-ed like train_step
+
+`outputs` is a dict keyed by medium: "images" (float NHWC in [-1, 1]) is written as grids, npz and
+TensorBoard images by `aigc_jax.outputs`. `config.family` names the module, so a new family needs no edit
+here nor in the trainer.
+"""
+import dataclasses
+import importlib
+import pkgutil
+from typing import Any, Callable, Optional
+
+from ml_collections import ConfigDict
+
+from aigc_jax.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  init: Callable[..., Any]
+  train_step: Callable[..., Any]
+  sample: Callable[..., Any]
+  eval_step: Optional[Callable[..., Any]] = None
+  # Batches of `config.batch_size` one train_step consumes (e.g. several critic steps per generator step);
+  # the trainer hands them over stacked example-major as [B, batches_per_step, ...].
+  batches_per_step: int = 1
+
+
+def available_families():
+  import aigc_jax.families as pkg
+  return sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_"))
+
+
+def get_family(config: ConfigDict) -> Family:
+  name = config.family
+  if name not in available_families():
+    raise UserError(f"unknown family {name!r}; available: {available_families()} (config key 'family')")
+  module = importlib.import_module(f"aigc_jax.families.{name}")
+  return module.make_family(config)

@@ -1,0 +1,164 @@
+"""Generative adversarial networks (Goodfellow et al., 2014): the MLP pair and DCGAN.
+
+The state holds both networks: generator and discriminator params and batch stats, one optimiser state
+each, and an EMA of the generator params (used for sampling by default). `model.d_steps` discriminator
+updates, each on its own real batch, precede every generator update.
+"""
+import jax
+import jax.numpy as jnp
+import optax
+from ml_collections import ConfigDict
+
+from aigc_jax import optim
+from aigc_jax.errors import UserError
+from aigc_jax.families import Family
+from aigc_jax.models.dcgan import DCGANDiscriminator, DCGANGenerator
+from aigc_jax.models.gan_mlp import MaxoutDiscriminator, MLPGenerator
+from aigc_jax.parallel import DATA_AXIS, example_keys, keys_for_ids
+
+LOSSES = ("non_saturating", "minimax", "hinge")
+
+
+def build_models(config: ConfigDict, axis_name=DATA_AXIS):
+  m, d = config.model, config.data
+  dtype = optim.compute_dtype(config.dtype)
+  if m.arch == "mlp":
+    g = MLPGenerator((d.image_size, d.image_size, d.channels), tuple(m.g_hidden), dtype=dtype)
+    disc = MaxoutDiscriminator(tuple(m.d_hidden), m.d_pieces, m.d_input_dropout, m.d_hidden_dropout, dtype=dtype)
+  elif m.arch == "dcgan":
+    g = DCGANGenerator(d.image_size, d.channels, m.g_width, axis_name=axis_name, dtype=dtype)
+    disc = DCGANDiscriminator(d.image_size, m.d_width, axis_name=axis_name, dtype=dtype)
+  else:
+    raise UserError(f"unknown model.arch {m.arch!r} for the gan family; use 'mlp' or 'dcgan'")
+  return g, disc
+
+
+def noise(key, z_dim, kind):
+  if kind == "normal":
+    return jax.random.normal(key, (z_dim,))
+  # Goodfellow et al.'s pylearn2 setup draws uniform noise with unit variance.
+  return jax.random.uniform(key, (z_dim,), minval=-jnp.sqrt(3.0), maxval=jnp.sqrt(3.0))
+
+
+def discriminator_losses(kind, real_logits, fake_logits):
+  if kind == "hinge":
+    return jnp.mean(nn_relu(1.0 - real_logits)) + jnp.mean(nn_relu(1.0 + fake_logits))
+  # -log D(x) - log(1 - D(G(z))) with D = sigmoid(logit)
+  return jnp.mean(jax.nn.softplus(-real_logits)) + jnp.mean(jax.nn.softplus(fake_logits))
+
+
+def generator_loss(kind, fake_logits):
+  if kind == "non_saturating":
+    return jnp.mean(jax.nn.softplus(-fake_logits))  # -log D(G(z))
+  if kind == "minimax":
+    return -jnp.mean(jax.nn.softplus(fake_logits))  # log(1 - D(G(z)))
+  return -jnp.mean(fake_logits)  # hinge
+
+
+def nn_relu(x):
+  return jnp.maximum(x, 0.0)
+
+
+def make_family(config: ConfigDict) -> Family:
+  m = config.model
+  if m.loss not in LOSSES:
+    raise UserError(f"unknown model.loss {m.loss!r}; use one of {LOSSES}")
+  if m.d_steps < 1:
+    raise UserError(f"model.d_steps must be >= 1, got {m.d_steps}")
+  if m.noise not in ("normal", "uniform"):
+    raise UserError(f"model.noise must be 'normal' or 'uniform', got {m.noise!r}")
+  generator, discriminator = build_models(config)
+  init_generator, init_discriminator = build_models(config, axis_name=None)  # no collectives outside a mesh
+  opt = config.optimizer
+  g_tx, g_schedule = optim.make_optimizer(opt, opt.get("g_learning_rate") or opt.learning_rate)
+  d_tx, d_schedule = optim.make_optimizer(opt, opt.get("d_learning_rate") or opt.learning_rate)
+  uses_dropout = m.arch == "mlp" and (m.d_input_dropout > 0 or m.d_hidden_dropout > 0)
+
+  def sample_noise(keys_Bx2):
+    return jax.vmap(lambda k: noise(k, m.z_dim, m.noise))(keys_Bx2)
+
+  def generate(g_vars, z, train=True):
+    """Images from the generator; batch norm uses the batch's statistics (as DCGAN samples)."""
+    images, updates = generator.apply(g_vars, z, train=train, mutable=["batch_stats"])
+    return images, updates.get("batch_stats", {})
+
+  def discriminate(d_vars, x, dropout_keys_Bx2):
+    """Logits and new batch stats. Dropout masks come from per-example keys, so they do not depend on how
+    the batch is split across devices."""
+    if uses_dropout:
+      def one(x1, k):
+        return discriminator.apply(d_vars, x1[None], train=True, rngs={"dropout": k})[0]
+      return jax.vmap(one)(x, dropout_keys_Bx2), {}
+    logits, updates = discriminator.apply(d_vars, x, train=True, mutable=["batch_stats"])
+    return logits, updates.get("batch_stats", {})
+
+  def init(rng, example_batch):
+    image = example_batch["image"]
+    image = image[:, 0] if image.ndim == 5 else image
+    g_key, d_key = jax.random.split(rng)
+    z = sample_noise(jax.random.split(g_key, image.shape[0]))
+    g_vars = init_generator.init(g_key, z, train=False)
+    d_vars = init_discriminator.init({"params": d_key, "dropout": d_key}, image, train=False)
+    return {
+        "step": jnp.zeros((), jnp.int32),
+        "g_params": g_vars["params"], "g_stats": g_vars.get("batch_stats", {}),
+        "d_params": d_vars["params"], "d_stats": d_vars.get("batch_stats", {}),
+        "g_opt": g_tx.init(g_vars["params"]), "d_opt": d_tx.init(d_vars["params"]),
+        "ema_g_params": g_vars["params"],
+    }
+
+  def train_step(state, batch, rng):
+    real = batch["image"]
+    if real.ndim == 4:  # one batch per step arrives unstacked
+      real = real[:, None]
+    local_batch = real.shape[0]
+    keys = example_keys(rng, local_batch)  # [B, 2]
+    sub = lambda j, purpose: jax.vmap(lambda k: jax.random.fold_in(jax.random.fold_in(k, j), purpose))(keys)
+    g_vars = {"params": state["g_params"], "batch_stats": state["g_stats"]}
+    d_params, d_stats, d_opt = state["d_params"], state["d_stats"], state["d_opt"]
+    g_stats = state["g_stats"]
+
+    d_metrics = {}
+    for j in range(config.model.d_steps):
+      fake, g_stats = generate(g_vars, sample_noise(sub(j, 0)))
+      fake = jax.lax.stop_gradient(fake)
+
+      def d_loss_fn(params):
+        real_logits, stats = discriminate({"params": params, "batch_stats": d_stats}, real[:, j], sub(j, 1))
+        fake_logits, stats = discriminate({"params": params, "batch_stats": stats}, fake, sub(j, 2))
+        loss = discriminator_losses(m.loss, real_logits, fake_logits)
+        return loss, (stats, real_logits, fake_logits)
+
+      (d_loss, (d_stats, real_logits, fake_logits)), grads = jax.value_and_grad(d_loss_fn, has_aux=True)(d_params)
+      grads = jax.lax.pmean(grads, DATA_AXIS)
+      updates, d_opt = d_tx.update(grads, d_opt, d_params)
+      d_params = optax.apply_updates(d_params, updates)
+      d_metrics = {"d_loss": d_loss, "d_real": jnp.mean(jax.nn.sigmoid(real_logits)),
+                   "d_fake": jnp.mean(jax.nn.sigmoid(fake_logits))}
+
+    def g_loss_fn(params):
+      fake, stats = generate({"params": params, "batch_stats": g_vars["batch_stats"]},
+                             sample_noise(sub(m.d_steps, 0)))
+      logits, _ = discriminate({"params": d_params, "batch_stats": d_stats}, fake, sub(m.d_steps, 1))
+      return generator_loss(m.loss, logits), stats
+
+    (g_loss, g_stats), grads = jax.value_and_grad(g_loss_fn, has_aux=True)(state["g_params"])
+    grads = jax.lax.pmean(grads, DATA_AXIS)
+    updates, g_opt = g_tx.update(grads, state["g_opt"], state["g_params"])
+    g_params = optax.apply_updates(state["g_params"], updates)
+    step = state["step"]
+    new_state = {
+        "step": step + 1,
+        "g_params": g_params, "g_stats": g_stats, "d_params": d_params, "d_stats": d_stats,
+        "g_opt": g_opt, "d_opt": d_opt,
+        "ema_g_params": optim.ema_update(state["ema_g_params"], g_params, step, m.ema_decay),
+    }
+    metrics = {"g_loss": g_loss, **d_metrics, "learning_rate": g_schedule(step)}
+    return new_state, jax.lax.pmean(metrics, DATA_AXIS)
+
+  def sample(state, rng, ids_B):
+    params = state["ema_g_params"] if config.sample.use_ema else state["g_params"]
+    images, _ = generate({"params": params, "batch_stats": state["g_stats"]}, sample_noise(keys_for_ids(rng, ids_B)))
+    return {"images": images}
+
+  return Family(init=init, train_step=train_step, sample=sample, batches_per_step=m.d_steps)

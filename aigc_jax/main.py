@@ -1,0 +1,42 @@
+"""Command line: train, sample (and later eval) any family from an experiments/ config.
+
+  python -m aigc_jax.main --config=experiments/dcgan.py:cpu --workdir=runs/dcgan [--mode=train|sample]
+                          [--config.<key>=<value> ...]
+"""
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from aigc_jax.errors import UserError
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "experiments/<file>.py[:preset]", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard events and samples.")
+flags.DEFINE_enum("mode", "train", ["train", "sample"], "What to do with the config.")
+
+
+def _main(argv):
+  del argv
+  from aigc_jax import parallel, trainer  # after flag parsing: importing jax/TF is slow
+
+  parallel.maybe_initialize_distributed()
+  logging.set_verbosity(logging.WARNING)
+  config, workdir = FLAGS.config, FLAGS.workdir
+  try:
+    if FLAGS.mode == "train":
+      trainer.train_and_evaluate(config, workdir)
+    elif FLAGS.mode == "sample":
+      trainer.sample(config, workdir)
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def run():
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(_main)
+
+
+if __name__ == "__main__":
+  run()

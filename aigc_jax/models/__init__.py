@@ -1,0 +1,1 @@
+"""Flax Linen modules only: pure init/apply, no optimiser, no loss."""

@@ -1,0 +1,66 @@
+"""Optimisers from config, built from optax pieces (schedules, clipping, weight-decay masks)."""
+import jax
+import jax.numpy as jnp
+import optax
+from ml_collections import ConfigDict
+
+from aigc_jax.errors import UserError
+
+
+def make_schedule(opt: ConfigDict, lr: float = None):
+  """Constant, or linear warm-up then constant / cosine / linear decay over `decay_steps`."""
+  lr = opt.learning_rate if lr is None else lr
+  warmup = opt.get("warmup_steps", 0)
+  kind = opt.get("schedule", "constant")
+  if kind == "constant":
+    if warmup:
+      return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup])
+    return optax.constant_schedule(lr)
+  if kind == "cosine":
+    return optax.warmup_cosine_decay_schedule(0.0 if warmup else lr, lr, max(warmup, 0), opt.decay_steps,
+                                              end_value=opt.get("min_learning_rate", 0.0))
+  if kind == "linear":
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, lr, warmup),
+         optax.linear_schedule(lr, opt.get("min_learning_rate", 0.0), opt.decay_steps - warmup)], [warmup])
+  if kind == "exponential":
+    return optax.exponential_decay(lr, transition_steps=1, decay_rate=opt.decay_rate,
+                                   end_value=opt.get("min_learning_rate", None) or None)
+  raise UserError(f"unknown optimizer.schedule {kind!r}; use constant, cosine, linear or exponential")
+
+
+def matrices_only(params):
+  """Weight-decay mask: decay kernels/embeddings (ndim >= 2), not biases or norm scales."""
+  return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def make_optimizer(opt: ConfigDict, lr: float = None):
+  """Returns (optax transformation, schedule) for `opt.name` in adam | adamw | sgd."""
+  schedule = make_schedule(opt, lr)
+  name = opt.name
+  if name == "adam":
+    tx = optax.adam(schedule, b1=opt.b1, b2=opt.b2, eps=opt.get("eps", 1e-8))
+  elif name == "adamw":
+    tx = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.get("eps", 1e-8), weight_decay=opt.weight_decay,
+                     mask=matrices_only)
+  elif name == "sgd":
+    tx = optax.sgd(schedule, momentum=opt.get("momentum", 0.0) or None)
+  else:
+    raise UserError(f"unknown optimizer.name {name!r}; use adam, adamw or sgd")
+  clip = opt.get("grad_clip_norm", 0.0)
+  if clip:
+    tx = optax.chain(optax.clip_by_global_norm(clip), tx)
+  return tx, schedule
+
+
+def ema_update(ema_params, params, step, decay: float):
+  """EMA with the usual warm-up, decay_t = min(decay, (1 + t) / (10 + t)), so early averages are not stuck
+  at the initialisation."""
+  decay_t = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+  return optax.incremental_update(params, ema_params, step_size=1.0 - decay_t)
+
+
+def compute_dtype(name: str):
+  if name not in ("float32", "bfloat16"):
+    raise UserError(f"dtype must be 'float32' or 'bfloat16', got {name!r} (--config.dtype)")
+  return jnp.bfloat16 if name == "bfloat16" else jnp.float32

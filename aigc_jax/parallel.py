@@ -1,0 +1,78 @@
+"""Data parallelism: one 1-D mesh over every device of every host, pmap's model on jit + shard_map.
+
+A family writes its step for ONE device and averages with `jax.lax.pmean(x, DATA_AXIS)`; `data_parallel`
+runs it with the state replicated and the batch split along its leading axis (DESIGN.md explains why
+shard_map rather than the maintenance-mode `jax.pmap`).
+"""
+import os
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = "data"
+
+
+def maybe_initialize_distributed():
+  """Joins a multi-process job when the launcher says there is one (coordinator env vars or a TPU pod)."""
+  if os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("COORDINATOR_ADDRESS") or (
+      os.environ.get("SLURM_NTASKS", "1") != "1") or os.environ.get("OMPI_COMM_WORLD_SIZE") or (
+      os.environ.get("TPU_WORKER_HOSTNAMES", "localhost").count(",") > 0):
+    jax.distributed.initialize()
+
+
+def make_mesh() -> Mesh:
+  return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
+
+
+def replicate(tree, mesh: Mesh):
+  """Places a host pytree on every device of the mesh."""
+  return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def shard_batch(local_batch, mesh: Mesh):
+  """Host-local numpy arrays (this host's rows of the global batch) -> global arrays split on axis 0."""
+  sharding = NamedSharding(mesh, P(DATA_AXIS))
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
+
+
+def data_parallel(step: Callable, mesh: Mesh, *, donate_state=True, num_static=0) -> Callable:
+  """jit(shard_map(step)) for `step(state, batch, rng) -> (state, metrics)`.
+
+  State and rng are replicated, the batch is split along its leading axis; outputs are replicated (the step
+  must pmean what it returns).
+  """
+  mapped = jax.shard_map(
+      step, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P()), out_specs=(P(), P()), check_vma=False)
+  return jax.jit(mapped, donate_argnums=(0,) if donate_state else ())
+
+
+def data_parallel_map(fn: Callable, mesh: Mesh) -> Callable:
+  """jit(shard_map(fn)) for `fn(state, rng, per_example_BxX) -> outputs_BxY` (sampling, feature extraction):
+  state and rng replicated, the per-example input and every output split along axis 0."""
+  mapped = jax.shard_map(
+      fn, mesh=mesh, in_specs=(P(), P(), P(DATA_AXIS)), out_specs=P(DATA_AXIS), check_vma=False)
+  return jax.jit(mapped)
+
+
+def must_block_each_step() -> bool:
+  """XLA:CPU with several (forced host) devices deadlocks when collective-bearing steps queue up
+  asynchronously (DESIGN.md, first pitfall); GPU/TPU keep async dispatch."""
+  return jax.default_backend() == "cpu" and jax.device_count() > 1
+
+
+def example_keys(step_key, local_batch_size: int):
+  """Per-example keys fold_in(step_key, global_example_index), inside a data-parallel step.
+
+  The noise an example sees then does not depend on how many devices share the batch.
+  """
+  first = jax.lax.axis_index(DATA_AXIS) * local_batch_size
+  index = first + jnp.arange(local_batch_size)
+  return jax.vmap(lambda i: jax.random.fold_in(step_key, i))(index)
+
+
+def keys_for_ids(key, ids_B):
+  """One key per example id (sampling: sample i always gets fold_in(key, i))."""
+  return jax.vmap(lambda i: jax.random.fold_in(key, i))(ids_B)

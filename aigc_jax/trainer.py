@@ -1,0 +1,232 @@
+"""The training loop and the checkpoint-reading modes. Knows the family contract, no family's math."""
+import os
+import signal
+import time
+
+import jax
+import numpy as np
+from absl import logging
+from clu import metric_writers, periodic_actions
+from jax.experimental import multihost_utils
+from ml_collections import ConfigDict
+
+from aigc_jax import data as data_lib
+from aigc_jax import outputs, parallel
+from aigc_jax.checkpointing import Checkpointer
+from aigc_jax.errors import UserError
+from aigc_jax.families import Family, get_family
+
+
+def prepare_workdir(workdir: str):
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise UserError(f"--workdir {workdir} is a file, not a directory; pass a directory path")
+  os.makedirs(workdir, exist_ok=True)
+
+
+def check_config(config: ConfigDict):
+  n = jax.device_count()
+  if config.batch_size % n:
+    raise UserError(f"batch_size {config.batch_size} is not divisible by the {n} devices; set "
+                    f"--config.batch_size to a multiple of {n}")
+  for key in ("num_train_steps", "log_every_steps", "checkpoint_every_steps"):
+    if config[key] < 1:
+      raise UserError(f"{key} must be >= 1, got {config[key]}")
+  if config.sample.num < 1:
+    raise UserError(f"sample.num must be >= 1, got {config.sample.num}")
+
+
+def run_keys(config: ConfigDict):
+  """(init key, training key) from the one seed; step t trains with fold_in(training key, t)."""
+  init_key, train_key = jax.random.split(jax.random.key(config.seed))
+  return init_key, train_key
+
+
+def step_rng(config: ConfigDict, step: int):
+  return jax.random.fold_in(run_keys(config)[1], step)
+
+
+def init_state(family: Family, config: ConfigDict, mesh):
+  """Fresh state, replicated. Initialised on one device from a key of its own so it does not depend on the
+  device count."""
+  example = data_lib.example_batch(config)
+  state = jax.jit(family.init)(run_keys(config)[0], example)
+  return parallel.replicate(state, mesh)
+
+
+def abstract_state(family: Family, config: ConfigDict):
+  return jax.eval_shape(family.init, jax.random.key(0), data_lib.example_batch(config))
+
+
+def load_latest(config: ConfigDict, workdir: str, family: Family, mesh):
+  """(state, step, data_state) of the latest checkpoint in workdir; a UserError if there is none."""
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(ckpt_dir):
+    raise UserError(f"no checkpoint in {ckpt_dir}; train first (--mode=train) or point --workdir at a run")
+  ckpt = Checkpointer(workdir, create=False)
+  step = ckpt.latest_step()
+  if step is None:
+    raise UserError(f"no checkpoint in {ckpt_dir}; train first (--mode=train) or point --workdir at a run")
+  state, data_state, _ = ckpt.restore(step, abstract_state(family, config), mesh)
+  ckpt.close()
+  return state, step, data_state
+
+
+def make_sampler(family: Family, mesh):
+  """sample(state, rng, num) -> host numpy outputs, data-parallel over the mesh."""
+  mapped = parallel.data_parallel_map(family.sample, mesh)
+
+  def sample(state, rng, num):
+    n_dev = mesh.devices.size
+    padded = -(-num // n_dev) * n_dev
+    local_ids = np.arange(padded, dtype=np.int32).reshape(jax.process_count(), -1)[jax.process_index()]
+    out = mapped(state, rng, parallel.shard_batch(local_ids, mesh))
+    if jax.process_count() > 1:
+      out = multihost_utils.process_allgather(out, tiled=True)
+    return jax.tree.map(lambda x: np.asarray(x)[:num], jax.device_get(out))
+
+  return sample
+
+
+def _next_train_batch(iterator, batches_per_step):
+  if batches_per_step == 1:
+    return next(iterator)
+  batches = [next(iterator) for _ in range(batches_per_step)]
+  return jax.tree.map(lambda *xs: np.stack(xs, axis=1), *batches)  # [B, k, ...]: example-major
+
+
+def _nonfinite(metrics: dict):
+  return sorted(k for k, v in metrics.items() if not np.all(np.isfinite(v)))
+
+
+class _Preemption:
+  """SIGTERM sets a flag; the loop saves and exits cleanly at the next step boundary."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread (e.g. inside a notebook worker): no handler
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def train_and_evaluate(config: ConfigDict, workdir: str):
+  """Trains `config.family` on `config.data`, resuming from the latest checkpoint in workdir."""
+  prepare_workdir(workdir)
+  check_config(config)
+  family = get_family(config)
+  mesh = parallel.make_mesh()
+  ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+
+  start_step = ckpt.latest_step()
+  if start_step is None:
+    start_step, data_state = 0, {"batches_consumed": 0}
+    state = init_state(family, config, mesh)
+    writer.write_hparams({k: v for k, v in flatten(config.to_dict()).items()})
+  else:
+    state, data_state, saved_config = ckpt.restore(start_step, abstract_state(family, config), mesh)
+    changed = {k for k, v in flatten(config.to_dict()).items() if flatten(saved_config).get(k, v) != v}
+    logging.info("Resuming from %s%s", ckpt.path(start_step), f" (config changed: {sorted(changed)})" if changed else "")
+    print(f"Resuming from step {start_step} ({ckpt.path(start_step)})", flush=True)
+  if start_step >= config.num_train_steps:
+    print(f"Already trained {start_step} >= num_train_steps={config.num_train_steps} steps; nothing to do.")
+    ckpt.close()
+    return state
+
+  iterator = data_lib.make_train_iterator(config, start_batch=data_state["batches_consumed"])
+  step_fn = parallel.data_parallel(family.train_step, mesh)
+  sampler = make_sampler(family, mesh)
+  block = parallel.must_block_each_step()
+  report = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps, writer=writer, every_secs=None,
+                                           every_steps=config.log_every_steps)
+  pending, last_log, last_log_time = [], start_step, time.time()
+  config_dict = config.to_dict()
+
+  def save(step, state):
+    ckpt.save(step, state, {"batches_consumed": iterator.batches_consumed}, config_dict, force=True)
+
+  try:
+    with _Preemption() as preemption:
+      step = start_step
+      while step < config.num_train_steps:
+        batch = parallel.shard_batch(_next_train_batch(iterator, family.batches_per_step), mesh)
+        state, metrics = step_fn(state, batch, step_rng(config, step))
+        if block:
+          jax.block_until_ready(metrics)
+        pending.append(metrics)
+        step += 1
+        report(step)
+        is_last = step == config.num_train_steps
+        if step % config.log_every_steps == 0 or step % config.checkpoint_every_steps == 0 or is_last:
+          summary = {k: float(np.mean(v)) for k, v in jax.tree.map(lambda *xs: np.stack(xs),
+                                                                    *jax.device_get(pending)).items()}
+          bad = _nonfinite(summary)
+          if bad:
+            latest = ckpt.latest_step()
+            ckpt.wait()
+            where = ckpt.path(latest) if latest is not None else "none (no checkpoint was saved yet)"
+            raise UserError(f"non-finite {', '.join(bad)} between steps {last_log} and {step}; training "
+                            f"stopped without saving; last good checkpoint: {where}. Lower the learning "
+                            "rate or try --config.dtype=float32")
+          now = time.time()
+          rate = (step - last_log) / max(now - last_log_time, 1e-9)
+          writer.write_scalars(step, {**summary, "steps_per_sec": rate})
+          print(f"step {step}/{config.num_train_steps} | " + " | ".join(f"{k} {v:.4g}" for k, v in summary.items())
+                + f" | {rate:.2f} steps/s | ETA {_eta(config.num_train_steps - step, rate)}", flush=True)
+          pending, last_log, last_log_time = [], step, now
+        if config.sample_every_steps and (step % config.sample_every_steps == 0 or is_last):
+          samples = sampler(state, jax.random.key(config.sample.seed), config.sample.num)
+          writer.write_images(step, outputs.summaries(samples))
+          if jax.process_index() == 0:
+            outputs.write_samples(samples, os.path.join(workdir, "samples"), step)
+        if step % config.checkpoint_every_steps == 0 or is_last:
+          save(step, state)
+        if preemption.requested:
+          save(step, state)
+          print(f"SIGTERM: saved checkpoint at step {step}; exiting.", flush=True)
+          break
+  finally:
+    iterator.close()
+    ckpt.wait()
+    ckpt.close()
+    writer.flush()
+  return state
+
+
+def _eta(steps_left, rate):
+  secs = int(steps_left / max(rate, 1e-9))
+  return f"{secs // 3600}h{secs % 3600 // 60:02d}m" if secs >= 3600 else f"{secs // 60}m{secs % 60:02d}s"
+
+
+def flatten(d: dict, prefix="") -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+  return out
+
+
+def sample(config: ConfigDict, workdir: str):
+  """Loads the latest checkpoint and writes samples/<step>.png and samples/<step>.npz."""
+  check_config(config)
+  family = get_family(config)
+  mesh = parallel.make_mesh()
+  state, step, _ = load_latest(config, workdir, family, mesh)
+  samples = make_sampler(family, mesh)(state, jax.random.key(config.sample.seed), config.sample.num)
+  paths = outputs.write_samples(samples, os.path.join(workdir, "samples"), step) if jax.process_index() == 0 else []
+  for p in paths:
+    print(f"wrote {p}")
+  return samples
