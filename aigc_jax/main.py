@@ -13,21 +13,34 @@ from aigc_jax.errors import UserError
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "experiments/<file>.py[:preset]", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard events and samples.")
-flags.DEFINE_enum("mode", "train", ["train", "sample"], "What to do with the config.")
+flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "encode"],
+                  "train (resumes automatically), sample | eval | encode from the latest checkpoint.")
+
+
+def _mode_fn(mode):
+  """Each mode lives in its own room; imported lazily so `--help` stays fast."""
+  if mode == "train":
+    from aigc_jax.trainer import train_and_evaluate
+    return train_and_evaluate
+  if mode == "sample":
+    from aigc_jax.trainer import sample
+    return sample
+  if mode == "eval":
+    from aigc_jax.evaluation.runner import evaluate
+    return evaluate
+  from aigc_jax.encoding import encode
+  return encode
 
 
 def _main(argv):
   del argv
-  from aigc_jax import parallel, trainer  # after flag parsing: importing jax/TF is slow
+  from aigc_jax import parallel  # after flag parsing: importing jax/TF is slow
 
   parallel.maybe_initialize_distributed()
   logging.set_verbosity(logging.WARNING)
   config, workdir = FLAGS.config, FLAGS.workdir
   try:
-    if FLAGS.mode == "train":
-      trainer.train_and_evaluate(config, workdir)
-    elif FLAGS.mode == "sample":
-      trainer.sample(config, workdir)
+    _mode_fn(FLAGS.mode)(config, workdir)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(2)
