@@ -16,10 +16,17 @@ DATA_AXIS = "data"
 
 
 def maybe_initialize_distributed():
-  """Joins a multi-process job when the launcher says there is one (coordinator env vars or a TPU pod)."""
-  if os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("COORDINATOR_ADDRESS") or (
-      os.environ.get("SLURM_NTASKS", "1") != "1") or os.environ.get("OMPI_COMM_WORLD_SIZE") or (
-      os.environ.get("TPU_WORKER_HOSTNAMES", "localhost").count(",") > 0):
+  """Joins a multi-process job when the launcher says there is one.
+
+  Explicit: JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES + JAX_PROCESS_ID. Otherwise JAX's own cluster
+  detection covers TPU pod workers, SLURM with several tasks and Open MPI.
+  """
+  env = os.environ
+  if env.get("JAX_COORDINATOR_ADDRESS") and env.get("JAX_NUM_PROCESSES"):
+    jax.distributed.initialize(env["JAX_COORDINATOR_ADDRESS"], int(env["JAX_NUM_PROCESSES"]),
+                               int(env.get("JAX_PROCESS_ID", "0")))
+  elif (env.get("SLURM_NTASKS", "1") != "1" or env.get("OMPI_COMM_WORLD_SIZE")
+        or env.get("TPU_WORKER_HOSTNAMES", "localhost").count(",") > 0):
     jax.distributed.initialize()
 
 
