@@ -30,6 +30,26 @@ def base_config() -> ml_collections.ConfigDict:
   c.sample.num = 100
   c.sample.seed = 0
   c.sample.use_ema = True
+
+  # Sample-quality evaluation (--mode=eval, and every eval.every_steps while training); aigc_jax/evaluation.
+  c.eval = ml_collections.ConfigDict()
+  c.eval.every_steps = 0          # 0: no evaluation during training
+  c.eval.num_samples = 1000       # generated samples (papers: 50000 for FID); generated in batch_size chunks
+  c.eval.batch_size = 256         # per chunk of generation and feature extraction, global
+  c.eval.seed = 0
+  c.eval.metrics = ("fid", "kid", "is", "pr")  # also: parzen (GAN likelihood), eval_step (family likelihoods)
+  c.eval.backbone = "classifier"  # classifier (trained on data.name's train split, offline) | inception
+  c.eval.inception_path = ""      # FID Inception weights file (.pth or .npz), see README
+  c.eval.reference_split = "train"
+  c.eval.quantize = True          # round samples to uint8 first, as if saved as PNG (the usual FID protocol)
+  c.eval.max_pairwise_samples = 10000  # cap per set for KID and precision/recall (O(n^2))
+  c.eval.kid_subsets = 100
+  c.eval.kid_subset_size = 1000
+  c.eval.parzen_split = "test"
+  c.eval.parzen_validation_split = "train"  # sigma is chosen on the last parzen_num_validation images of it
+  c.eval.parzen_num_validation = 10000
+  c.eval.classifier_steps = 600
+  c.eval.cache_dir = ""           # "" = <workdir>/eval/cache; share one across runs to reuse reference stats
   return c
 
 

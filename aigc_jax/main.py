@@ -2,19 +2,123 @@
 
   python -m aigc_jax.main --config=experiments/dcgan.py:cpu --workdir=runs/dcgan [--mode=train|sample]
                           [--config.<key>=<value> ...]
+
+Every mistake a user can fix (a misspelt config key, a value of the wrong type, missing data, no
+checkpoint...) ends as ONE line `error: <problem>; <fix>` on stderr and exit status 2.
 """
+import difflib
+import importlib.util
+import os
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
+from ml_collections import ConfigDict, config_flags
 
 from aigc_jax.errors import UserError
+
+# TensorFlow (imported by tf.data, TFDS and clu's writers) logs banners to stderr at import; keep the
+# console for our own progress and errors unless the user asks for TF's logs.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "experiments/<file>.py[:preset]", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard events and samples.")
 flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "encode"],
                   "train (resumes automatically), sample | eval | encode from the latest checkpoint.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _fail(message: str):
+  print(f"error: {' '.join(message.split())}", file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
+def _flag_value(argv, name):
+  for i, arg in enumerate(argv):
+    if arg.startswith(f"--{name}="):
+      return arg.split("=", 1)[1]
+    if arg == f"--{name}" and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def _load_config_quietly(argv):
+  """The config `--config=file.py[:preset]` names, without overrides; None if it cannot be loaded."""
+  spec_arg = _flag_value(argv, "config")
+  if not spec_arg:
+    return None
+  path, _, preset = spec_arg.partition(":")
+  try:
+    spec = importlib.util.spec_from_file_location("_aigc_jax_cli_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(preset) if preset else module.get_config()
+  except Exception:  # the flag parser's own message says what is wrong with the file
+    return None
+
+
+def _overrides(argv):
+  """[(dotted key, the argument)] for every --config.<key>[=value] argument."""
+  out = []
+  for arg in argv:
+    if arg.startswith("--config."):
+      out.append((arg[len("--config."):].split("=", 1)[0], arg))
+  return out
+
+
+def _lookup(config, dotted):
+  """(value, None) if `dotted` names a field of config, else (None, (parent key, missing name, siblings))."""
+  node, parent = config, []
+  for part in dotted.split("."):
+    if not isinstance(node, ConfigDict) or part not in node:
+      siblings = sorted(node.keys()) if isinstance(node, ConfigDict) else []
+      return None, (".".join(parent), part, siblings)
+    node = node[part]
+    parent.append(part)
+  return node, None
+
+
+def _describe_flag_error(error: Exception, argv) -> str:
+  """One line for anything the flag parser rejects (absl prints a usage page; ml_collections a traceback)."""
+  config = _load_config_quietly(argv)
+  if config is not None:
+    for key, arg in _overrides(argv):
+      value, missing = _lookup(config, key)
+      if missing:
+        parent, name, siblings = missing
+        where = f"config.{parent}" if parent else "the config"
+        close = difflib.get_close_matches(name, siblings, n=3)
+        hint = f"did you mean {', '.join(close)}?" if close else f"keys there: {', '.join(siblings)}"
+        return (f"unknown config key {key!r} in {arg}: {where} has no field {name!r}; {hint} "
+                "(configs are locked: fix the spelling or add the key to the experiment file)")
+    for key, arg in _overrides(argv):
+      if f"--config.{key}" in str(error):
+        value, _ = _lookup(config, key)
+        reason = str(error).splitlines()[0].split(": ", 1)[-1]
+        return (f"bad value in {arg}: {reason}; config.{key} expects type {type(value).__name__} "
+                f"(its default is {value!r})")
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  if not lines:
+    return f"cannot parse the command line ({type(error).__name__}); see --helpshort"
+  detail = f" {lines[-1]}" if len(lines) > 1 else ""
+  return f"{lines[0]}{detail}; see --helpshort for the flags"
+
+
+def _parse_flags(argv):
+  spec_arg = _flag_value(argv, "config")
+  if spec_arg and not os.path.isfile(spec_arg.partition(":")[0]):
+    _fail(f"config file {spec_arg.partition(':')[0]!r} not found (--config={spec_arg}); pass "
+          "--config=experiments/<file>.py[:preset], relative to the current directory")
+  try:
+    rest = FLAGS(argv)
+  except Exception as e:  # flags.Error, and ml_collections' KeyError/AttributeError for unknown keys
+    _fail(_describe_flag_error(e, argv))
+  try:
+    FLAGS.config.keys()  # config_flags defers some load failures until first use
+  except Exception as e:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    _fail(f"cannot load --config={spec_arg}: {lines[-1] if lines else type(e).__name__}")
+  return rest
 
 
 def _mode_fn(mode):
@@ -34,21 +138,18 @@ def _mode_fn(mode):
 
 def _main(argv):
   del argv
-  from aigc_jax import parallel  # after flag parsing: importing jax/TF is slow
-
-  parallel.maybe_initialize_distributed()
-  logging.set_verbosity(logging.WARNING)
-  config, workdir = FLAGS.config, FLAGS.workdir
   try:
-    _mode_fn(FLAGS.mode)(config, workdir)
+    from aigc_jax import parallel  # after flag parsing: importing jax/TF is slow
+
+    parallel.maybe_initialize_distributed()
+    logging.set_verbosity(logging.WARNING)
+    _mode_fn(FLAGS.mode)(FLAGS.config, FLAGS.workdir)
   except UserError as e:
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    sys.exit(2)
+    _fail(str(e))
 
 
 def run():
-  flags.mark_flags_as_required(["config", "workdir"])
-  app.run(_main)
+  app.run(_main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

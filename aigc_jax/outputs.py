@@ -1,4 +1,4 @@
-"""Writing what a family's `sample` returns: grids + npz for images, for files and TensorBoard alike."""
+"""Writing what a family's `sample` returns: grids + npz for images, .txt for text, for files and TensorBoard."""
 import math
 import os
 
@@ -31,10 +31,30 @@ def save_png(path: str, image_uint8_HxWxC: np.ndarray):
   os.replace(tmp, path)
 
 
-def write_samples(outputs: dict, directory: str, step: int, ncols: int = None) -> list:
-  """Writes `<step>.png` (grid) and `<step>.npz` (uint8 NHWC under 'images'); returns the paths."""
+TEXT_SEPARATOR = "\n\n---------------\n\n"
+
+
+def decode_texts(outputs: dict) -> list:
+  """The "text" medium: token ids [N, L] under 'text', each row decoded with its 'text_vocab' table [N, V]
+  (aigc_jax.data.text.Tokenizer.table), so the checkpoint's own vocabulary decodes its samples."""
+  from aigc_jax.data.text import decode_with_table  # lazy: only text runs need it
+  return [decode_with_table(ids, table) for ids, table in zip(outputs["text"], outputs["text_vocab"])]
+
+
+def write_samples(outputs: dict, directory: str, step: int, ncols: int = None, echo: bool = False) -> list:
+  """Writes `<step>.png` (grid) and `<step>.npz` (uint8 NHWC under 'images'), `<step>.txt` for text (printed
+  too when `echo`); returns the paths."""
   os.makedirs(directory, exist_ok=True)
   paths = []
+  if "text" in outputs:
+    joined = TEXT_SEPARATOR.join(decode_texts(outputs))
+    txt_path = os.path.join(directory, f"{step}.txt")
+    with open(txt_path + ".tmp", "w", encoding="utf-8") as f:
+      f.write(joined + "\n")
+    os.replace(txt_path + ".tmp", txt_path)
+    paths.append(txt_path)
+    if echo:
+      print(joined, flush=True)
   if "images" in outputs:
     images = to_uint8(outputs["images"])
     npz_path = os.path.join(directory, f"{step}.npz")
@@ -52,3 +72,12 @@ def summaries(outputs: dict, ncols: int = None) -> dict:
   if "images" in outputs:
     return {"samples": image_grid(to_uint8(outputs["images"]), ncols)[None]}
   return {}
+
+
+def write_summaries(writer, step: int, outputs: dict):
+  """TensorBoard: an image grid for images, the first sample for text (fenced, so Markdown keeps newlines)."""
+  images = summaries(outputs)
+  if images:
+    writer.write_images(step, images)
+  if "text" in outputs:
+    writer.write_texts(step, {"samples": "```\n" + decode_texts(outputs)[0] + "\n```"})

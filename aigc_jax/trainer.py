@@ -4,6 +4,7 @@ import signal
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
@@ -75,10 +76,13 @@ def make_sampler(family: Family, mesh):
   """sample(state, rng, num) -> host numpy outputs, data-parallel over the mesh."""
   mapped = parallel.data_parallel_map(family.sample, mesh)
 
-  def sample(state, rng, num):
+  def sample(state, rng, num, offset=0):
+    # offset: chunked callers (evaluation) ask for ids offset..offset+num-1, so sample i is the same whatever
+    # the chunk size.
     n_dev = mesh.devices.size
     padded = -(-num // n_dev) * n_dev
-    local_ids = np.arange(padded, dtype=np.int32).reshape(jax.process_count(), -1)[jax.process_index()]
+    local_ids = np.arange(offset, offset + padded, dtype=np.int32).reshape(
+        jax.process_count(), -1)[jax.process_index()]
     out = mapped(state, rng, parallel.shard_batch(local_ids, mesh))
     if jax.process_count() > 1:
       out = multihost_utils.process_allgather(out, tiled=True)
@@ -92,6 +96,12 @@ def _next_train_batch(iterator, batches_per_step):
     return next(iterator)
   batches = [next(iterator) for _ in range(batches_per_step)]
   return jax.tree.map(lambda *xs: np.stack(xs, axis=1), *batches)  # [B, k, ...]: example-major
+
+
+@jax.jit
+def _all_finite(tree):
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
 def _nonfinite(metrics: dict):
@@ -152,8 +162,16 @@ def train_and_evaluate(config: ConfigDict, workdir: str):
                                            every_steps=config.log_every_steps)
   pending, last_log, last_log_time = [], start_step, time.time()
   config_dict = config.to_dict()
+  train_key = run_keys(config)[1]
 
   def save(step, state):
+    if ckpt.latest_step() == step:
+      return
+    if not bool(_all_finite(state)):  # a bad update can leave finite metrics but NaN params
+      latest = ckpt.latest_step()
+      raise UserError(f"non-finite parameters after step {step}; training stopped without saving; last good "
+                      f"checkpoint: {ckpt.path(latest) if latest is not None else 'none'}. Lower the learning "
+                      "rate or try --config.dtype=float32")
     ckpt.save(step, state, {"batches_consumed": iterator.batches_consumed}, config_dict, force=True)
 
   try:
@@ -161,7 +179,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str):
       step = start_step
       while step < config.num_train_steps:
         batch = parallel.shard_batch(_next_train_batch(iterator, family.batches_per_step), mesh)
-        state, metrics = step_fn(state, batch, step_rng(config, step))
+        state, metrics = step_fn(state, batch, jax.random.fold_in(train_key, step))
         if block:
           jax.block_until_ready(metrics)
         pending.append(metrics)
@@ -181,17 +199,20 @@ def train_and_evaluate(config: ConfigDict, workdir: str):
                             "rate or try --config.dtype=float32")
           now = time.time()
           rate = (step - last_log) / max(now - last_log_time, 1e-9)
-          writer.write_scalars(step, {**summary, "steps_per_sec": rate})
+          writer.write_scalars(step, summary)  # steps/s and ETA come from ReportProgress
           print(f"step {step}/{config.num_train_steps} | " + " | ".join(f"{k} {v:.4g}" for k, v in summary.items())
                 + f" | {rate:.2f} steps/s | ETA {_eta(config.num_train_steps - step, rate)}", flush=True)
           pending, last_log, last_log_time = [], step, now
         if config.sample_every_steps and (step % config.sample_every_steps == 0 or is_last):
           samples = sampler(state, jax.random.key(config.sample.seed), config.sample.num)
-          writer.write_images(step, outputs.summaries(samples))
+          outputs.write_summaries(writer, step, samples)
           if jax.process_index() == 0:
             outputs.write_samples(samples, os.path.join(workdir, "samples"), step)
         if step % config.checkpoint_every_steps == 0 or is_last:
           save(step, state)
+        if config.eval.every_steps and step % config.eval.every_steps == 0:
+          from aigc_jax.evaluation import runner  # lazy: the runner imports this module
+          runner.evaluate_state(config, workdir, family, mesh, state, step, writer=writer)
         if preemption.requested:
           save(step, state)
           print(f"SIGTERM: saved checkpoint at step {step}; exiting.", flush=True)
@@ -226,7 +247,8 @@ def sample(config: ConfigDict, workdir: str):
   mesh = parallel.make_mesh()
   state, step, _ = load_latest(config, workdir, family, mesh)
   samples = make_sampler(family, mesh)(state, jax.random.key(config.sample.seed), config.sample.num)
-  paths = outputs.write_samples(samples, os.path.join(workdir, "samples"), step) if jax.process_index() == 0 else []
+  paths = (outputs.write_samples(samples, os.path.join(workdir, "samples"), step, echo=True)
+           if jax.process_index() == 0 else [])
   for p in paths:
     print(f"wrote {p}")
   return samples

@@ -1,13 +1,14 @@
 """Data: named sources -> in-memory sets -> deterministic, resumable batch iterators.
 
 `data.name` picks the source: the offline `digits` (scikit-learn's bundled 8x8 digits), `npz`,
-`image_folder`, or any TFDS image dataset (mnist, fashion_mnist, cifar10, ...).
+`image_folder`, or any TFDS image dataset (mnist, fashion_mnist, cifar10, ...). Text sources (`text_file`,
+`python_stdlib`, `tiny_shakespeare`) live in `data/text.py` and yield {'tokens': int32 [B, block_size + 1]}.
 """
 import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from aigc_jax.data import sources
+from aigc_jax.data import sources, text
 from aigc_jax.data.pipeline import BatchIterator, to_model_range
 from aigc_jax.errors import UserError
 
@@ -41,6 +42,8 @@ def load_image_set(data: ConfigDict, split: str = None) -> sources.ImageSet:
 
 def make_train_iterator(config: ConfigDict, start_batch: int = 0) -> BatchIterator:
   """Host-local batches of the global `config.batch_size`, starting at global batch `start_batch`."""
+  if text.is_text(config.data):
+    return text.make_train_iterator(config, start_batch)
   image_set = load_image_set(config.data)
   if len(image_set) < 1:
     raise UserError(f"dataset {config.data.name} split {config.data.split} is empty")
@@ -52,6 +55,8 @@ def make_train_iterator(config: ConfigDict, start_batch: int = 0) -> BatchIterat
 def example_batch(config: ConfigDict, batch_size: int = 2):
   """Zero arrays with the shapes and dtypes of a training batch, without reading any data (for building
   the abstract state to restore a checkpoint into)."""
+  if text.is_text(config.data):
+    return text.example_batch(config, batch_size)
   d = config.data
   return {"image": np.zeros((batch_size, d.image_size, d.image_size, d.channels), np.float32),
           "label": np.zeros((batch_size,), np.int32)}

@@ -41,7 +41,10 @@ def load_tfds_images(name: str, split: str, image_size: int, channels: int, data
           f"could not download TFDS dataset {name!r} ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
           "this machine may be offline: use an offline preset (e.g. ':cpu' with data.name=digits), or prepare "
           "the dataset elsewhere and point --config.data.data_dir at it") from None
-  if split not in builder.info.splits:
+  # Split names may carry TFDS slicing ("train[:90%]", "train+test"); an empty split list means metadata
+  # is unknown (e.g. under tfds.testing.mock_data), so let as_dataset decide.
+  wanted = {part.split("[")[0].strip() for part in split.split("+")}
+  if builder.info.splits and not wanted <= set(builder.info.splits):
     raise UserError(f"TFDS {name!r} has splits {sorted(builder.info.splits)}, not {split!r}; "
                     "set --config.data.split")
   features = builder.info.features

@@ -1,0 +1,183 @@
+"""Sample-quality metrics over feature vectors: FID, KID, IS, precision/recall, Parzen log-likelihood.
+
+Everything here takes host numpy arrays (features, logits or flattened pixels) so the metrics do not
+depend on which backbone produced them. Statistics are accumulated in float64: FID is a small difference
+of large traces and float32 covariances visibly move it in the second decimal.
+"""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class RunningStats:
+  """Mean and covariance of a stream of feature batches in float64, without holding the features."""
+
+  def __init__(self, dim: int):
+    self.count = 0
+    self.sum_D = np.zeros((dim,), np.float64)
+    self.outer_DxD = np.zeros((dim, dim), np.float64)
+
+  def update(self, features_NxD: np.ndarray):
+    f = np.asarray(features_NxD, np.float64)
+    self.count += f.shape[0]
+    self.sum_D += f.sum(axis=0)
+    self.outer_DxD += f.T @ f
+
+  def mean_and_cov(self):
+    if self.count < 2:
+      raise ValueError(f"need at least 2 feature vectors for a covariance, got {self.count}")
+    mu = self.sum_D / self.count
+    # Unbiased (n - 1) covariance, as numpy.cov and the reference FID implementations use.
+    cov = (self.outer_DxD - self.count * np.outer(mu, mu)) / (self.count - 1)
+    return mu, cov
+
+
+def feature_stats(features_NxD: np.ndarray):
+  stats = RunningStats(features_NxD.shape[1])
+  stats.update(features_NxD)
+  return stats.mean_and_cov()
+
+
+def _psd_sqrt(cov_DxD: np.ndarray) -> np.ndarray:
+  """Symmetric square root of a covariance; tiny negative eigenvalues from round-off are clipped to 0."""
+  w, v = np.linalg.eigh((cov_DxD + cov_DxD.T) / 2)
+  return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def frechet_distance(mu1, cov1, mu2, cov2) -> float:
+  """||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)) in float64.
+
+  tr((S1 S2)^(1/2)) equals the sum of square roots of the eigenvalues of the symmetric PSD matrix
+  S1^(1/2) S2 S1^(1/2), so two symmetric eigendecompositions replace the general (non-symmetric) sqrtm
+  whose complex round-off other implementations have to patch over with eps offsets. It stays defined for
+  singular covariances (fewer samples than feature dimensions).
+  """
+  mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+  cov1, cov2 = np.asarray(cov1, np.float64), np.asarray(cov2, np.float64)
+  if mu1.shape != mu2.shape or cov1.shape != cov2.shape:
+    raise ValueError(f"statistics of different dimension: {mu1.shape} vs {mu2.shape}")
+  root1 = _psd_sqrt(cov1)
+  middle = root1 @ cov2 @ root1
+  eig = np.linalg.eigvalsh((middle + middle.T) / 2)
+  trace_sqrt = np.sum(np.sqrt(np.clip(eig, 0, None)))
+  diff = mu1 - mu2
+  return float(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2 * trace_sqrt)
+
+
+def fid_from_features(features1_NxD, features2_MxD) -> float:
+  return frechet_distance(*feature_stats(features1_NxD), *feature_stats(features2_MxD))
+
+
+def polynomial_kernel(x_NxD, y_MxD):
+  """The KID kernel of Binkowski et al. 2018: (x.y / d + 1)^3."""
+  d = x_NxD.shape[1]
+  return (x_NxD @ y_MxD.T / d + 1.0) ** 3
+
+
+def mmd2_unbiased(x_NxD, y_MxD) -> float:
+  """Unbiased estimate of the squared MMD with the cubic polynomial kernel (diagonals excluded)."""
+  x, y = np.asarray(x_NxD, np.float64), np.asarray(y_MxD, np.float64)
+  n, m = len(x), len(y)
+  k_xx, k_yy, k_xy = polynomial_kernel(x, x), polynomial_kernel(y, y), polynomial_kernel(x, y)
+  term_xx = (k_xx.sum() - np.trace(k_xx)) / (n * (n - 1))
+  term_yy = (k_yy.sum() - np.trace(k_yy)) / (m * (m - 1))
+  return float(term_xx + term_yy - 2 * k_xy.mean())
+
+
+def kernel_inception_distance(real_NxD, fake_MxD, num_subsets=100, subset_size=1000, seed=0):
+  """(mean, std) of the unbiased MMD^2 over `num_subsets` random subsets of `subset_size` of each set.
+
+  The subset size is capped by the smaller set, as the reference implementation does.
+  """
+  size = min(subset_size, len(real_NxD), len(fake_MxD))
+  if size < 2:
+    raise ValueError(f"KID needs at least 2 samples per set, got {len(real_NxD)} and {len(fake_MxD)}")
+  rng = np.random.default_rng(seed)
+  values = [mmd2_unbiased(real_NxD[rng.choice(len(real_NxD), size, replace=False)],
+                          fake_MxD[rng.choice(len(fake_MxD), size, replace=False)]) for _ in range(num_subsets)]
+  return float(np.mean(values)), float(np.std(values)), size
+
+
+def inception_score(logits_NxK, num_splits=10):
+  """(mean, std) over splits of exp(E_x KL(p(y|x) || p(y))), Salimans et al. 2016.
+
+  Works on logits with a float64 log-softmax, so confident classifiers do not produce log(0).
+  """
+  logits = np.asarray(logits_NxK, np.float64)
+  log_p = logits - logits.max(axis=1, keepdims=True)
+  log_p -= np.log(np.exp(log_p).sum(axis=1, keepdims=True))
+  scores = []
+  for part in np.array_split(log_p, num_splits):
+    p = np.exp(part)
+    log_marginal = np.log(p.mean(axis=0))
+    kl = np.sum(p * (part - log_marginal), axis=1)
+    scores.append(math.exp(kl.mean()))
+  return float(np.mean(scores)), float(np.std(scores))
+
+
+def _pairwise_sq_dists(a_NxD, b_MxD):
+  a, b = np.asarray(a_NxD, np.float64), np.asarray(b_MxD, np.float64)
+  d = (a * a).sum(1)[:, None] - 2 * a @ b.T + (b * b).sum(1)[None, :]
+  return np.maximum(d, 0)
+
+
+def _knn_radii_sq(features_NxD, k, chunk):
+  """Squared distance of every point to its k-th nearest neighbour in the same set (itself excluded)."""
+  radii = np.empty(len(features_NxD), np.float64)
+  for s in range(0, len(features_NxD), chunk):
+    d = _pairwise_sq_dists(features_NxD[s:s + chunk], features_NxD)
+    # Column k of the sorted row: column 0 is the point itself at distance 0.
+    radii[s:s + chunk] = np.partition(d, k, axis=1)[:, k]
+  return radii
+
+
+def _coverage(manifold_NxD, radii_sq_N, queries_MxD, chunk):
+  """Fraction of queries inside at least one hypersphere of the manifold."""
+  inside = np.zeros(len(queries_MxD), bool)
+  for s in range(0, len(queries_MxD), chunk):
+    d = _pairwise_sq_dists(queries_MxD[s:s + chunk], manifold_NxD)
+    inside[s:s + chunk] = np.any(d <= radii_sq_N[None, :], axis=1)
+  return float(inside.mean())
+
+
+def precision_recall(real_NxD, fake_MxD, k=3, chunk=1024):
+  """Improved precision and recall, Kynkaanniemi et al. 2019: k-NN hyperspheres around each set.
+
+  Precision: share of fake samples inside the real manifold; recall: share of real inside the fake one.
+  """
+  if min(len(real_NxD), len(fake_MxD)) <= k:
+    raise ValueError(f"precision/recall with k={k} needs more than {k} samples per set")
+  real_radii = _knn_radii_sq(real_NxD, k, chunk)
+  fake_radii = _knn_radii_sq(fake_MxD, k, chunk)
+  return _coverage(real_NxD, real_radii, fake_MxD, chunk), _coverage(fake_MxD, fake_radii, real_NxD, chunk)
+
+
+@jax.jit
+def _parzen_log_density(centers_NxD, x_BxD, sigma):
+  d = x_BxD.shape[1]
+  sq = (jnp.sum(x_BxD ** 2, 1)[:, None] - 2 * x_BxD @ centers_NxD.T + jnp.sum(centers_NxD ** 2, 1)[None, :])
+  log_kernel = -jnp.maximum(sq, 0) / (2 * sigma ** 2)
+  return (jax.nn.logsumexp(log_kernel, axis=1) - jnp.log(centers_NxD.shape[0])
+          - d * (jnp.log(sigma) + 0.5 * jnp.log(2 * jnp.pi)))
+
+
+def parzen_log_likelihood(centers_NxD, x_MxD, sigma, chunk=1024) -> np.ndarray:
+  """Per-example log-density (nats) of x under an isotropic Gaussian Parzen window on the centers."""
+  centers = jnp.asarray(centers_NxD, jnp.float32)
+  out = [np.asarray(_parzen_log_density(centers, jnp.asarray(x_MxD[s:s + chunk], jnp.float32), sigma))
+         for s in range(0, len(x_MxD), chunk)]
+  return np.concatenate(out).astype(np.float64)
+
+
+def parzen_evaluate(samples_NxD, validation_MxD, test_KxD, sigmas=None):
+  """The Goodfellow et al. 2014 protocol: pick sigma by mean validation log-likelihood on a grid (their
+  code searches logspace(-1, 0, 10) for pixels in [0, 1]), then report the test mean and its standard error.
+  """
+  sigmas = np.logspace(-1.0, 0.0, 10) if sigmas is None else np.asarray(sigmas)
+  validation_ll = [float(parzen_log_likelihood(samples_NxD, validation_MxD, s).mean()) for s in sigmas]
+  best = float(sigmas[int(np.argmax(validation_ll))])
+  test_ll = parzen_log_likelihood(samples_NxD, test_KxD, best)
+  return {"parzen_ll": float(test_ll.mean()), "parzen_ll_se": float(test_ll.std() / math.sqrt(len(test_ll))),
+          "parzen_sigma": best}

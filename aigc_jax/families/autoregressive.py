@@ -1,0 +1,214 @@
+"""Autoregressive text: a GPT trained on next-token cross-entropy, sampled with a key/value cache.
+
+State: {step, params, opt_state, vocab_table}. `vocab_table` (int32 [V], see data.text.Tokenizer.table) rides
+in the checkpoint so samples decode exactly as the model was trained, and every sample carries it to
+`aigc_jax.outputs`, which writes the text. Optimiser: AdamW, warm-up + cosine decay, weight decay on matrices
+only, gradient clipping (aigc_jax.optim).
+
+Generation is one compiled `lax.scan`: the prompt is prefilled into the cache, then each step feeds one
+token. When the context is full the cache restarts from the last block_size // 2 tokens (learned absolute
+positions cannot slide), and the uncached reference (`cached=False`) recomputes exactly those contexts, so
+the two agree token for token.
+"""
+import math
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import PartitionSpec as P
+from ml_collections import ConfigDict
+
+from aigc_jax import optim, parallel
+from aigc_jax.data import text
+from aigc_jax.errors import UserError
+from aigc_jax.families import Family
+from aigc_jax.models.transformer import GPT
+from aigc_jax.parallel import DATA_AXIS, example_keys, keys_for_ids
+
+
+def build_model(config: ConfigDict, vocab_size: int) -> GPT:
+  m = config.model
+  if m.width % m.num_heads:
+    raise UserError(f"model.width {m.width} is not divisible by model.num_heads {m.num_heads}; change one")
+  return GPT(vocab_size=vocab_size, block_size=m.block_size, num_layers=m.num_layers, num_heads=m.num_heads,
+             width=m.width, dropout=m.dropout, use_bias=m.use_bias, dtype=optim.compute_dtype(config.dtype),
+             attention_impl=m.attention_impl or None)
+
+
+def check_sampling(s: ConfigDict):
+  if not 0.0 < s.top_p <= 1.0:
+    raise UserError(f"sample.top_p must be in (0, 1], got {s.top_p}; use 1.0 to turn nucleus sampling off")
+  if s.temperature < 0:
+    raise UserError(f"sample.temperature must be >= 0 (0 = greedy), got {s.temperature}")
+  if s.top_k < 0 or s.max_new_tokens < 1:
+    raise UserError(f"sample.top_k must be >= 0 and sample.max_new_tokens >= 1, got {s.top_k}, {s.max_new_tokens}")
+
+
+def encode_prompt(tokenizer: text.Tokenizer, prompt: str, block_size: int) -> np.ndarray:
+  """Prompt ids; an empty prompt starts from a newline (as nanoGPT does) or token 0."""
+  if not prompt:
+    ids = tokenizer.encode("\n") if tokenizer.kind == "byte" or "\n" in tokenizer.chars else np.zeros(1, np.int32)
+  else:
+    ids = tokenizer.encode(prompt)
+  if len(ids) > block_size:
+    raise UserError(f"sample.prompt is {len(ids)} tokens, longer than the model's context of {block_size}; "
+                    "shorten the prompt")
+  return ids
+
+
+def filter_logits(logits_BxV, temperature: float, top_k: int, top_p: float):
+  """Temperature, then top-k, then nucleus (top-p) filtering; removed tokens get -inf."""
+  logits_BxV = logits_BxV / temperature
+  if top_k and top_k < logits_BxV.shape[-1]:
+    kth_Bx1 = jax.lax.top_k(logits_BxV, top_k)[0][:, -1:]
+    logits_BxV = jnp.where(logits_BxV < kth_Bx1, -jnp.inf, logits_BxV)
+  if top_p < 1.0:
+    sorted_BxV = jnp.sort(logits_BxV, axis=-1)[:, ::-1]
+    probs_BxV = jax.nn.softmax(sorted_BxV, axis=-1)
+    # Keep the smallest prefix whose mass reaches top_p: a token stays if the mass before it is < top_p.
+    keep_BxV = jnp.cumsum(probs_BxV, axis=-1) - probs_BxV < top_p
+    cutoff_Bx1 = jnp.min(jnp.where(keep_BxV, sorted_BxV, jnp.inf), axis=-1, keepdims=True)
+    logits_BxV = jnp.where(logits_BxV < cutoff_Bx1, -jnp.inf, logits_BxV)
+  return logits_BxV
+
+
+def make_generate(model: GPT, s: ConfigDict):
+  """generate(params, prompt_P, keys_B, max_new_tokens, cached) -> int32 [B, P + max_new_tokens]."""
+  block = model.block_size
+  keep = max(block // 2, 2)
+
+  def pick(logits_BxV, keys_B, n):
+    if s.temperature == 0:
+      return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+    logits_BxV = filter_logits(logits_BxV, s.temperature, s.top_k, s.top_p)
+    step_keys = jax.vmap(lambda k: jax.random.fold_in(k, n))(keys_B)
+    return jax.vmap(jax.random.categorical)(step_keys, logits_BxV).astype(jnp.int32)
+
+  def generate(params, prompt_P, keys_B, max_new_tokens: int, cached: bool = True):
+    b, p = keys_B.shape[0], len(prompt_P)
+    buf_BxN = jnp.zeros((b, p + max_new_tokens + block), jnp.int32)  # + block: room for fixed-size slices
+    buf_BxN = buf_BxN.at[:, :p].set(jnp.asarray(prompt_P, jnp.int32)[None])
+
+    def apply_cached(tokens_BxT, cache, pos):
+      return model.apply({"params": params}, tokens_BxT, cache=cache, cache_pos=pos)
+
+    if cached:
+      # Invariant: the cache holds every context token but the newest, buf[n - 1], at positions < pos.
+      cache = model.empty_cache(b)
+      if p > 1:
+        _, cache = apply_cached(buf_BxN[:, :p - 1], cache, 0)
+
+      def restart(args):
+        buf_BxN, n, _, _ = args
+        window_BxW = jax.lax.dynamic_slice_in_dim(buf_BxN, n - keep, keep - 1, axis=1)
+        _, cache = apply_cached(window_BxW, model.empty_cache(b), 0)
+        return cache, jnp.int32(keep - 1)
+
+      def step(carry, _):
+        buf_BxN, n, cache, pos = carry
+        cache, pos = jax.lax.cond(pos == block, restart, lambda a: (a[2], a[3]), (buf_BxN, n, cache, pos))
+        last_Bx1 = jax.lax.dynamic_slice_in_dim(buf_BxN, n - 1, 1, axis=1)
+        logits_Bx1xV, cache = apply_cached(last_Bx1, cache, pos)
+        next_B = pick(logits_Bx1xV[:, 0], keys_B, n)
+        buf_BxN = jax.lax.dynamic_update_slice_in_dim(buf_BxN, next_B[:, None], n, axis=1)
+        return (buf_BxN, n + 1, cache, pos + 1), None
+
+      carry = (buf_BxN, jnp.int32(p), cache, jnp.int32(p - 1))
+    else:
+      def step(carry, _):
+        buf_BxN, n, start = carry
+        start = jnp.where(n - start > block, n - keep, start)  # the cached path's restart rule
+        context_BxS = jax.lax.dynamic_slice_in_dim(buf_BxN, start, block, axis=1)
+        logits_BxSxV = model.apply({"params": params}, context_BxS)
+        logits_BxV = jax.lax.dynamic_index_in_dim(logits_BxSxV, n - 1 - start, axis=1, keepdims=False)
+        next_B = pick(logits_BxV, keys_B, n)
+        buf_BxN = jax.lax.dynamic_update_slice_in_dim(buf_BxN, next_B[:, None], n, axis=1)
+        return (buf_BxN, n + 1, start), None
+
+      carry = (buf_BxN, jnp.int32(p), jnp.int32(0))
+    carry, _ = jax.lax.scan(step, carry, None, length=max_new_tokens)
+    return carry[0][:, :p + max_new_tokens]
+
+  return generate
+
+
+def build(config: ConfigDict):
+  """The family plus the pieces tests and bench/ reach for (model, tokenizer, generate, encoded prompt)."""
+  m, s = config.model, config.sample
+  check_sampling(s)
+  tokenizer = text.make_tokenizer(config.data)
+  vocab_table = tokenizer.table()
+  model = build_model(config, tokenizer.vocab_size)
+  prompt_P = encode_prompt(tokenizer, s.prompt, m.block_size)
+  tx, schedule = optim.make_optimizer(config.optimizer)
+  generate = make_generate(model, s)
+  unit = "bits_per_char" if tokenizer.kind == "char" else "bits_per_byte"
+
+  def token_losses(params, tokens_BxT1, train=False, dropout_keys_B=None):
+    """Per-token cross-entropy [B, T] in nats."""
+    inputs_BxT, targets_BxT = tokens_BxT1[:, :-1], tokens_BxT1[:, 1:]
+    if train and m.dropout > 0:
+      # Per-example dropout keys: the masks do not depend on how the batch is split across devices.
+      def one(x_T, k):
+        return model.apply({"params": params}, x_T[None], train=True, rngs={"dropout": k})[0]
+      logits_BxTxV = jax.vmap(one)(inputs_BxT, dropout_keys_B)
+    else:
+      logits_BxTxV = model.apply({"params": params}, inputs_BxT)
+    return optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT)
+
+  def init(rng, example_batch):
+    params = model.init(rng, example_batch["tokens"][:, :-1])["params"]
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
+            "vocab_table": jnp.asarray(vocab_table)}
+
+  def train_step(state, batch, rng):
+    tokens = batch["tokens"]
+    keys_B = example_keys(rng, tokens.shape[0])
+    loss_fn = lambda params: jnp.mean(token_losses(params, tokens, train=True, dropout_keys_B=keys_B))
+    loss, grads = jax.value_and_grad(loss_fn)(state["params"])
+    grads = jax.lax.pmean(grads, DATA_AXIS)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    new_state = {**state, "step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
+                 "opt_state": opt_state}
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state["step"])}
+    return new_state, jax.lax.pmean(metrics, DATA_AXIS)
+
+  def eval_step(state, batch, rng):
+    """Mean next-token loss (nats), perplexity and bits per char/byte; `batch['mask']` marks real rows."""
+    del rng
+    losses_B = jnp.mean(token_losses(state["params"], batch["tokens"]), axis=-1)
+    mask_B = batch.get("mask", jnp.ones_like(losses_B))
+    loss = jax.lax.psum(jnp.sum(losses_B * mask_B), DATA_AXIS) / jax.lax.psum(jnp.sum(mask_B), DATA_AXIS)
+    return {"loss": loss, "perplexity": jnp.exp(loss), unit: loss / math.log(2)}
+
+  def sample(state, rng, ids_B, cached=True):
+    tokens_BxN = generate(state["params"], prompt_P, keys_for_ids(rng, ids_B), s.max_new_tokens, cached)
+    return {"text": tokens_BxN, "text_vocab": jnp.broadcast_to(state["vocab_table"],
+                                                               (len(ids_B),) + state["vocab_table"].shape)}
+
+  family = Family(init=init, train_step=train_step, sample=sample, eval_step=eval_step)
+  return types.SimpleNamespace(family=family, model=model, tokenizer=tokenizer, generate=generate,
+                               prompt=prompt_P, token_losses=token_losses)
+
+
+def make_family(config: ConfigDict) -> Family:
+  return build(config).family
+
+
+def evaluate_split(config: ConfigDict, family: Family, state, mesh, split: str = "validation",
+                   num_batches: int = None) -> dict:
+  """Mean loss / perplexity / bits over `num_batches` random windows of `split` (nanoGPT's estimate_loss),
+  deterministic given eval.seed."""
+  n_dev = mesh.devices.size
+  bs = -(-config.batch_size // n_dev) * n_dev
+  it = text.TextBatchIterator(text.load_tokens(config.data, split), config.model.block_size, bs,
+                              config.eval.seed + 1_000_003)
+  step_fn = jax.jit(jax.shard_map(family.eval_step, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P()),
+                                  out_specs=P(), check_vma=False))
+  losses = [float(jax.device_get(step_fn(state, parallel.shard_batch(next(it), mesh), jax.random.key(0)))["loss"])
+            for _ in range(num_batches or config.eval.text_batches)]
+  loss = float(np.mean(losses))
+  unit = "bits_per_char" if config.data.tokenizer == "char" else "bits_per_byte"
+  return {"loss": loss, "perplexity": math.exp(loss), unit: loss / math.log(2), "num_batches": len(losses)}

@@ -1,0 +1,157 @@
+"""Denoising diffusion probabilistic models (Ho, Jain & Abbeel, NeurIPS 2020), with DDIM sampling (Song et
+al. 2021) and classifier-free guidance (Ho & Salimans 2022).
+
+State: params, Adam state, EMA params, step. A train step draws per example a timestep t ~ U{0..T-1} and
+noise, and regresses the U-Net on the configured target (eps / x0 / v) at x_t; with `model.num_classes`
+the label is replaced by the null class with probability `diffusion.label_dropout`, which trains the
+unconditional branch that guidance needs. `eval_step` is the variational bound in bits/dim (T network
+calls per batch). `sample` runs `sample.sampler` (ddpm | ddim) over `sample.steps` steps as one compiled
+loop; class-conditional models draw class (id // grid columns) % num_classes for sample id, so each row of
+the written grid is one class.
+
+The pieces live in `diffusion_lib/` (schedules, objectives, likelihood, samplers); this module wires them to
+the family contract and checks the config.
+"""
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+from ml_collections import ConfigDict
+
+from aigc_jax import optim
+from aigc_jax.errors import UserError
+from aigc_jax.families import Family
+from aigc_jax.families.diffusion_lib import likelihood, objectives, samplers
+from aigc_jax.families.diffusion_lib.schedules import make_schedule, q_sample
+from aigc_jax.models.unet import UNet
+from aigc_jax.parallel import DATA_AXIS, example_keys, keys_for_ids
+
+
+def build_model(config: ConfigDict) -> UNet:
+  m, d = config.model, config.data
+  levels = len(m.ch_mult)
+  if d.image_size % 2 ** (levels - 1):
+    raise UserError(f"image_size {d.image_size} is not divisible by 2^{levels - 1} for {levels} U-Net levels; "
+                    "change data.image_size or model.ch_mult")
+  widths = [m.ch * k for k in m.ch_mult]
+  if any(w % 32 for w in widths):
+    raise UserError(f"U-Net widths {widths} must be multiples of 32 (GroupNorm uses 32 groups); change model.ch")
+  return UNet(ch=m.ch, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
+              attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout, num_classes=m.num_classes,
+              out_channels=d.channels, dtype=optim.compute_dtype(config.dtype))
+
+
+def check_sampling(config: ConfigDict):
+  """One-line errors for sampler settings the model cannot honour."""
+  s, T = config.sample, config.diffusion.num_timesteps
+  if s.sampler not in samplers.SAMPLERS:
+    raise UserError(f"unknown sample.sampler {s.sampler!r}; use one of {samplers.SAMPLERS}")
+  if not 0 <= s.steps <= T:
+    raise UserError(f"sample.steps={s.steps} must be between 1 and diffusion.num_timesteps={T} (0 = all T)")
+  if s.guidance_scale != 1.0 and not config.model.num_classes:
+    raise UserError(f"sample.guidance_scale={s.guidance_scale} needs a class-conditional model "
+                    "(model.num_classes > 0); leave it at 1.0 for an unconditional model")
+  if s.guidance_scale != 1.0 and not config.diffusion.label_dropout:
+    raise UserError(f"sample.guidance_scale={s.guidance_scale} needs the null class, which only a model trained "
+                    "with diffusion.label_dropout > 0 has learned; set sample.guidance_scale=1.0")
+  if s.sampler == "ddim" and s.eta < 0:
+    raise UserError(f"sample.eta must be >= 0, got {s.eta}")
+
+
+def make_family(config: ConfigDict) -> Family:
+  dif, m = config.diffusion, config.model
+  objectives.check(dif.prediction, dif.loss_weighting)
+  if not 0.0 <= dif.label_dropout < 1.0:
+    raise UserError(f"diffusion.label_dropout must be in [0, 1), got {dif.label_dropout}")
+  if dif.label_dropout and not m.num_classes:
+    raise UserError("diffusion.label_dropout > 0 needs a class-conditional model; set model.num_classes")
+  check_sampling(config)
+  schedule = make_schedule(dif.schedule, dif.num_timesteps, dif.beta_start, dif.beta_end)
+  schedule.model_log_variance(dif.variance)  # validates the name now rather than at the first eval
+  model = build_model(config)
+  tx, lr_schedule = optim.make_optimizer(config.optimizer)
+  null_label = m.num_classes  # the extra embedding row of a conditional U-Net
+  process = dict(schedule=schedule, prediction=dif.prediction)
+
+  def apply(params, x, t_B, labels_B, dropout_keys_B=None):
+    """The U-Net; with dropout keys, each example gets its own dropout mask (independent of the batch split)."""
+    labels_B = labels_B if m.num_classes else None
+    if dropout_keys_B is None or not m.dropout:
+      return model.apply({"params": params}, x, t_B, labels_B, train=False)
+
+    def one(x1, t1, y1, k):
+      y = None if y1 is None else y1[None]
+      return model.apply({"params": params}, x1[None], t1[None], y, train=True, rngs={"dropout": k})[0]
+    return jax.vmap(one)(x, t_B, labels_B, dropout_keys_B)
+
+  def init(rng, example_batch):
+    image = example_batch["image"]
+    t_B = jnp.zeros((image.shape[0],), jnp.int32)
+    labels_B = jnp.zeros((image.shape[0],), jnp.int32) if m.num_classes else None
+    params = model.init({"params": rng}, image, t_B, labels_B, train=False)["params"]
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params), "ema_params": params}
+
+  def train_step(state, batch, rng):
+    x0 = batch["image"]
+    b = x0.shape[0]
+    keys = example_keys(rng, b)
+    purpose = lambda p: jax.vmap(lambda k: jax.random.fold_in(k, p))(keys)
+    t_B = jax.vmap(lambda k: jax.random.randint(k, (), 0, dif.num_timesteps))(purpose(0))
+    noise = jax.vmap(lambda k: jax.random.normal(k, x0.shape[1:]))(purpose(1))
+    labels_B = batch["label"].astype(jnp.int32)
+    if m.num_classes and dif.label_dropout:
+      drop_B = jax.vmap(lambda k: jax.random.bernoulli(k, dif.label_dropout))(purpose(2))
+      labels_B = jnp.where(drop_B, null_label, labels_B)
+    xt = q_sample(schedule, x0, t_B, noise)
+
+    def loss_fn(params):
+      out = apply(params, xt, t_B, labels_B, purpose(3))
+      return objectives.loss(dif.prediction, dif.loss_weighting, schedule, out, x0, noise, t_B, dif.min_snr_gamma)
+
+    loss, grads = jax.value_and_grad(loss_fn)(state["params"])
+    grads = jax.lax.pmean(grads, DATA_AXIS)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    step = state["step"]
+    new_state = {"step": step + 1, "params": params, "opt_state": opt_state,
+                 "ema_params": optim.ema_update(state["ema_params"], params, step, m.ema_decay)}
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "learning_rate": lr_schedule(step)}
+    return new_state, jax.lax.pmean(metrics, DATA_AXIS)
+
+  def eval_params(state):
+    return state["ema_params"] if config.sample.use_ema else state["params"]
+
+  def eval_step(state, batch, rng):
+    """Bits/dim of the bound on -log p(x) (for a conditional model: of the unconditional, null-class branch)."""
+    x0 = batch["image"]
+    params = eval_params(state)
+    null_B = jnp.full((x0.shape[0],), null_label, jnp.int32)
+    parts = likelihood.bound_bpd(lambda x, t_B: apply(params, x, t_B, null_B), x0, example_keys(rng, x0.shape[0]),
+                                 variance=dif.variance, clip_denoised=dif.clip_denoised, **process)
+    return jax.lax.pmean(jax.tree.map(jnp.mean, parts), DATA_AXIS)
+
+  timesteps = samplers.sampling_timesteps(dif.num_timesteps, config.sample.steps)
+  grid_columns = math.ceil(math.sqrt(config.sample.num))  # outputs.image_grid's default layout
+
+  def sample(state, rng, ids_B):
+    s = config.sample
+    params = eval_params(state)
+    keys_Bx2 = jax.vmap(jax.random.split)(keys_for_ids(rng, ids_B))
+    image_shape = (config.data.image_size, config.data.image_size, config.data.channels)
+    x_T = jax.vmap(lambda k: jax.random.normal(k, image_shape))(keys_Bx2[:, 0])
+    labels_B = (ids_B // grid_columns) % max(m.num_classes, 1)
+    denoise = samplers.guided(lambda x, t_B, y_B: apply(params, x, t_B, y_B), labels_B, null_label,
+                              s.guidance_scale)
+    if s.sampler == "ddpm":
+      images = samplers.ddpm(denoise, schedule, timesteps, x_T, keys_Bx2[:, 1], variance=dif.variance,
+                             clip_denoised=dif.clip_denoised, prediction=dif.prediction)
+    else:
+      images = samplers.ddim(denoise, schedule, timesteps, x_T, keys_Bx2[:, 1], eta=s.eta,
+                             clip_denoised=dif.clip_denoised, prediction=dif.prediction)
+    out = {"images": jnp.clip(images, -1.0, 1.0)}
+    if m.num_classes:
+      out["labels"] = labels_B
+    return out
+
+  return Family(init=init, train_step=train_step, sample=sample, eval_step=eval_step)

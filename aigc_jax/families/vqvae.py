@@ -1,0 +1,161 @@
+"""VQ-VAE (van den Oord, Vinyals & Kavukcuoglu 2017): a deterministic autoencoder with a discrete bottleneck.
+
+Loss = ||x - D(z_q)||^2 + ||sg(z_e) - e||^2 + beta ||z_e - sg(e)||^2 (the paper's eq. 3, with a fixed-variance
+Gaussian decoder, i.e. MSE). Gradients pass the quantiser straight through (z_e + sg(z_q - z_e)). With
+`model.codebook_update='ema'` the codebook term is dropped and each code becomes an exponential moving average
+of the encoder outputs assigned to it (Appendix A), with counts and sums summed over every device so the
+update does not depend on how the batch is split.
+
+`sample` reconstructs data (there is no prior over codes here): even ids are inputs, odd ids their
+reconstructions, so a grid shows input/reconstruction pairs side by side. `encode` gives the code grid of
+each image (for `--mode=encode`, and to train a prior over codes later).
+"""
+import functools
+import json
+
+import jax
+import jax.numpy as jnp
+import optax
+from ml_collections import ConfigDict
+
+from aigc_jax import optim
+from aigc_jax.errors import UserError
+from aigc_jax.evaluation.image_quality import psnr, ssim
+from aigc_jax.families import Family
+from aigc_jax.models.vqvae import VQVAE
+from aigc_jax.parallel import DATA_AXIS
+
+CODEBOOK_UPDATES = ("loss", "ema")
+
+
+def build_model(config: ConfigDict):
+  m = config.model
+  return VQVAE(config.data.channels, m.num_codes, m.code_dim, m.hidden, m.residual_hidden, m.num_residual_blocks,
+               m.num_downsamples, ema=m.codebook_update == "ema", dtype=optim.compute_dtype(config.dtype))
+
+
+def check_config(config: ConfigDict):
+  m = config.model
+  if m.num_codes < 2:
+    raise UserError(f"model.num_codes={m.num_codes}: a codebook needs at least 2 codes; set --config.model.num_codes")
+  if m.codebook_update not in CODEBOOK_UPDATES:
+    raise UserError(f"unknown model.codebook_update {m.codebook_update!r}; use one of {CODEBOOK_UPDATES}")
+  factor = 2 ** m.num_downsamples
+  if config.data.image_size % factor:
+    raise UserError(f"data.image_size {config.data.image_size} is not divisible by 2^model.num_downsamples = "
+                    f"{factor}; change one of them")
+
+
+def ema_codebook_update(codebook: dict, z_NxD, idx_N, decay: float, epsilon: float):
+  """One EMA step of the codebook statistics (Appendix A), with Laplace smoothing of the counts so codes that
+  receive nothing do not divide by zero. Counts and sums are summed over the data axis."""
+  num_codes = codebook["embedding"].shape[0]
+  one_hot_NxK = jax.nn.one_hot(idx_N, num_codes, dtype=jnp.float32)
+  counts_K = jax.lax.psum(jnp.sum(one_hot_NxK, axis=0), DATA_AXIS)
+  sums_KxD = jax.lax.psum(one_hot_NxK.T @ z_NxD, DATA_AXIS)
+  cluster_size = decay * codebook["cluster_size"] + (1 - decay) * counts_K
+  embed_sum = decay * codebook["embed_sum"] + (1 - decay) * sums_KxD
+  n = jnp.sum(cluster_size)
+  smoothed = (cluster_size + epsilon) / (n + num_codes * epsilon) * n
+  return {"embedding": embed_sum / smoothed[:, None], "cluster_size": cluster_size, "embed_sum": embed_sum}
+
+
+def code_usage_stats(counts_K):
+  """Perplexity exp(H(usage)) (K when all codes are used equally, 1 when one is) and the share of unused codes."""
+  counts_K = jnp.asarray(counts_K, jnp.float32)
+  p = counts_K / jnp.maximum(jnp.sum(counts_K), 1.0)
+  entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0))
+  return {"perplexity": jnp.exp(entropy), "dead_code_share": jnp.mean((counts_K == 0).astype(jnp.float32))}
+
+
+@functools.lru_cache(maxsize=4)
+def _display_images(data_cfg_json: str, num: int):
+  """The first `num` images of the display split, in [-1, 1] (loaded once, on first sample)."""
+  from aigc_jax import data as data_lib
+  data_cfg = ConfigDict(json.loads(data_cfg_json))
+  images = data_lib.load_image_set(data_cfg, data_cfg.display_split).images[:num]
+  return data_lib.to_model_range(images)
+
+
+def make_family(config: ConfigDict) -> Family:
+  check_config(config)
+  m = config.model
+  ema = m.codebook_update == "ema"
+  model = build_model(config)
+  tx, schedule = optim.make_optimizer(config.optimizer)
+
+  def variables(state, params=None):
+    v = {"params": state["params"] if params is None else params}
+    if ema:
+      v["codebook"] = state["codebook"]
+    return v
+
+  def init(rng, example_batch):
+    x = example_batch["image"]
+    v = model.init(rng, x)
+    return {"step": jnp.zeros((), jnp.int32), "params": v["params"], "opt": tx.init(v["params"]),
+            "codebook": v.get("codebook", {})}
+
+  def losses(state, params, x):
+    recon, z, q, idx = model.apply(variables(state, params), x)
+    mse = jnp.mean((recon - x) ** 2)
+    commitment = jnp.mean((z - jax.lax.stop_gradient(q)) ** 2)
+    codebook_loss = 0.0 if ema else jnp.mean((jax.lax.stop_gradient(z) - q) ** 2)
+    loss = mse + codebook_loss + m.beta * commitment
+    return loss, {"recon": recon, "z": z, "idx": idx, "mse": mse, "commitment": commitment}
+
+  def train_step(state, batch, rng):
+    del rng  # deterministic model
+    x = batch["image"]
+    (loss, aux), grads = jax.value_and_grad(lambda p: losses(state, p, x), has_aux=True)(state["params"])
+    grads = jax.lax.pmean(grads, DATA_AXIS)
+    updates, opt_state = tx.update(grads, state["opt"], state["params"])
+    codebook = state["codebook"]
+    if ema:
+      codebook = {"quantizer": ema_codebook_update(codebook["quantizer"], aux["z"].reshape(-1, m.code_dim),
+                                                   aux["idx"].reshape(-1), m.ema_decay, m.ema_epsilon)}
+    counts = jax.lax.psum(jnp.bincount(aux["idx"].reshape(-1), length=m.num_codes), DATA_AXIS)
+    metrics = {"loss": loss, "mse": aux["mse"], "commitment": aux["commitment"],
+               "psnr": jnp.mean(psnr(aux["recon"], x)), "learning_rate": schedule(state["step"])}
+    metrics = jax.lax.pmean(metrics, DATA_AXIS)
+    metrics.update(code_usage_stats(counts))  # from global counts: already the same on every device
+    new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
+                 "opt": opt_state, "codebook": codebook}
+    return new_state, metrics
+
+  def reconstruct(state, x):
+    recon, _, _, idx = model.apply(variables(state), x)
+    return jnp.clip(recon, -1.0, 1.0), idx
+
+  def eval_step(state, batch, rng):
+    """Per-example MSE, PSNR and SSIM of clipped reconstructions (masked global means), and code usage."""
+    del rng
+    x = batch["image"]
+    recon, idx = reconstruct(state, x)
+    per_example = {"mse": jnp.mean((recon - x) ** 2, axis=(1, 2, 3)), "psnr": psnr(recon, x)}
+    if min(x.shape[1:3]) >= 11:  # SSIM's 11x11 window must fit
+      per_example["ssim"] = ssim(recon, x)
+    mask = batch.get("mask", jnp.ones(x.shape[0]))
+    count = jax.lax.psum(jnp.sum(mask), DATA_AXIS)
+    metrics = {k: jax.lax.psum(jnp.sum(v * mask), DATA_AXIS) / count for k, v in per_example.items()}
+    weights = jnp.broadcast_to(mask[:, None, None], idx.shape).reshape(-1)
+    counts = jax.lax.psum(jnp.zeros(m.num_codes).at[idx.reshape(-1)].add(weights), DATA_AXIS)
+    metrics.update(code_usage_stats(counts))
+    return metrics
+
+  def encode(state, batch, rng):
+    del rng
+    _, idx = model.apply(variables(state), batch["image"], method=lambda mdl, x: mdl.quantize(mdl.encode(x)))
+    return {"codes": idx.astype(jnp.int32)}
+
+  def sample(state, rng, ids_B):
+    del rng
+    n = -(-config.sample.num // 2)
+    data_cfg = config.data.to_dict()
+    data_cfg["display_split"] = config.sample.split
+    shown = jnp.asarray(_display_images(json.dumps(data_cfg, sort_keys=True), n))
+    x = shown[(ids_B // 2) % shown.shape[0]]
+    recon, _ = reconstruct(state, x)
+    return {"images": jnp.where((ids_B % 2 == 1)[:, None, None, None], recon, x)}
+
+  return Family(init=init, train_step=train_step, sample=sample, eval_step=eval_step, encode=encode)

@@ -1,0 +1,142 @@
+"""A GPT-2 style decoder-only transformer (Radford et al., 2019), readable top to bottom.
+
+Pre-LayerNorm blocks, learned absolute positions, GELU MLP, input and output embeddings tied, dropout,
+optional biases. Attention goes through `jax.nn.dot_product_attention`, which uses cuDNN flash attention
+on GPU when asked (`attention_impl="cudnn"`) and XLA elsewhere.
+
+Decoding uses an explicit key/value cache: a list with one `(k_BxSxHxK, v_BxSxHxK)` pair per layer, where
+S is the context length. `GPT(tokens_BxT, cache=cache, cache_pos=p)` writes the keys/values of the T new
+tokens at positions p..p+T-1 and returns the logits with the updated cache, so prefill (T = prompt length)
+and one-token steps (T = 1) are the same code. The cache is a plain pytree so it can ride in a
+`lax.scan` carry, which keeps the whole generation loop in one compiled program.
+
+Names carry shapes: B batch, T new tokens, S cached context, D width, H heads, K head size, V vocabulary.
+"""
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# GPT-2's initialisation: N(0, 0.02) everywhere, residual projections further scaled by 1/sqrt(2 * layers)
+# so the residual stream's variance does not grow with depth.
+INIT_STD = 0.02
+
+
+class CausalSelfAttention(nn.Module):
+  num_heads: int
+  dropout: float = 0.0
+  use_bias: bool = False
+  num_layers: int = 1
+  dtype: jnp.dtype = jnp.float32
+  attention_impl: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, x_BxTxD, train: bool, cache=None, cache_pos=None):
+    b, t, d = x_BxTxD.shape
+    h = self.num_heads
+    dense = lambda features, std, name: nn.Dense(
+        features, use_bias=self.use_bias, dtype=self.dtype, kernel_init=nn.initializers.normal(std), name=name)
+    qkv_BxTx3D = dense(3 * d, INIT_STD, "qkv")(x_BxTxD)
+    q_BxTxD, k_BxTxD, v_BxTxD = jnp.split(qkv_BxTx3D, 3, axis=-1)
+    q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = (a.reshape(b, t, h, d // h) for a in (q_BxTxD, k_BxTxD, v_BxTxD))
+
+    if cache is None:
+      y_BxTxHxK = jax.nn.dot_product_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, is_causal=True,
+                                               implementation=self.attention_impl)
+      new_cache = None
+    else:
+      k_cache_BxSxHxK, v_cache_BxSxHxK = cache
+      k_cache_BxSxHxK = jax.lax.dynamic_update_slice(k_cache_BxSxHxK, k_BxTxHxK.astype(k_cache_BxSxHxK.dtype),
+                                                     (0, cache_pos, 0, 0))
+      v_cache_BxSxHxK = jax.lax.dynamic_update_slice(v_cache_BxSxHxK, v_BxTxHxK.astype(v_cache_BxSxHxK.dtype),
+                                                     (0, cache_pos, 0, 0))
+      s = k_cache_BxSxHxK.shape[1]
+      # New token i sits at position cache_pos + i and may see cached positions up to and including its own;
+      # slots beyond are stale or empty.
+      mask_TxS = jnp.arange(s)[None, :] <= (cache_pos + jnp.arange(t))[:, None]
+      y_BxTxHxK = jax.nn.dot_product_attention(q_BxTxHxK, k_cache_BxSxHxK.astype(self.dtype),
+                                               v_cache_BxSxHxK.astype(self.dtype), mask=mask_TxS[None, None])
+      new_cache = (k_cache_BxSxHxK, v_cache_BxSxHxK)
+
+    y_BxTxD = y_BxTxHxK.reshape(b, t, d)
+    y_BxTxD = dense(d, INIT_STD / (2 * self.num_layers) ** 0.5, "proj")(y_BxTxD)
+    return nn.Dropout(self.dropout)(y_BxTxD, deterministic=not train), new_cache
+
+
+class MLP(nn.Module):
+  dropout: float = 0.0
+  use_bias: bool = False
+  num_layers: int = 1
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BxTxD, train: bool):
+    d = x_BxTxD.shape[-1]
+    h_BxTx4D = nn.Dense(4 * d, use_bias=self.use_bias, dtype=self.dtype,
+                        kernel_init=nn.initializers.normal(INIT_STD), name="fc")(x_BxTxD)
+    # GPT-2 uses the tanh approximation of GELU.
+    h_BxTx4D = nn.gelu(h_BxTx4D, approximate=True)
+    y_BxTxD = nn.Dense(d, use_bias=self.use_bias, dtype=self.dtype,
+                       kernel_init=nn.initializers.normal(INIT_STD / (2 * self.num_layers) ** 0.5),
+                       name="proj")(h_BxTx4D)
+    return nn.Dropout(self.dropout)(y_BxTxD, deterministic=not train)
+
+
+class Block(nn.Module):
+  num_heads: int
+  dropout: float = 0.0
+  use_bias: bool = False
+  num_layers: int = 1
+  dtype: jnp.dtype = jnp.float32
+  attention_impl: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, x_BxTxD, train: bool, cache=None, cache_pos=None):
+    norm = lambda name: nn.LayerNorm(epsilon=1e-5, use_bias=self.use_bias, dtype=self.dtype, name=name)
+    a_BxTxD, new_cache = CausalSelfAttention(self.num_heads, self.dropout, self.use_bias, self.num_layers,
+                                             self.dtype, self.attention_impl, name="attn")(
+                                                 norm("ln_1")(x_BxTxD), train, cache, cache_pos)
+    x_BxTxD = x_BxTxD + a_BxTxD
+    x_BxTxD = x_BxTxD + MLP(self.dropout, self.use_bias, self.num_layers, self.dtype, name="mlp")(
+        norm("ln_2")(x_BxTxD), train)
+    return x_BxTxD, new_cache
+
+
+class GPT(nn.Module):
+  vocab_size: int
+  block_size: int
+  num_layers: int = 4
+  num_heads: int = 4
+  width: int = 128
+  dropout: float = 0.0
+  use_bias: bool = False
+  dtype: jnp.dtype = jnp.float32
+  attention_impl: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, tokens_BxT, train: bool = False, cache=None, cache_pos=0):
+    """Logits [B, T, V] in float32 (and the updated cache when one is given)."""
+    t = tokens_BxT.shape[1]
+    embed = lambda n, name: nn.Embed(n, self.width, dtype=self.dtype,
+                                     embedding_init=nn.initializers.normal(INIT_STD), name=name)
+    wte, wpe = embed(self.vocab_size, "wte"), embed(self.block_size, "wpe")
+    positions_T = cache_pos + jnp.arange(t)
+    x_BxTxD = wte(tokens_BxT) + wpe(positions_T)[None]
+    x_BxTxD = nn.Dropout(self.dropout)(x_BxTxD, deterministic=not train)
+    new_cache = []
+    for i in range(self.num_layers):
+      x_BxTxD, layer_cache = Block(self.num_heads, self.dropout, self.use_bias, self.num_layers, self.dtype,
+                                   self.attention_impl, name=f"h_{i}")(
+                                       x_BxTxD, train, None if cache is None else cache[i], cache_pos)
+      new_cache.append(layer_cache)
+    x_BxTxD = nn.LayerNorm(epsilon=1e-5, use_bias=self.use_bias, dtype=self.dtype, name="ln_f")(x_BxTxD)
+    # Tied output embedding: logits are similarities with the input embedding table.
+    logits_BxTxV = wte.attend(x_BxTxD).astype(jnp.float32)
+    return logits_BxTxV if cache is None else (logits_BxTxV, new_cache)
+
+  def empty_cache(self, batch_size: int, dtype=None):
+    """Zeroed keys/values for every layer, [B, block_size, H, K] each."""
+    shape = (batch_size, self.block_size, self.num_heads, self.width // self.num_heads)
+    zeros = jnp.zeros(shape, dtype or self.dtype)
+    return [(zeros, zeros) for _ in range(self.num_layers)]

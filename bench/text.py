@@ -1,0 +1,159 @@
+"""Text benchmarks for the autoregressive family; each prints a table (numbers go to bench/RESULTS.md).
+
+  python bench/text.py train --set data.name=text_file --set data.path=input.txt   # ours vs PyTorch eager, cpu preset
+  python bench/text.py generate [--workdir=runs/gpt_cpu]                           # KV cache vs recomputation
+  python bench/text.py val --workdir=runs/gpt_cpu --set data.path=...              # validation loss of a checkpoint
+  python bench/text.py gpu --preset=shakespeare_char                               # tokens/s and MFU on a GPU
+"""
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from aigc_jax import data as data_lib  # noqa: E402
+from aigc_jax import parallel, trainer  # noqa: E402
+from aigc_jax.families import autoregressive as ar  # noqa: E402
+
+# Dense bf16 peak (TFLOP/s) for MFU, from NVIDIA's data sheets (SXM parts).
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+
+
+def load_config(preset, overrides):
+  spec = importlib.util.spec_from_file_location("gpt_cfg", os.path.join(ROOT, "experiments", "gpt.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config(preset)
+  for item in overrides:
+    key, value = item.split("=", 1)
+    *parents, leaf = key.split(".")
+    node = c
+    for p in parents:
+      node = node[p]
+    old = node[leaf]
+    node[leaf] = type(old)(value) if not isinstance(old, bool) else value.lower() in ("1", "true")
+  return c
+
+
+def one_device_mesh():
+  return Mesh(np.asarray(jax.devices()[:1]), (parallel.DATA_AXIS,))
+
+
+def time_ours(config, iters, warmup=5):
+  family = ar.make_family(config)
+  mesh = one_device_mesh()
+  state = jax.jit(family.init)(jax.random.key(0), data_lib.example_batch(config))
+  step = parallel.data_parallel(family.train_step, mesh)
+  it = data_lib.make_train_iterator(config)
+  for i in range(warmup):
+    state, metrics = step(state, parallel.shard_batch(next(it), mesh), jax.random.key(i))
+  jax.block_until_ready(metrics)
+  start = time.time()
+  for i in range(iters):
+    state, metrics = step(state, parallel.shard_batch(next(it), mesh), jax.random.key(i))
+  jax.block_until_ready(metrics)
+  secs = time.time() - start
+  return state, secs / iters
+
+
+def cmd_train(a):
+  c = load_config(a.preset, a.set)
+  _, ours = time_ours(c, a.iters)
+  tokens = c.batch_size * c.model.block_size
+  rows = [("aigc_jax (JAX jit)", ours * 1000, tokens / ours)]
+  if c.data.name == "text_file":
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "torch_gpt.py"), f"--data-path={c.data.path}",
+                          f"--iters={a.iters + 1}", f"--batch={c.batch_size}", f"--block={c.model.block_size}",
+                          f"--layers={c.model.num_layers}", f"--heads={c.model.num_heads}",
+                          f"--width={c.model.width}", "--eval-batches=1"], capture_output=True, text=True, check=True)
+    ref = json.loads(out.stdout.strip().splitlines()[-1])
+    rows.append((ref["impl"], ref["ms_per_iter"], ref["tokens_per_s"]))
+  print(f"cpu-preset training, {a.iters} iterations after warm-up, batch {c.batch_size} x {c.model.block_size}")
+  print(f"{'implementation':<28}{'ms/iter':>10}{'tokens/s':>12}")
+  for name, ms, tps in rows:
+    print(f"{name:<28}{ms:>10.2f}{tps:>12.0f}")
+
+
+def cmd_generate(a):
+  c = load_config(a.preset, a.set)
+  c.sample.temperature = 0.0  # greedy: the two paths must agree exactly
+  built = ar.build(c)
+  if a.workdir:
+    state, step, _ = trainer.load_latest(c, a.workdir, built.family, one_device_mesh())
+    params = state["params"]
+  else:
+    params = built.model.init(jax.random.key(0), jnp.zeros((1, c.model.block_size), jnp.int32))["params"]
+  keys = parallel.keys_for_ids(jax.random.key(0), jnp.arange(a.batch))
+  gen = jax.jit(built.generate, static_argnums=(3, 4))
+  results = {}
+  for cached in (True, False):
+    jax.block_until_ready(gen(params, built.prompt, keys, a.tokens, cached))  # compile
+    start = time.time()
+    for _ in range(a.repeats):
+      out = jax.block_until_ready(gen(params, built.prompt, keys, a.tokens, cached))
+    results[cached] = (out, a.batch * a.tokens * a.repeats / (time.time() - start))
+  same = bool(np.array_equal(results[True][0], results[False][0]))
+  print(f"greedy generation, {a.tokens} new tokens x batch {a.batch}, context {c.model.block_size}, "
+        f"{'trained' if a.workdir else 'random'} {c.model.num_layers}x{c.model.width} model, "
+        f"{jax.devices()[0].platform}")
+  print(f"{'path':<26}{'tokens/s':>12}")
+  print(f"{'KV cache (one scan)':<26}{results[True][1]:>12.0f}")
+  print(f"{'recompute context (scan)':<26}{results[False][1]:>12.0f}")
+  print(f"speed-up {results[True][1] / results[False][1]:.1f}x; greedy tokens identical: {same}")
+  print(repr(built.tokenizer.decode(results[True][0][0][:200])))
+
+
+def cmd_val(a):
+  c = load_config(a.preset, a.set)
+  family = ar.make_family(c)
+  mesh = one_device_mesh()
+  state, step, _ = trainer.load_latest(c, a.workdir, family, mesh)
+  result = ar.evaluate_split(c, family, state, mesh, num_batches=a.batches or None)
+  print(json.dumps({"step": step, **{k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}}))
+
+
+def cmd_gpu(a):
+  c = load_config(a.preset, a.set)
+  c.dtype = a.dtype
+  c.model.attention_impl = a.attention
+  state, secs = time_ours(c, a.iters)
+  params = state["params"]
+  n = sum(x.size for x in jax.tree.leaves(params)) - params["wpe"]["embedding"].size
+  m = c.model
+  flops_per_token = 6 * n + 12 * m.num_layers * m.num_heads * (m.width // m.num_heads) * m.block_size
+  tokens_per_s = c.batch_size * m.block_size / secs
+  kind = jax.devices()[0].device_kind
+  peak = next((v for k, v in PEAK_TFLOPS.items() if k in kind), None)
+  mfu = flops_per_token * tokens_per_s / (peak * 1e12) if peak else float("nan")
+  print(f"{a.preset} on {kind}, {c.dtype}, attention={a.attention or 'default'}: {secs * 1000:.2f} ms/iter, "
+        f"{tokens_per_s:,.0f} tokens/s, {n / 1e6:.2f}M params, MFU {100 * mfu:.1f}% of {peak} TFLOP/s")
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument("command", choices=["train", "generate", "val", "gpu"])
+  p.add_argument("--preset", default="cpu")
+  p.add_argument("--set", action="append", default=[], help="config override key=value (repeatable)")
+  p.add_argument("--workdir", default="")
+  p.add_argument("--iters", type=int, default=200)
+  p.add_argument("--tokens", type=int, default=500)
+  p.add_argument("--batch", type=int, default=1)
+  p.add_argument("--repeats", type=int, default=2)
+  p.add_argument("--batches", type=int, default=0, help="validation batches (0 = eval.text_batches)")
+  p.add_argument("--dtype", default="bfloat16")
+  p.add_argument("--attention", default="cudnn")
+  a = p.parse_args()
+  {"train": cmd_train, "generate": cmd_generate, "val": cmd_val, "gpu": cmd_gpu}[a.command](a)
+
+
+if __name__ == "__main__":
+  main()

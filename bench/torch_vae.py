@@ -1,0 +1,212 @@
+"""Training-step throughput of the vae and vqvae families (jit) against the same step in PyTorch eager.
+
+Both sides build the `cpu` presets' networks (experiments/vae.py:cpu, the Burda et al. MLP VAE on 28x28
+dynamically binarised digits; experiments/vqvae.py:cpu, the conv VQ-VAE with an EMA codebook on 16x16 digits),
+the same optimiser and the same batches, on one device / one process. Timing alternates between the two
+implementations in rounds and reports the median round, so load from other processes hits both alike.
+
+  pip install torch==2.13.0
+  python bench/torch_vae.py [--steps=50] [--rounds=3]     # prints a markdown table for bench/RESULTS.md
+"""
+import argparse
+import importlib.util
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, ROOT)
+import jax  # noqa: E402
+from jax.sharding import Mesh  # noqa: E402
+
+from aigc_jax import data as data_lib  # noqa: E402
+from aigc_jax import parallel, trainer  # noqa: E402
+from aigc_jax.families import get_family  # noqa: E402
+
+
+def experiment_config(name, preset="cpu"):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "experiments", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(preset)
+
+
+class TorchVAE(nn.Module):
+  """784 -> tanh 200 -> tanh 200 -> 2x50, and back: Burda et al.'s one-stochastic-layer VAE."""
+
+  def __init__(self, dims, hidden=(200, 200), latent=50):
+    super().__init__()
+    self.latent = latent
+    enc, width = [], dims
+    for h in hidden:
+      enc += [nn.Linear(width, h), nn.Tanh()]
+      width = h
+    self.encoder = nn.Sequential(*enc, nn.Linear(width, 2 * latent))
+    dec, width = [], latent
+    for h in hidden:
+      dec += [nn.Linear(width, h), nn.Tanh()]
+      width = h
+    self.decoder = nn.Sequential(*dec, nn.Linear(width, dims))
+
+  def loss(self, x_grey01):
+    x = torch.bernoulli(x_grey01)  # dynamic binarisation
+    mean, logvar = self.encoder(x).chunk(2, dim=1)
+    z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
+    logits = self.decoder(z)
+    recon = -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(1)
+    kl = 0.5 * (torch.exp(logvar) + mean ** 2 - 1.0 - logvar).sum(1)
+    return (kl - recon).mean()
+
+
+class Residual(nn.Module):
+
+  def __init__(self, channels, hidden):
+    super().__init__()
+    self.c1, self.c2 = nn.Conv2d(channels, hidden, 3, padding=1), nn.Conv2d(hidden, channels, 1)
+
+  def forward(self, x):
+    return x + self.c2(F.relu(self.c1(F.relu(x))))
+
+
+class TorchVQVAE(nn.Module):
+  """The vqvae cpu preset: one 4x4 stride-2 stage, residual blocks, K x D EMA codebook, beta commitment."""
+
+  def __init__(self, channels, hidden, res_hidden, blocks, num_codes, code_dim, beta, decay, eps):
+    super().__init__()
+    self.encoder = nn.Sequential(nn.Conv2d(channels, hidden, 4, 2, 1), nn.ReLU(), nn.Conv2d(hidden, hidden, 3, padding=1),
+                                 *[Residual(hidden, res_hidden) for _ in range(blocks)], nn.ReLU(),
+                                 nn.Conv2d(hidden, code_dim, 1))
+    self.decoder = nn.Sequential(nn.Conv2d(code_dim, hidden, 3, padding=1),
+                                 *[Residual(hidden, res_hidden) for _ in range(blocks)], nn.ReLU(),
+                                 nn.ConvTranspose2d(hidden, channels, 4, 2, 1))
+    bound = 1.0 / np.sqrt(code_dim)
+    codebook = torch.empty(num_codes, code_dim).uniform_(-np.sqrt(3) * bound, np.sqrt(3) * bound)
+    self.register_buffer("embedding", codebook)
+    self.register_buffer("cluster_size", torch.ones(num_codes))
+    self.register_buffer("embed_sum", codebook.clone())
+    self.beta, self.decay, self.eps = beta, decay, eps
+
+  def loss(self, x):
+    z = self.encoder(x).permute(0, 2, 3, 1)  # NHWC like the JAX side
+    flat = z.reshape(-1, z.shape[-1])
+    dist = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ self.embedding.T + self.embedding.pow(2).sum(1)
+    idx = dist.argmin(1)
+    q = self.embedding[idx].view_as(z)
+    recon = self.decoder((z + (q - z).detach()).permute(0, 3, 1, 2))
+    loss = F.mse_loss(recon, x) + self.beta * F.mse_loss(z, q.detach())
+    with torch.no_grad():  # EMA codebook (van den Oord et al. 2017, Appendix A)
+      one_hot = F.one_hot(idx, self.embedding.shape[0]).float()
+      self.cluster_size.mul_(self.decay).add_(one_hot.sum(0), alpha=1 - self.decay)
+      self.embed_sum.mul_(self.decay).add_(one_hot.T @ flat, alpha=1 - self.decay)
+      n = self.cluster_size.sum()
+      smoothed = (self.cluster_size + self.eps) / (n + self.embedding.shape[0] * self.eps) * n
+      self.embedding.copy_(self.embed_sum / smoothed[:, None])
+    return loss
+
+
+def jax_runner(config, batches):
+  family = get_family(config)
+  mesh = Mesh(np.asarray(jax.devices()[:1]), (parallel.DATA_AXIS,))
+  state = trainer.init_state(family, config, mesh)
+  step_fn = parallel.data_parallel(family.train_step, mesh)
+  device_batches = [parallel.shard_batch(b, mesh) for b in batches]
+  holder = {"state": state, "i": 0}
+
+  def run(steps):
+    metrics = None
+    for _ in range(steps):
+      b = device_batches[holder["i"] % len(device_batches)]
+      holder["state"], metrics = step_fn(holder["state"], b, trainer.step_rng(config, holder["i"]))
+      holder["i"] += 1
+    jax.block_until_ready(metrics)
+    return float(next(iter(metrics.values())))
+
+  return run
+
+
+def torch_runner(model, lr, eps, batches, to_input):
+  opt = torch.optim.Adam(model.parameters(), lr=lr, eps=eps)
+  inputs = [to_input(b["image"]) for b in batches]
+  holder = {"i": 0}
+
+  def run(steps):
+    loss = None
+    for _ in range(steps):
+      loss = model.loss(inputs[holder["i"] % len(inputs)])
+      opt.zero_grad(set_to_none=True)
+      loss.backward()
+      opt.step()
+      holder["i"] += 1
+    return loss.item()
+
+  return run
+
+
+def time_pair(runners, steps, rounds):
+  """{name: median ms/step}; one warm-up call each (jit compile, allocator warm-up), then alternating rounds."""
+  for run in runners.values():
+    run(2)
+  times = {name: [] for name in runners}
+  for _ in range(rounds):
+    for name, run in runners.items():
+      start = time.perf_counter()
+      run(steps)
+      times[name].append(1000 * (time.perf_counter() - start) / steps)
+  return {name: statistics.median(t) for name, t in times.items()}
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument("--steps", type=int, default=50)
+  p.add_argument("--rounds", type=int, default=3)
+  p.add_argument("--threads", type=int, default=0, help="torch intra-op threads; 0 = torch's default")
+  a = p.parse_args()
+  if a.threads:
+    torch.set_num_threads(a.threads)
+  torch.manual_seed(0)
+  rows = []
+
+  c = experiment_config("vae")
+  iterator = data_lib.make_train_iterator(c)
+  batches = [next(iterator) for _ in range(8)]
+  iterator.close()
+  dims = c.data.image_size ** 2 * c.data.channels
+  grey01 = lambda x: torch.from_numpy((x.reshape(len(x), -1) + 1.0) / 2.0)
+  ms = time_pair({"jax": jax_runner(c, batches),
+                  "torch": torch_runner(TorchVAE(dims, tuple(c.model.hidden), c.model.latent_dim),
+                                        c.optimizer.learning_rate, c.optimizer.eps, batches, grey01)},
+                 a.steps, a.rounds)
+  rows.append(("vae (MLP 200-200-50, 28x28 binarised)", c.batch_size, ms))
+  print(f"vae done: {ms}", file=sys.stderr, flush=True)
+
+  c = experiment_config("vqvae")
+  iterator = data_lib.make_train_iterator(c)
+  batches = [next(iterator) for _ in range(8)]
+  iterator.close()
+  m = c.model
+  nchw = lambda x: torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+  model = TorchVQVAE(c.data.channels, m.hidden, m.residual_hidden, m.num_residual_blocks, m.num_codes, m.code_dim,
+                     m.beta, m.ema_decay, m.ema_epsilon)
+  ms = time_pair({"jax": jax_runner(c, batches),
+                  "torch": torch_runner(model, c.optimizer.learning_rate, 1e-8, batches, nchw)}, a.steps, a.rounds)
+  rows.append((f"vqvae (conv {m.hidden}ch, K={m.num_codes} D={m.code_dim} EMA, 16x16)", c.batch_size, ms))
+
+  print(f"{time.strftime('%Y-%m-%d')} | {platform.processor() or platform.machine()} | {os.cpu_count()} cores | "
+        f"jax {jax.__version__} ({jax.default_backend()}, 1 device) vs torch {torch.__version__} eager "
+        f"({torch.get_num_threads()} threads) | median of {a.rounds} alternating rounds of {a.steps} steps\n")
+  print("| step | batch | jax jit ms/step | torch eager ms/step | jax examples/s | torch examples/s | torch/jax |")
+  print("|---|---|---|---|---|---|---|")
+  for name, batch, ms in rows:
+    print(f"| {name} | {batch} | {ms['jax']:.2f} | {ms['torch']:.2f} | {1000 * batch / ms['jax']:.0f} | "
+          f"{1000 * batch / ms['torch']:.0f} | {ms['torch'] / ms['jax']:.2f}x |")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,86 @@
+"""GPT — Radford et al., "Language Models are Unsupervised Multitask Learners" (GPT-2), 2019, at the
+character-level Shakespeare scale of Karpathy's nanoGPT (github.com/karpathy/nanoGPT, README "quick start").
+
+nanoGPT's reference runs on tiny Shakespeare (1.1M characters, 65-character vocabulary, first 90% train):
+  shakespeare_char: 6 layers, 6 heads, width 384, context 256, batch 64, dropout 0.2, no biases, AdamW lr 1e-3
+    (beta2 0.99, weight decay 0.1, warm-up 100, cosine to 1e-4 at 5,000), 5,000 iterations. Reported: best
+    validation loss 1.4697 after ~3 minutes on one A100.
+      python train.py config/train_shakespeare_char.py
+  cpu: 4 layers, 4 heads, width 128, context 64, batch 12, dropout 0, 2,000 iterations decaying over 2,000.
+    Reported: validation loss ~1.88 after ~3 minutes on a CPU.
+      python train.py config/train_shakespeare_char.py --device=cpu --compile=False --eval_iters=20
+        --log_interval=1 --block_size=64 --batch_size=12 --n_layer=4 --n_head=4 --n_embd=128
+        --max_iters=2000 --lr_decay_iters=2000 --dropout=0.0
+Ours (same text as a file; bench/RESULTS.md has the measured numbers and times):
+  python -m aigc_jax.main --config=experiments/gpt.py --workdir=runs/gpt_shakespeare     # TFDS, online
+  python -m aigc_jax.main --config=experiments/gpt.py:cpu --workdir=runs/gpt_cpu \\
+      --config.data.name=text_file --config.data.path=input.txt                          # nanoGPT's CPU run
+  python -m aigc_jax.main --config=experiments/gpt.py:cpu --workdir=runs/gpt_cpu \\
+      --mode=sample --config.sample.prompt="ROMEO:"                                       # samples/<step>.txt
+  python bench/text.py val --workdir=runs/gpt_cpu --preset=cpu [--set data.path=...]      # validation loss
+Presets: shakespeare_char (default), cpu. Without data.name the cpu preset trains offline on the Python
+standard library's own source files.
+"""
+from aigc_jax.configs import base_config, lock
+
+
+def get_config(preset: str = "shakespeare_char"):
+  c = base_config()
+  c.family = "autoregressive"
+  c.batch_size = 64
+  c.num_train_steps = 5000
+  c.log_every_steps = 250
+  c.checkpoint_every_steps = 1000
+  c.sample_every_steps = 1000
+
+  c.data.name = "tiny_shakespeare"  # tiny_shakespeare (TFDS) | text_file (data.path) | python_stdlib (offline)
+  c.data.tokenizer = "char"          # char | byte
+  c.data.vocab = ""                  # char vocabulary; "" = every character of the text
+
+  c.model.block_size = 256
+  c.model.num_layers = 6
+  c.model.num_heads = 6
+  c.model.width = 384
+  c.model.dropout = 0.2
+  c.model.use_bias = False
+  c.model.attention_impl = ""        # "" = JAX's choice | xla | cudnn (flash attention on NVIDIA GPUs)
+
+  c.optimizer.name = "adamw"
+  c.optimizer.learning_rate = 1e-3
+  c.optimizer.min_learning_rate = 1e-4
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.99
+  c.optimizer.weight_decay = 0.1
+  c.optimizer.schedule = "cosine"
+  c.optimizer.warmup_steps = 100
+  c.optimizer.decay_steps = 5000
+  c.optimizer.grad_clip_norm = 1.0
+
+  c.sample.num = 2
+  c.sample.use_ema = False           # no EMA for this family
+  c.sample.prompt = ""               # "" = start from a newline
+  c.sample.max_new_tokens = 500
+  c.sample.temperature = 0.8         # 0 = greedy
+  c.sample.top_k = 200               # 0 = off
+  c.sample.top_p = 1.0               # 1 = off
+
+  c.eval.text_batches = 200          # validation windows of batch_size, as nanoGPT's eval_iters
+
+  if preset == "shakespeare_char":
+    pass
+  elif preset == "cpu":
+    c.data.name = "python_stdlib"
+    c.batch_size = 12
+    c.num_train_steps = 2000
+    c.log_every_steps = 100
+    c.checkpoint_every_steps = 1000
+    c.sample_every_steps = 1000
+    c.model.block_size = 64
+    c.model.num_layers = 4
+    c.model.num_heads = 4
+    c.model.width = 128
+    c.model.dropout = 0.0
+    c.optimizer.decay_steps = 2000
+  else:
+    raise ValueError(f"unknown preset {preset!r}; use shakespeare_char or cpu")
+  return lock(c)

@@ -1,0 +1,109 @@
+"""VAE — Kingma & Welling, "Auto-Encoding Variational Bayes", ICLR 2014; evaluated with the importance-weighted
+bound of Burda, Grosse & Salakhutdinov, "Importance Weighted Autoencoders", ICLR 2016.
+
+Paper setting (default preset, Burda et al. 2016 Table 1, row "VAE", one stochastic layer, k = 1 training):
+784 -> tanh 200 -> tanh 200 -> 50 Gaussian latents, mirrored decoder with Bernoulli outputs; MNIST binarised
+dynamically (each pixel resampled from its grey level every time it is seen); Adam with beta1 0.9, beta2
+0.999, eps 1e-4, minibatch 20, learning rate 1e-3 * 10^(-i/7) for 3^i epochs, i = 0..7 (3,280 epochs).
+Reported: test NLL 86.76 nats, estimated with the k = 5000 importance-weighted bound (Table 1).
+Kingma & Welling's own MNIST setting (Section 5): one tanh hidden layer of 500 units in encoder and decoder,
+Adagrad (step size from {0.01, 0.02, 0.1}), minibatch 100, one sample per datapoint, weight decay matching a
+N(0, I) prior; they report lower-bound curves (Figure 2), no table number.
+
+  python -m aigc_jax.main --config=experiments/vae.py --workdir=runs/vae_mnist           # paper, MNIST
+  python -m aigc_jax.main --config=experiments/vae.py:cifar10 --workdir=runs/vae_cifar   # conv VAE, bits/dim
+  python -m aigc_jax.main --config=experiments/vae.py:cpu --workdir=runs/vae_cpu         # offline digits
+  python -m aigc_jax.main --config=experiments/vae.py:cpu --workdir=runs/vae_cpu --mode=eval  # ELBO + IWAE
+The test-set numbers (negative ELBO and -IWAE_k in nats and bits/dim) come from `eval_step`:
+`--mode=eval` with eval.metrics=('eval_step',) or aigc_jax.evaluation.likelihood.evaluate_split (every
+test image once).
+
+cifar10: the conv encoder/decoder of van den Oord et al. 2017 (two 4x4 stride-2 convs, two residual blocks,
+256 channels) with an 8x8x64 Gaussian latent and a discretised logistic decoder; Adam 2e-4, batch 128, 250k
+steps as in that paper. Reference: the continuous "VAE" of van den Oord et al. 2017, Section 4.1, 4.51
+bits/dim on CIFAR-10 (a bound; their latent size is not stated, so this is a like-for-like architecture, not
+an exact replica).
+cpu: the paper's MLP on scikit-learn's 1,797 8x8 digits upsampled to 28x28 (MNIST's input size), binarised
+dynamically; Adam 1e-3 with eps 1e-4, batch 100, 10,000 steps (667 epochs of the 1,500-image train split),
+IWAE with k = 1000 on the 297 held-out digits.
+"""
+from aigc_jax.configs import base_config, lock
+
+
+def get_config(preset: str = "paper"):
+  c = base_config()
+  c.family = "vae"
+  c.batch_size = 20
+  steps_per_epoch = 60_000 // 20
+  c.num_train_steps = 3280 * steps_per_epoch
+  c.log_every_steps = 1000
+  c.checkpoint_every_steps = 100_000
+  c.sample_every_steps = 100_000
+
+  c.data.name = "mnist"
+  c.data.image_size = 28
+  c.data.channels = 1
+
+  c.model.arch = "mlp"
+  c.model.hidden = (200, 200)
+  c.model.latent_dim = 50
+  c.model.likelihood = "bernoulli"   # bernoulli | logistic | gaussian (the last two discretised to 8 bits)
+  c.model.binarize = "dynamic"       # dynamic | threshold | none (Bernoulli only; none needs binary data)
+  # conv arch only
+  c.model.conv_hidden = 256
+  c.model.num_residual_blocks = 2
+  c.model.num_downsamples = 2
+
+  c.optimizer.name = "adam"
+  c.optimizer.learning_rate = 1e-3
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.999
+  c.optimizer.eps = 1e-4
+  c.optimizer.schedule = "burda"     # burda (3^i epochs at lr * 10^(-i/7)) or an optim.make_schedule kind
+  c.optimizer.steps_per_epoch = steps_per_epoch
+  c.optimizer.warmup_steps = 0
+  c.optimizer.decay_steps = 1
+  c.optimizer.grad_clip_norm = 0.0
+
+  c.sample.num = 100
+  c.sample.mode = "mean"             # mean of p(x|z) (the usual figure) | sample (a draw from it)
+  c.sample.use_ema = False           # the vae family keeps no EMA
+
+  c.eval.metrics = ("eval_step",)
+  c.eval.reference_split = "test"
+  c.eval.iwae_k = 5000
+  c.eval.iwae_chunk = 500            # samples per decoder pass; memory ~ batch x chunk x pixels
+
+  if preset == "paper":
+    pass
+  elif preset == "cifar10":
+    c.batch_size = 128
+    c.num_train_steps = 250_000
+    c.log_every_steps = 500
+    c.checkpoint_every_steps = 10_000
+    c.sample_every_steps = 10_000
+    c.data.name = "cifar10"
+    c.data.image_size = 32
+    c.data.channels = 3
+    c.model.arch = "conv"
+    c.model.latent_dim = 64          # channels of the 8x8 latent
+    c.model.likelihood = "logistic"
+    c.model.binarize = "none"
+    c.optimizer.learning_rate = 2e-4
+    c.optimizer.eps = 1e-8
+    c.optimizer.schedule = "constant"
+    c.eval.iwae_k = 100
+    c.eval.iwae_chunk = 10
+  elif preset == "cpu":
+    c.data.name = "digits"
+    c.batch_size = 100
+    c.num_train_steps = 10_000
+    c.log_every_steps = 1000
+    c.checkpoint_every_steps = 5000
+    c.sample_every_steps = 5000
+    c.optimizer.schedule = "constant"
+    c.eval.iwae_k = 1000
+    c.eval.iwae_chunk = 250
+  else:
+    raise ValueError(f"unknown preset {preset!r}; use paper, cifar10 or cpu")
+  return lock(c)

@@ -1,0 +1,152 @@
+"""Checkpoints through the CLI: SIGKILL + restart ends bit-identical to an uninterrupted run; SIGTERM saves
+the current step and exits 0; the data position is part of the checkpoint."""
+import importlib.util
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import Mesh
+
+from aigc_jax import parallel, trainer
+from aigc_jax.checkpointing import Checkpointer
+from aigc_jax.families import get_family
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = {"model.g_width": 8, "model.d_width": 8, "model.z_dim": 16, "data.image_size": 8, "batch_size": 8,
+        "sample_every_steps": 0, "keep_checkpoints": 2}
+NUM_STEPS, EVERY = 600, 100
+
+
+def cli_env():
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
+  # One device per subprocess: faster to start, and the run state does not depend on the device count.
+  env["XLA_FLAGS"] = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", "")).strip()
+  return env
+
+
+def start(workdir, log_path, **overrides):
+  args = [sys.executable, "-m", "aigc_jax.main", "--config=experiments/dcgan.py:cpu", f"--workdir={workdir}"]
+  args += [f"--config.{k}={v}" for k, v in {**TINY, **overrides}.items()]
+  log = open(log_path, "w")
+  return subprocess.Popen(args, cwd=ROOT, env=cli_env(), stdout=log, stderr=subprocess.STDOUT)
+
+
+def finished_steps(workdir):
+  d = os.path.join(workdir, "checkpoints")
+  return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if os.path.isdir(d) else []
+
+
+def wait_for(predicate, proc, timeout=240):
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if predicate():
+      return True
+    if proc.poll() is not None:
+      return predicate()
+    time.sleep(0.02)
+  return False
+
+
+def tiny_config():
+  spec = importlib.util.spec_from_file_location("dcgan_cfg", os.path.join(ROOT, "experiments", "dcgan.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config("cpu")
+  for key, value in TINY.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def restore(workdir, step):
+  config = tiny_config()
+  mesh = Mesh(np.asarray(jax.devices()[:1]), (parallel.DATA_AXIS,))
+  ckpt = Checkpointer(workdir, create=False)
+  state, data_state, _ = ckpt.restore(step, trainer.abstract_state(get_family(config), config), mesh)
+  ckpt.close()
+  return jax.device_get(state), data_state
+
+
+def read(path):
+  with open(path) as f:
+    return f.read()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """Starts the three runs at once (the machine has 2 cores; most of each run is start-up)."""
+  tmp = tmp_path_factory.mktemp("ckpt")
+  plain, killed, termed = (str(tmp / n) for n in ("plain", "killed", "termed"))
+  common = dict(num_train_steps=NUM_STEPS, checkpoint_every_steps=EVERY, log_every_steps=EVERY)
+  procs = {
+      "plain": start(plain, tmp / "plain.log", **common),
+      "killed": start(killed, tmp / "killed.log", **common),
+      "termed": start(termed, tmp / "termed.log", num_train_steps=10 ** 6, checkpoint_every_steps=10 ** 6,
+                      log_every_steps=20),
+  }
+  out = {"dirs": {"plain": plain, "killed": killed, "termed": termed}, "tmp": tmp}
+  try:
+    # SIGKILL as soon as the first checkpoint is committed: mid-training, maybe mid-way through an async save.
+    assert wait_for(lambda: finished_steps(killed), procs["killed"]), read(tmp / "killed.log")
+    procs["killed"].send_signal(signal.SIGKILL)
+    out["killed_rc"] = procs["killed"].wait(60)
+    out["steps_at_kill"] = finished_steps(killed)
+    procs["killed"] = start(killed, tmp / "resumed.log", **common)
+    # SIGTERM once the training loop is running (a step line was printed).
+    assert wait_for(lambda: re.search(r"^step 20/", read(tmp / "termed.log"), re.M), procs["termed"]), \
+        read(tmp / "termed.log")
+    procs["termed"].send_signal(signal.SIGTERM)
+    out["termed_rc"] = procs["termed"].wait(120)
+    out["plain_rc"] = procs["plain"].wait(300)
+    out["resumed_rc"] = procs["killed"].wait(300)
+  finally:
+    for p in procs.values():
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  return out
+
+
+def test_sigkill_and_restart_is_bit_identical_to_uninterrupted(runs):
+  tmp = runs["tmp"]
+  assert runs["killed_rc"] == -signal.SIGKILL
+  assert runs["steps_at_kill"] and max(runs["steps_at_kill"]) < NUM_STEPS, "the kill landed after training"
+  assert runs["plain_rc"] == 0, read(tmp / "plain.log")
+  assert runs["resumed_rc"] == 0, read(tmp / "resumed.log")
+  resumed_from = int(re.search(r"Resuming from step (\d+)", read(tmp / "resumed.log")).group(1))
+  assert resumed_from in runs["steps_at_kill"] or resumed_from > max(runs["steps_at_kill"])
+  assert 0 < resumed_from < NUM_STEPS
+  assert finished_steps(runs["dirs"]["plain"])[-1] == finished_steps(runs["dirs"]["killed"])[-1] == NUM_STEPS
+  plain, plain_data = restore(runs["dirs"]["plain"], NUM_STEPS)
+  resumed, resumed_data = restore(runs["dirs"]["killed"], NUM_STEPS)
+  assert int(plain["step"]) == NUM_STEPS
+  assert plain_data == resumed_data == {"batches_consumed": NUM_STEPS}
+  assert jax.tree.structure(plain) == jax.tree.structure(resumed)
+  jax.tree.map(np.testing.assert_array_equal, plain, resumed)  # bit-identical: every network, moment, EMA
+
+
+def test_checkpoint_holds_data_position(runs):
+  """The data position in each checkpoint is where the run's iterator stood, so a resume reads on from it."""
+  for step in finished_steps(runs["dirs"]["plain"]):
+    state, data_state = restore(runs["dirs"]["plain"], step)
+    assert int(state["step"]) == step and data_state == {"batches_consumed": step}
+
+
+def test_sigterm_saves_current_step_and_exits_zero(runs):
+  log = read(runs["tmp"] / "termed.log")
+  assert runs["termed_rc"] == 0, log
+  saved = int(re.search(r"SIGTERM: saved checkpoint at step (\d+)", log).group(1))
+  assert saved >= 20
+  assert finished_steps(runs["dirs"]["termed"]) == [saved]  # checkpoint_every_steps is 10**6: only this save
+  state, data_state = restore(runs["dirs"]["termed"], saved)
+  assert int(state["step"]) == saved and data_state == {"batches_consumed": saved}
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state["g_params"]))

@@ -1,0 +1,152 @@
+"""Bad input through the CLI: non-zero exit, ONE line `error: ...` naming the problem and the fix, and
+nothing on disk lost. The cases run as concurrent subprocesses (most of each is interpreter start-up)."""
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--config.model.g_width=8", "--config.model.d_width=8", "--config.model.z_dim=16",
+        "--config.data.image_size=8", "--config.batch_size=8", "--config.sample_every_steps=0"]
+SENTINEL = "notes that must survive\n"
+# TensorFlow's C++ logging prints these before any of our code runs; they are not our message.
+TF_NOISE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog|[IWE]\d{4} \d\d:\d\d:\d\d)")
+MAX_PARALLEL = 4
+
+
+def env(devices=1):
+  e = dict(os.environ, JAX_PLATFORMS="cpu")
+  flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", e.get("XLA_FLAGS", "")).strip()
+  e["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={devices}".strip()
+  return e
+
+
+def workdir_with_notes(tmp, name):
+  d = tmp / name
+  d.mkdir()
+  (d / "notes.txt").write_text(SENTINEL)
+  return d
+
+
+def cases(tmp):
+  """name -> (argv, env); built with their files on disk."""
+  a_file = tmp / "a_file"
+  a_file.write_text(SENTINEL)
+  cfg = "--config=experiments/dcgan.py:cpu"
+  wd = lambda name: f"--workdir={workdir_with_notes(tmp, name)}"
+  return {
+      "unknown_key": ([cfg, wd("unknown_key"), "--config.optimizer.lrr=1"], env()),
+      "wrong_type": ([cfg, wd("wrong_type"), "--config.batch_size=abc"], env()),
+      "unknown_dataset": ([cfg, wd("unknown_dataset"), "--config.data.name=no_such_dataset"], env()),
+      "tfds_offline": (["--config=experiments/dcgan.py:mnist", wd("tfds_offline"),
+                        f"--config.data.data_dir={tmp / 'empty_tfds'}"], env()),
+      "sample_no_checkpoint": ([cfg, wd("sample_no_checkpoint"), "--mode=sample"], env()),
+      "workdir_is_file": ([cfg, f"--workdir={a_file}"], env()),
+      "batch_not_divisible": ([cfg, wd("batch_not_divisible"), *TINY, "--config.batch_size=12"], env(devices=8)),
+      # Adam moves every generator weight by ~1e30 in step 1 (still finite, so checkpoint 1 is good); step 2's
+      # batch-norm statistics overflow to NaN.
+      "nan_loss": ([cfg, wd("nan_loss"), *TINY, "--config.optimizer.g_learning_rate=1e30",
+                    "--config.num_train_steps=20", "--config.checkpoint_every_steps=1",
+                    "--config.log_every_steps=1"], env()),
+  }
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp("cli")
+  todo = list(cases(tmp).items())
+  running, done = {}, {}
+  while todo or running:
+    while todo and len(running) < MAX_PARALLEL:
+      name, (argv, e) = todo.pop(0)
+      out, err = open(tmp / f"{name}.out", "w"), open(tmp / f"{name}.err", "w")
+      running[name] = subprocess.Popen([sys.executable, "-m", "aigc_jax.main", *argv], cwd=ROOT, env=e,
+                                       stdout=out, stderr=err)
+    for name, proc in list(running.items()):
+      if proc.poll() is not None:
+        done[name] = (proc.returncode, (tmp / f"{name}.out").read_text(), (tmp / f"{name}.err").read_text())
+        del running[name]
+    time.sleep(0.05)
+  return tmp, done
+
+
+def the_error_line(result):
+  """Asserts a non-zero exit and exactly one line of our own on stderr; returns it."""
+  rc, stdout, stderr = result
+  assert rc != 0, stdout + stderr
+  ours = [line for line in stderr.splitlines() if line.strip() and not TF_NOISE.match(line)]
+  assert len(ours) == 1, stderr
+  assert ours[0].startswith("error: ") and "Traceback" not in stderr
+  return ours[0]
+
+
+def assert_notes_kept(tmp, name):
+  assert (tmp / name / "notes.txt").read_text() == SENTINEL
+  ckpt = tmp / name / "checkpoints"
+  assert not ckpt.exists() or not [n for n in os.listdir(ckpt) if n.isdigit()]
+
+
+def test_unknown_config_key(results):
+  tmp, done = results
+  line = the_error_line(done["unknown_key"])
+  assert "unknown config key 'optimizer.lrr'" in line and "learning_rate" in line  # names the fix
+  assert done["unknown_key"][0] == 2
+  assert_notes_kept(tmp, "unknown_key")
+
+
+def test_wrong_value_type(results):
+  tmp, done = results
+  line = the_error_line(done["wrong_type"])
+  assert "--config.batch_size=abc" in line and "expects type int" in line
+  assert_notes_kept(tmp, "wrong_type")
+
+
+def test_unknown_dataset(results):
+  tmp, done = results
+  line = the_error_line(done["unknown_dataset"])
+  assert "unknown dataset 'no_such_dataset'" in line and "digits" in line and "--config.data.name" in line
+  assert_notes_kept(tmp, "unknown_dataset")
+
+
+def test_tfds_dataset_offline_suggests_offline_preset_or_data_dir(results):
+  tmp, done = results
+  line = the_error_line(done["tfds_offline"])
+  assert "mnist" in line and ":cpu" in line and "data_dir" in line
+  assert_notes_kept(tmp, "tfds_offline")
+
+
+def test_sample_without_checkpoint(results):
+  tmp, done = results
+  line = the_error_line(done["sample_no_checkpoint"])
+  assert "no checkpoint" in line and "--mode=train" in line
+  assert_notes_kept(tmp, "sample_no_checkpoint")
+  assert not (tmp / "sample_no_checkpoint" / "samples").exists()
+
+
+def test_workdir_is_a_file(results):
+  tmp, done = results
+  line = the_error_line(done["workdir_is_file"])
+  assert "is a file" in line and "directory" in line
+  assert (tmp / "a_file").read_text() == SENTINEL
+
+
+def test_batch_not_divisible_by_devices(results):
+  tmp, done = results
+  line = the_error_line(done["batch_not_divisible"])
+  assert "batch_size 12" in line and "8 devices" in line and "multiple of 8" in line
+  assert_notes_kept(tmp, "batch_not_divisible")
+
+
+def test_nan_loss_stops_and_names_last_good_checkpoint(results):
+  tmp, done = results
+  line = the_error_line(done["nan_loss"])
+  ckpt_dir = tmp / "nan_loss" / "checkpoints"
+  steps = sorted(int(n) for n in os.listdir(ckpt_dir) if n.isdigit())
+  assert "non-finite" in line and "learning rate" in line
+  assert steps and steps[-1] < 20, "training should stop at the first non-finite step"
+  assert f"last good checkpoint: {ckpt_dir / str(steps[-1])}" in line
+  assert (tmp / "nan_loss" / "notes.txt").read_text() == SENTINEL
+  assert not re.search(rf"^step {steps[-1] + 1}/", done["nan_loss"][1], re.M)  # the bad step was not logged
