@@ -30,8 +30,11 @@ def assert_model_batch(batch, size, channels, batch_size=8):
 
 
 @pytest.mark.parametrize("name,channels,native", [("mnist", 1, 28), ("cifar10", 3, 32)])
-def test_tfds_pipeline_with_mock_data(tmp_path, name, channels, native):
+def test_tfds_pipeline_with_mock_data(tmp_path, monkeypatch, name, channels, native):
   tfds = pytest.importorskip("tensorflow_datasets")
+  from aigc_jax.data import tfds_source
+  # mock_data stands in for the network, so the offline probe in front of a real download must not fire.
+  monkeypatch.setattr(tfds_source, "network_unreachable", lambda: False)
   config = data_config(name, channels, image_size=16, data_dir=str(tmp_path))  # empty dir: nothing cached
   with tfds.testing.mock_data(num_examples=24):
     image_set = data_lib.load_image_set(config.data)

@@ -91,12 +91,16 @@ def load_text(name: str, path: str = "", data_dir: str = "") -> dict:
   """{'train': str, 'validation': str} for a source; cached because the tokenizer and both splits need it."""
   if name == "tiny_shakespeare":
     import tensorflow_datasets as tfds  # lazy: TF is slow to import and only this source needs it
+
+    from aigc_jax.data import tfds_source
+    fix = "prepare it with network access, or use --config.data.name=text_file --config.data.path=input.txt"
+    if not tfds.builder(name, data_dir=data_dir or None).is_prepared() and tfds_source.network_unreachable():
+      raise tfds_source.offline_error(name, "no network, nothing prepared", fix)
     try:
       splits = {s: tfds.as_numpy(tfds.load(name, split=s, data_dir=data_dir or None, batch_size=-1))
                 for s in ("train", "validation")}
     except Exception as e:  # no network, no prepared data: say what to do instead
-      raise UserError(f"cannot load TFDS tiny_shakespeare ({type(e).__name__}); prepare it with network access, "
-                      "or use --config.data.name=text_file --config.data.path=input.txt") from None
+      raise UserError(f"cannot load TFDS tiny_shakespeare ({type(e).__name__}); {fix}") from None
     return {s: "".join(t.decode("utf-8") for t in v["text"]) for s, v in splits.items()}
   if name == "text_file":
     if not path:

@@ -4,6 +4,9 @@ tf.data decodes and resizes; the decoded uint8 split is held in memory so the tr
 any position directly (exact resume, no shuffle-buffer replay). That suits the paper datasets here (MNIST,
 CIFAR-10: <200 MB); a dataset that does not fit in host memory needs a streaming source instead.
 """
+import os
+import socket
+
 import numpy as np
 
 from aigc_jax.data.sources import ImageSet
@@ -16,6 +19,27 @@ def _hide_gpus_from_tensorflow(tf):
     tf.config.set_visible_devices([], "GPU")
   except RuntimeError:
     pass  # already initialised; visibility is fixed for this process
+
+
+# TFDS fetches most datasets through this host (its GCS mirror, tried first) or lists them there.
+_PROBE_HOST = ("storage.googleapis.com", 443)
+
+
+def network_unreachable() -> bool:
+  """True if a quick connection to TFDS's download host fails. Offline, TFDS itself retries every URL with
+  back-off for minutes before it gives up; this probe lets us fail in seconds instead. Behind a proxy
+  (HTTPS_PROXY) a direct connection proves nothing, so we do not probe."""
+  if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+    return False
+  try:
+    socket.create_connection(_PROBE_HOST, timeout=5).close()
+    return False
+  except OSError:
+    return True
+
+
+def offline_error(name: str, reason: str, fix: str) -> UserError:
+  return UserError(f"could not download TFDS dataset {name!r} ({reason}); this machine may be offline: {fix}")
 
 
 def tfds_builder_exists(name: str) -> bool:
@@ -33,14 +57,16 @@ def load_tfds_images(name: str, split: str, image_size: int, channels: int, data
     builder = tfds.builder(name, data_dir=data_dir)
   except Exception as e:  # DatasetNotFoundError and friends
     raise UserError(f"TFDS has no dataset {name!r} ({type(e).__name__}); check data.name") from None
-  if download:
+  if download and not builder.is_prepared():
+    fix = ("use an offline preset (e.g. ':cpu' with data.name=digits), or prepare the dataset elsewhere and "
+           "point --config.data.data_dir at it")
+    if network_unreachable():
+      raise offline_error(name, f"{_PROBE_HOST[0]} unreachable, nothing prepared in "
+                                f"{data_dir or '~/tensorflow_datasets'}", fix)
     try:
       builder.download_and_prepare()
     except Exception as e:  # offline machines fail here with a connection/download error
-      raise UserError(
-          f"could not download TFDS dataset {name!r} ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
-          "this machine may be offline: use an offline preset (e.g. ':cpu' with data.name=digits), or prepare "
-          "the dataset elsewhere and point --config.data.data_dir at it") from None
+      raise offline_error(name, f"{type(e).__name__}: {str(e).splitlines()[0][:120]}", fix) from None
   # Split names may carry TFDS slicing ("train[:90%]", "train+test"); an empty split list means metadata
   # is unknown (e.g. under tfds.testing.mock_data), so let as_dataset decide.
   wanted = {part.split("[")[0].strip() for part in split.split("+")}
