@@ -247,8 +247,11 @@ def sample(config: ConfigDict, workdir: str):
   mesh = parallel.make_mesh()
   state, step, _ = load_latest(config, workdir, family, mesh)
   samples = make_sampler(family, mesh)(state, jax.random.key(config.sample.seed), config.sample.num)
-  paths = (outputs.write_samples(samples, os.path.join(workdir, "samples"), step, echo=True)
-           if jax.process_index() == 0 else [])
+  paths = []
+  if jax.process_index() == 0:
+    paths = outputs.write_samples(samples, os.path.join(workdir, "samples"), step, echo=True)
+    if family.write_figures is not None:
+      paths += family.write_figures(state, os.path.join(workdir, "samples"), step)
   for p in paths:
     print(f"wrote {p}")
   return samples

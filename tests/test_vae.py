@@ -120,6 +120,16 @@ def test_prior_samples_reconstructions_and_interpolations_are_images():
   np.testing.assert_allclose(grid[0], vae_family.reconstruct(config, params, x[:1])[0], atol=1e-5)
 
 
+def test_sample_mode_writes_prior_samples_reconstructions_and_interpolations(tmp_path):
+  config = tiny_vae()
+  config.num_train_steps, config.checkpoint_every_steps, config.sample_every_steps = 2, 2, 0
+  config.sample.num = 16
+  trainer.train_and_evaluate(config, str(tmp_path))
+  trainer.sample(config, str(tmp_path))
+  names = sorted(os.listdir(tmp_path / "samples"))
+  assert names == ["2.npz", "2.png", "2_interpolations.png", "2_reconstructions.png"], names
+
+
 def test_burda_schedule_steps_down_by_ten_to_the_minus_one_seventh():
   schedule = vae_family.burda_schedule(1e-3, steps_per_epoch=10)
   epochs_before_stage = [sum(3 ** j for j in range(i)) for i in range(8)]  # 0, 1, 4, 13, ...

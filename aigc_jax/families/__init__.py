@@ -9,6 +9,8 @@ close over the config (score_sde-style factories) and are pure:
                                                           sample i is the same whatever the device count
   eval_step(state, batch, rng) -> metrics   (optional)    likelihoods etc., pmean-ed like train_step
   encode(state, batch, rng) -> outputs      (optional)    per-example codes (e.g. VQ indices), [B, ...]
+  write_figures(state, directory, step) -> [paths] (optional)  host-side extra figures --mode=sample writes
+                                                          (e.g. VAE reconstructions and interpolations)
 
 `outputs` is a dict keyed by medium: "images" (float NHWC in [-1, 1]) is written as grids, npz and
 TensorBoard images by `aigc_jax.outputs`. `config.family` names the module, so a new family needs no edit
@@ -31,6 +33,7 @@ class Family:
   sample: Callable[..., Any]
   eval_step: Optional[Callable[..., Any]] = None
   encode: Optional[Callable[..., Any]] = None
+  write_figures: Optional[Callable[..., Any]] = None
   # Batches of `config.batch_size` one train_step consumes (e.g. several critic steps per generator step);
   # the trainer hands them over stacked example-major as [B, batches_per_step, ...].
   batches_per_step: int = 1

@@ -9,7 +9,9 @@ Likelihoods: `bernoulli` on binary pixels (binarised dynamically, i.e. resampled
 or by a fixed threshold), and `logistic` / `gaussian` discretised to the 256 levels of 8-bit data, so their
 bits/dim are proper discrete code lengths comparable with the literature.
 """
+import functools
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +20,8 @@ import optax
 from jax.scipy.special import log_ndtr
 from ml_collections import ConfigDict
 
-from aigc_jax import optim
+from aigc_jax import data as data_lib
+from aigc_jax import optim, outputs
 from aigc_jax.errors import UserError
 from aigc_jax.families import Family
 from aigc_jax.models.vae import ConvVAE, MLPVAE
@@ -244,7 +247,8 @@ def make_family(config: ConfigDict) -> Family:
     x = out[..., 0] + jnp.exp(out[..., 1]) * spread
     return {"images": jnp.clip(jnp.round((x + 1) * 127.5) / 127.5 - 1.0, -1.0, 1.0)}
 
-  return Family(init=init, train_step=train_step, sample=sample, eval_step=eval_step)
+  return Family(init=init, train_step=train_step, sample=sample, eval_step=eval_step,
+                write_figures=functools.partial(write_figures, config))
 
 
 def _deterministic_input(config: ConfigDict, x):
@@ -272,9 +276,6 @@ def interpolate(config: ConfigDict, state, images_a, images_b, num_steps: int):
 def write_figures(config: ConfigDict, state, directory: str, step: int, num: int = 10, num_steps: int = 10):
   """Writes <step>_reconstructions.png (rows of input/reconstruction pairs of test images) and
   <step>_interpolations.png (one row per pair of test images, `num_steps` points between them)."""
-  import os
-  from aigc_jax import data as data_lib
-  from aigc_jax import outputs
   images = data_lib.to_model_range(data_lib.load_image_set(config.data, "test").images[:3 * num])
   state = jax.device_get(state)
   recon = np.asarray(reconstruct(config, state, images[:num * num_steps // 2]))
