@@ -1,4 +1,7 @@
 """The config keys every family shares; experiments/*.py start from `base_config()` and lock the result."""
+import importlib.util
+import os
+
 import ml_collections
 
 
@@ -57,3 +60,12 @@ def lock(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Unknown keys become errors (`--config.optimizer.lrr=1` fails instead of being ignored)."""
   config.lock()
   return config
+
+
+def load_experiment(path: str, preset: str = "") -> ml_collections.ConfigDict:
+  """get_config(preset) of an experiment file, as `--config=path[:preset]` would load it (tests, benches)."""
+  name = "_aigc_jax_experiment_" + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(preset) if preset else module.get_config()

@@ -7,7 +7,6 @@ Every mistake a user can fix (a misspelt config key, a value of the wrong type, 
 checkpoint...) ends as ONE line `error: <problem>; <fix>` on stderr and exit status 2.
 """
 import difflib
-import importlib.util
 import os
 import sys
 
@@ -49,10 +48,8 @@ def _load_config_quietly(argv):
     return None
   path, _, preset = spec_arg.partition(":")
   try:
-    spec = importlib.util.spec_from_file_location("_aigc_jax_cli_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(preset) if preset else module.get_config()
+    from aigc_jax.configs import load_experiment
+    return load_experiment(path, preset)
   except Exception:  # the flag parser's own message says what is wrong with the file
     return None
 

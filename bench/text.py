@@ -6,7 +6,6 @@
   python bench/text.py gpu --preset=shakespeare_char                               # tokens/s and MFU on a GPU
 """
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -22,6 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from aigc_jax import data as data_lib  # noqa: E402
 from aigc_jax import parallel, trainer  # noqa: E402
+from aigc_jax.configs import load_experiment  # noqa: E402
 from aigc_jax.families import autoregressive as ar  # noqa: E402
 
 # Dense bf16 peak (TFLOP/s) for MFU, from NVIDIA's data sheets (SXM parts).
@@ -29,10 +29,7 @@ PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 
 
 def load_config(preset, overrides):
-  spec = importlib.util.spec_from_file_location("gpt_cfg", os.path.join(ROOT, "experiments", "gpt.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config(preset)
+  c = load_experiment(os.path.join(ROOT, "experiments", "gpt.py"), preset)
   for item in overrides:
     key, value = item.split("=", 1)
     *parents, leaf = key.split(".")

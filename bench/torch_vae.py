@@ -9,7 +9,6 @@ implementations in rounds and reports the median round, so load from other proce
   python bench/torch_vae.py [--steps=50] [--rounds=3]     # prints a markdown table for bench/RESULTS.md
 """
 import argparse
-import importlib.util
 import os
 import platform
 import statistics
@@ -28,14 +27,12 @@ from jax.sharding import Mesh  # noqa: E402
 
 from aigc_jax import data as data_lib  # noqa: E402
 from aigc_jax import parallel, trainer  # noqa: E402
+from aigc_jax.configs import load_experiment  # noqa: E402
 from aigc_jax.families import get_family  # noqa: E402
 
 
 def experiment_config(name, preset="cpu"):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "experiments", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(preset)
+  return load_experiment(os.path.join(ROOT, "experiments", f"{name}.py"), preset)
 
 
 class TorchVAE(nn.Module):

@@ -1,5 +1,4 @@
 """The autoregressive family: causal mask, KV cache, tokenisers, learning, data parallelism, bad input."""
-import importlib.util
 import os
 
 import jax
@@ -10,6 +9,7 @@ from jax.sharding import Mesh
 
 from aigc_jax import data as data_lib
 from aigc_jax import outputs, parallel, trainer
+from aigc_jax.configs import load_experiment
 from aigc_jax.data import text
 from aigc_jax.errors import UserError
 from aigc_jax.families import autoregressive as ar
@@ -19,10 +19,7 @@ PATTERN = "abcdefgh\n" * 400
 
 
 def gpt_config(path, **overrides):
-  spec = importlib.util.spec_from_file_location("gpt_cfg", os.path.join(ROOT, "experiments", "gpt.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config("cpu")
+  c = load_experiment(os.path.join(ROOT, "experiments", "gpt.py"), "cpu")
   c.data.name, c.data.path = "text_file", str(path)
   c.batch_size, c.model.block_size, c.model.num_layers, c.model.num_heads, c.model.width = 8, 16, 2, 2, 32
   c.sample.num, c.sample.max_new_tokens = 2, 24

@@ -1,6 +1,5 @@
 """Checkpoints through the CLI: SIGKILL + restart ends bit-identical to an uninterrupted run; SIGTERM saves
 the current step and exits 0; the data position is part of the checkpoint."""
-import importlib.util
 import os
 import re
 import signal
@@ -14,6 +13,7 @@ import pytest
 from jax.sharding import Mesh
 
 from aigc_jax import parallel, trainer
+from aigc_jax.configs import load_experiment
 from aigc_jax.checkpointing import Checkpointer
 from aigc_jax.families import get_family
 
@@ -54,10 +54,7 @@ def wait_for(predicate, proc, timeout=240):
 
 
 def tiny_config():
-  spec = importlib.util.spec_from_file_location("dcgan_cfg", os.path.join(ROOT, "experiments", "dcgan.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config("cpu")
+  config = load_experiment(os.path.join(ROOT, "experiments", "dcgan.py"), "cpu")
   for key, value in TINY.items():
     node = config
     *parents, leaf = key.split(".")

@@ -1,7 +1,6 @@
 """Diffusion family: schedules against closed forms (float64), the forward process, the samplers, guidance,
 the bound in bits/dim, the paper U-Net's size and the config errors. Tiny shapes; the trainings use a
 one-device mesh so compile time stays small."""
-import importlib.util
 import math
 import os
 
@@ -13,17 +12,15 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from aigc_jax import data as data_lib
 from aigc_jax import parallel
+from aigc_jax.configs import load_experiment
 from aigc_jax.errors import UserError
 from aigc_jax.families import get_family
 from aigc_jax.families.diffusion import build_model
 from aigc_jax.families.diffusion_lib import likelihood, objectives, samplers
 from aigc_jax.families.diffusion_lib.schedules import cosine_betas, make_schedule, q_sample
 
-_spec = importlib.util.spec_from_file_location(
-    "ddpm_experiment", os.path.join(os.path.dirname(__file__), "..", "experiments", "ddpm.py"))
-_ddpm = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_ddpm)
-get_config = _ddpm.get_config
+def get_config(preset=""):
+  return load_experiment(os.path.join(os.path.dirname(__file__), "..", "experiments", "ddpm.py"), preset)
 
 
 def tiny_config(preset="cpu", **overrides):

@@ -1,6 +1,5 @@
 """Data parallelism: a step on 8 (forced CPU) devices equals the step on 1 device for the same global batch,
 and a fixed seed gives bit-identical params."""
-import importlib.util
 import os
 
 import jax
@@ -9,16 +8,14 @@ import pytest
 from jax.sharding import Mesh
 
 from aigc_jax import parallel, trainer
+from aigc_jax.configs import load_experiment
 from aigc_jax.families import get_family
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def experiment_config(name, preset="cpu"):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "experiments", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(preset)
+  return load_experiment(os.path.join(ROOT, "experiments", f"{name}.py"), preset)
 
 
 def tiny_dcgan():

@@ -1,6 +1,5 @@
 """VAE family: closed-form pieces against Monte Carlo and normalisation, the IWAE bound's ordering on a briefly
 trained model, device-count independence, the Burda schedule, and one-line errors for bad input."""
-import importlib.util
 import math
 import os
 
@@ -12,6 +11,7 @@ from jax.sharding import Mesh
 
 from aigc_jax import data as data_lib
 from aigc_jax import parallel, trainer
+from aigc_jax.configs import load_experiment
 from aigc_jax.errors import UserError
 from aigc_jax.evaluation.likelihood import evaluate_split
 from aigc_jax.families import get_family
@@ -21,10 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def experiment_config(name, preset="cpu"):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "experiments", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(preset)
+  return load_experiment(os.path.join(ROOT, "experiments", f"{name}.py"), preset)
 
 
 def tiny_vae(k=10, chunk=None):

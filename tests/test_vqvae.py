@@ -1,6 +1,5 @@
 """VQ-VAE family: straight-through gradients, the EMA codebook update, code-usage statistics, a digits round
 trip reaching a stated PSNR, --mode=encode/sample end to end, and one-line errors for bad input."""
-import importlib.util
 import os
 
 import jax
@@ -11,6 +10,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from aigc_jax import data as data_lib
 from aigc_jax import encoding, parallel, trainer
+from aigc_jax.configs import load_experiment
 from aigc_jax.errors import UserError
 from aigc_jax.evaluation.likelihood import evaluate_split
 from aigc_jax.families import get_family
@@ -22,10 +22,7 @@ ROUND_TRIP_PSNR_DB = 24.0  # tiny model, 250 steps on 16x16 digits: measured 29.
 
 
 def experiment_config(name, preset="cpu"):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "experiments", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(preset)
+  return load_experiment(os.path.join(ROOT, "experiments", f"{name}.py"), preset)
 
 
 def tiny_vqvae(update="ema"):
