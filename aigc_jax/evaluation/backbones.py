@@ -26,11 +26,12 @@ def get_backbone(config: ConfigDict, cache_dir: str, log=print) -> Backbone:
   if kind == "classifier":
     from aigc_jax.evaluation import classifier
     model, params, info = classifier.load_or_train(config, cache_dir, log)
-    d = config.data
+    size = config.data.image_size
     return Backbone(
-        f"classifier:{d.name}", params, lambda v, x: model.apply(v, x),
-        {**info, "feature_layer": "features (penultimate, 128-d)", "feature_dim": model.feature_dim,
-         "resize": f"none (native {d.image_size}x{d.image_size})"})
+        f"classifier:{config.data.name}", params, lambda v, x: model.apply(v, x),
+        {**info, "feature_layer": f"features (penultimate, {model.feature_dim}-d, post-ReLU)",
+         "logits_layer": "logits (with bias)", "feature_dim": model.feature_dim,
+         "resize": {"method": "none (images at the dataset's size)", "size": [size, size]}})
   if kind == "inception":
     from aigc_jax.evaluation import inception
     variables, sha = inception.load_fid_inception(config.eval.inception_path)
@@ -38,12 +39,14 @@ def get_backbone(config: ConfigDict, cache_dir: str, log=print) -> Backbone:
 
     def apply(v, x):
       out = model.apply(v, inception.preprocess(x))
-      return {"features": out["pool3"], "logits": out["logits"]}
+      return {"features": out["pool3"], "logits": out["logits_unbiased"]}
 
+    size = inception.INPUT_SIZE
     return Backbone("inception-v3-fid-2015-12-05", variables, apply, {
         "weights_sha256": sha, "weights_path": config.eval.inception_path, "feature_layer": "pool3 (2048-d)",
-        "feature_dim": 2048, "resize": f"bilinear, half-pixel centres, no antialias, to "
-                                       f"{inception.INPUT_SIZE}x{inception.INPUT_SIZE}"})
+        "logits_layer": "pool3 @ fc.weight without the bias (Salimans et al.'s IS code)", "feature_dim": 2048,
+        "resize": {"method": "bilinear, half-pixel centres, no antialias (pytorch-fid's F.interpolate)",
+                   "size": [size, size], "grayscale": "repeated over RGB"}})
   raise UserError(f"unknown eval.backbone {kind!r}; use one of {BACKBONES}")
 
 

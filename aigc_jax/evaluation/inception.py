@@ -10,6 +10,7 @@ Parameter names follow that state dict ("Mixed_5b.branch1x1.conv.weight", PyTorc
 """
 import hashlib
 import os
+import zipfile
 
 import flax.linen as nn
 import jax
@@ -63,9 +64,11 @@ def block_e(_):
           ("branch3x3dbl_3a", 384, (1, 3)), ("branch3x3dbl_3b", 384, (3, 1)), ("branch_pool", 192, (1, 1)))
 
 
+# (name, kind, argument): pool_features for "a", channels of the 7x7 branches for "c", the pooling of the
+# branch_pool for "e" (None: FIDInceptionV3.last_block_pool decides).
 BLOCKS = (("Mixed_5b", "a", 32), ("Mixed_5c", "a", 64), ("Mixed_5d", "a", 64), ("Mixed_6a", "b", None),
           ("Mixed_6b", "c", 128), ("Mixed_6c", "c", 160), ("Mixed_6d", "c", 160), ("Mixed_6e", "c", 192),
-          ("Mixed_7a", "d", None), ("Mixed_7b", "e", "avg"), ("Mixed_7c", "e", "max"))
+          ("Mixed_7a", "d", None), ("Mixed_7b", "e", "avg"), ("Mixed_7c", "e", None))
 BLOCK_SPECS = {"a": block_a, "b": block_b, "c": block_c, "d": block_d, "e": block_e}
 
 
@@ -143,18 +146,30 @@ class Block(nn.Module):
 
 
 class FIDInceptionV3(nn.Module):
-  """images_NxHxWx3 in [-1, 1] at any size >= 75 -> {"pool3": [N, 2048], "logits": [N, 1008]}."""
+  """images_NxHxWx3 in [-1, 1] at any size >= 75 -> {"pool3": [N, 2048], "logits": [N, 1008],
+  "logits_unbiased": [N, 1008]}.
+
+  last_block_pool: "max" is the FID graph; "avg" gives the ImageNet Inception-v3 topology (Keras,
+  torchvision), which the tests use to check this port against Keras with shared weights.
+  logits_unbiased leaves out the fc bias: the Inception Score code of Salimans et al. multiplies pool3 by
+  the softmax weights only, so IS uses these (as torch-fidelity and torchmetrics do).
+  """
+  last_block_pool: str = "max"
 
   @nn.compact
   def __call__(self, x):
+    if self.last_block_pool not in ("max", "avg"):
+      raise ValueError(f"last_block_pool must be 'max' or 'avg', got {self.last_block_pool!r}")
     for i, (name, features, kernel, strides, padding) in enumerate(STEM):
       x = ConvBN(features, kernel, strides, padding, name=name)(x)
       if i in (2, 4):
         x = _max_pool_3x3_s2(x)
     for name, kind, arg in BLOCKS:
-      x = Block(kind, arg, name=name)(x)
+      x = Block(kind, self.last_block_pool if arg is None and kind == "e" else arg, name=name)(x)
     pool3 = jnp.mean(x, axis=(1, 2))
-    return {"pool3": pool3, "logits": nn.Dense(NUM_LOGITS, name="fc")(pool3)}
+    fc = nn.Dense(NUM_LOGITS, name="fc")
+    logits = fc(pool3)
+    return {"pool3": pool3, "logits": logits, "logits_unbiased": pool3 @ fc.variables["params"]["kernel"]}
 
 
 def preprocess(images_NxHxWxC, size: int = INPUT_SIZE):
@@ -187,16 +202,25 @@ def _read_state_dict(path: str) -> dict:
     try:
       with np.load(path) as npz:
         return {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as e:
-      raise UserError(f"cannot read Inception weights {path} ({e}); expected an .npz of the pytorch-fid "
-                      "state dict (README)") from None
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+      raise UserError(f"cannot read Inception weights {path} ({type(e).__name__}: {_first_line(e)}); expected "
+                      "an .npz of the pytorch-fid state dict (README, 'FID Inception weights')") from None
   try:
     import torch
   except ImportError:
     raise UserError(f"reading {path} needs torch; install it or convert the file once to .npz (README, "
                     "'FID Inception weights') and point eval.inception_path at the .npz") from None
-  state = torch.load(path, map_location="cpu", weights_only=True)
-  return {k: v.numpy() for k, v in state.items()}
+  try:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return {k: v.detach().cpu().numpy() for k, v in state.items()}
+  except Exception as e:  # torch raises many types for foreign or truncated files
+    raise UserError(f"cannot read Inception weights {path} ({type(e).__name__}: {_first_line(e)}); expected "
+                    "pt_inception-2015-12-05-6726825d.pth or its .npz (README, 'FID Inception weights')") from None
+
+
+def _first_line(error) -> str:
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  return lines[0][:200] if lines else ""
 
 
 def params_from_state_dict(state: dict, source: str = "weights") -> dict:

@@ -2,7 +2,9 @@
 
 Unlike a loop over full batches, the last partial batch is padded and masked (`batch['mask']`), so every test
 image counts exactly once; batch b draws its noise from fold_in(key, b), so examples in different batches do
-not share noise. The family's eval_step must honour `mask` (the vae family does: it psums masked sums).
+not share noise. A family's eval_step should honour `mask` (vae and vqvae psum masked sums). The padding
+repeats real images of the split, so an eval_step that ignores the mask averages over real images only
+(the last batch's repeats weigh a little more) rather than over blank ones.
 """
 import time
 
@@ -14,16 +16,17 @@ from ml_collections import ConfigDict
 from aigc_jax import data as data_lib
 from aigc_jax import parallel
 from aigc_jax.errors import UserError
+from aigc_jax.evaluation import reference
 
 
 def evaluate_split(config: ConfigDict, family, state, mesh, split: str = "test", batch_size: int = None,
-                   seed: int = 0) -> dict:
+                   seed: int = 0, purpose: str = "eval.reference_split") -> dict:
   """Per-example means of eval_step's metrics over `split` of config.data, plus 'num_examples' and 'seconds'."""
   if family.eval_step is None:
     raise UserError(f"family {config.family!r} has no eval_step (likelihood) to evaluate")
   step_fn = jax.jit(jax.shard_map(family.eval_step, mesh=mesh, in_specs=(P(), P(parallel.DATA_AXIS), P()),
                                   out_specs=P(), check_vma=False))
-  images = data_lib.load_image_set(config.data, split).images
+  images = reference.load_split(config, split, purpose).images
   n_dev = mesh.devices.size
   bs = -(-(batch_size or config.batch_size) // n_dev) * n_dev  # a multiple of the device count
   key = jax.random.key(seed)
@@ -31,7 +34,7 @@ def evaluate_split(config: ConfigDict, family, state, mesh, split: str = "test",
   for b, start in enumerate(range(0, len(images), bs)):
     chunk = images[start:start + bs]
     valid = len(chunk)
-    pad = np.zeros((bs - valid, *chunk.shape[1:]), chunk.dtype)
+    pad = images[np.arange(bs - valid) % len(images)]
     x = data_lib.to_model_range(np.concatenate([chunk, pad]))
     mask = (np.arange(bs) < valid).astype(np.float32)
     batch = {"image": x, "label": np.zeros((bs,), np.int32), "mask": mask}

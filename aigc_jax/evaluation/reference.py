@@ -7,6 +7,7 @@ grows with n^2). Its name hashes everything the numbers depend on, so changing a
 import hashlib
 import json
 import os
+import re
 
 import numpy as np
 from ml_collections import ConfigDict
@@ -20,11 +21,10 @@ def load_split(config: ConfigDict, split: str, purpose: str = "eval.reference_sp
   """The split as uint8 NHWC; a one-line UserError naming the config key if the split does not exist."""
   try:
     image_set = data_lib.load_image_set(config.data, split)
-  except UserError as e:
-    raise UserError(f"{purpose}={split!r} cannot be loaded for dataset {config.data.name} ({e}); set "
-                    f"--config.{purpose} to an existing split") from None
-  except (ValueError, KeyError) as e:  # TFDS reports unknown splits this way
-    raise UserError(f"{purpose}={split!r} is not a split of {config.data.name} ({e}); set "
+  except (UserError, ValueError, KeyError) as e:  # TFDS reports some unknown splits as ValueError/KeyError
+    # The data layer's own advice names data.split; here the key to fix is `purpose`, so keep only the problem.
+    problem = " ".join(str(e).split()).split("; set --config.data.split")[0]
+    raise UserError(f"{purpose}={split!r} cannot be loaded for dataset {config.data.name}: {problem}; set "
                     f"--config.{purpose} to an existing split") from None
   if len(image_set) < 2:
     raise UserError(f"{purpose}={split!r} of {config.data.name} has {len(image_set)} images; need at least 2")
@@ -42,11 +42,15 @@ def reference_stats(config: ConfigDict, split: str, backbone, extract, cache_dir
   """{"mu", "cov", "features", "count", "cache_path"} for the split, from the cache when present."""
   key = cache_key(config, split, backbone.name, backbone.info)
   digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-  path = os.path.join(cache_dir, f"ref-{config.data.name}-{split}-{backbone.name.split(':')[0]}-{digest}.npz")
+  readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{config.data.name}-{split}-{backbone.name.split(':')[0]}")
+  path = os.path.join(cache_dir, f"ref-{readable}-{digest}.npz")  # TFDS splits may read "train[:90%]"
   if os.path.isfile(path):
-    with np.load(path) as npz:
-      return {"mu": npz["mu"], "cov": npz["cov"], "features": npz["features"], "count": int(npz["count"]),
-              "cache_path": path, "cached": True}
+    try:
+      with np.load(path) as npz:
+        return {"mu": npz["mu"], "cov": npz["cov"], "features": npz["features"], "count": int(npz["count"]),
+                "cache_path": path, "cached": True}
+    except (OSError, ValueError, KeyError):
+      log(f"reference statistics cache {path} is unreadable; recomputing it")
   images = load_split(config, split).images
   log(f"computing reference statistics of {config.data.name}/{split} ({len(images)} images) with {backbone.name}")
   stats = metrics.RunningStats(backbone.info["feature_dim"])
@@ -54,7 +58,7 @@ def reference_stats(config: ConfigDict, split: str, backbone, extract, cache_dir
   kept = []
   chunk = max(1, config.eval.batch_size) * 8  # host-side chunks; the extractor splits further per device
   for start in range(0, len(images), chunk):
-    features = extract(images[start:start + chunk].astype(np.float32) / 127.5 - 1.0)["features"]
+    features = extract(data_lib.to_model_range(images[start:start + chunk]))["features"]
     stats.update(features)
     rows = keep[(keep >= start) & (keep < start + chunk)] - start
     kept.append(features[rows])
