@@ -4,6 +4,7 @@ Inception-v3 port) and of a whole `--mode=eval`; prints a table (rows go to benc
   python bench/eval.py                                    # everything, CPU-sized defaults
   python bench/eval.py --workdir=runs/dcgan_cpu           # whole eval of a trained dcgan.py:cpu run
   python bench/eval.py --inception-batch=256 --inception-images=4096 --eval-samples=50000   # on a GPU
+It also prints the classifier FID of real test images and of noise against the train split (realvsreal).
 
 Feature extraction runs exactly as --mode=eval runs it (backbones.make_extractor: jitted, data-parallel over
 every device, fixed-size padded chunks). The Inception port uses random weights of the right shapes (the
@@ -29,7 +30,7 @@ sys.path.insert(0, ROOT)
 from aigc_jax import data as data_lib  # noqa: E402
 from aigc_jax import parallel, trainer  # noqa: E402
 from aigc_jax.configs import load_experiment  # noqa: E402
-from aigc_jax.evaluation import backbones, inception, runner  # noqa: E402
+from aigc_jax.evaluation import backbones, inception, metrics, runner  # noqa: E402
 from aigc_jax.families import get_family  # noqa: E402
 
 
@@ -81,6 +82,21 @@ def classifier_rows(a, config, mesh, cache, rows):
   secs = timed(lambda: extract(images)["features"], a.repeats)
   rows.append((f"classifier features, {a.classifier_images} x 32x32x1, chunks of {a.classifier_batch}",
                f"{secs:.3f} s", f"{a.classifier_images / secs:,.0f}"))
+
+
+def real_vs_real(config, mesh, cache):
+  """Classifier FID of the digits test split (297 real images) and of as many uniform-noise images against
+  the train split's reference statistics: the floor and the ceiling that generated samples sit between."""
+  clf = backbones.get_backbone(config, cache, log=lambda m: None)
+  extract = backbones.make_extractor(clf, mesh, 256)
+  features = lambda split: extract(data_lib.to_model_range(data_lib.load_image_set(config.data, split).images))
+  ref = metrics.feature_stats(features("train")["features"])
+  test = features("test")["features"]
+  noise = extract(np.random.default_rng(0).uniform(-1, 1, (len(test), 32, 32, 1)).astype(np.float32))["features"]
+  fid = lambda f: metrics.frechet_distance(*metrics.feature_stats(f), *ref)
+  print(f"classifier {clf.info['weights_sha256'][:12]} (test accuracy {clf.info['test_accuracy']:.3f}): FID vs "
+        f"train stats (1500 images): test split {fid(test):.2f} | uniform noise {fid(noise):.2f} "
+        f"({len(test)} images each)")
 
 
 def inception_rows(a, mesh, rows):
@@ -135,7 +151,7 @@ def main():
   p.add_argument("--eval-samples", type=int, default=1000)
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--skip-keras", action="store_true")
-  p.add_argument("--parts", default="classifier,inception,eval", help="comma-separated subset to run")
+  p.add_argument("--parts", default="classifier,realvsreal,inception,eval", help="comma-separated subset to run")
   a = p.parse_args()
   parts = set(a.parts.split(","))
 
@@ -148,6 +164,8 @@ def main():
     config.eval.cache_dir = cache
     if "classifier" in parts or "eval" in parts:
       classifier_rows(a, config, mesh, cache, rows)
+    if "realvsreal" in parts:
+      real_vs_real(config, mesh, cache)
     if "inception" in parts:
       inception_rows(a, mesh, rows)
     if "eval" in parts:

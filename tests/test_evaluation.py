@@ -63,10 +63,15 @@ def test_kid_equals_a_direct_double_loop():
   yy = sum(k(y[i], y[j]) for i in range(15) for j in range(15) if i != j) / (15 * 14)
   xy = sum(k(x[i], y[j]) for i in range(12) for j in range(15)) / (12 * 15)
   assert metrics.mmd2_unbiased(x, y) == pytest.approx(xx + yy - 2 * xy, rel=1e-10)
-  # One subset as large as the smaller set, drawn from a permutation: the same estimate.
-  kid, std, size = metrics.kernel_inception_distance(x[:12], y[:12], num_subsets=1, subset_size=1000)
-  assert size == 12 and std == 0.0
-  assert kid == pytest.approx(metrics.mmd2_unbiased(x[:12], y[:12]), rel=1e-10)
+  # KID: the mean and std of that estimate over random subsets, drawn subset by subset (real, then fake).
+  rng = np.random.default_rng(3)
+  x, y = rng.normal(size=(40, 5)), rng.normal(0.3, 1.0, size=(30, 5))
+  draw = np.random.default_rng(7)
+  direct = [metrics.mmd2_unbiased(x[draw.choice(40, 20, replace=False)], y[draw.choice(30, 20, replace=False)])
+            for _ in range(6)]
+  kid, std, size = metrics.kernel_inception_distance(x, y, num_subsets=6, subset_size=20, seed=7)
+  assert size == 20 and kid == pytest.approx(np.mean(direct), rel=1e-10) and std == pytest.approx(np.std(direct))
+  assert metrics.kernel_inception_distance(x, y, num_subsets=2, subset_size=1000)[2] == 30  # capped
 
 
 # -------------------------------------------------------------------------------------------------- IS
@@ -259,8 +264,8 @@ def test_weights_file_round_trip_and_clear_errors(keras_inception, tmp_path):
 
   path = tmp_path / "fid_inception.npz"
   np.savez(path, **state)
-  loaded, sha = inception.load_fid_inception(str(path))
-  assert sha == hashlib.sha256(path.read_bytes()).hexdigest()
+  loaded, hashes = inception.load_fid_inception(str(path))
+  assert hashes["file_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
   jax.tree.map(np.testing.assert_array_equal, loaded, variables)
 
   def one_line_error(path_, *words):
@@ -282,8 +287,29 @@ def test_weights_file_round_trip_and_clear_errors(keras_inception, tmp_path):
 
   torch = pytest.importorskip("torch")  # the .pth route (pytorch-fid's own file format)
   torch.save({k: torch.from_numpy(v) for k, v in state.items()}, tmp_path / "fid_inception.pth")
-  from_pth, _ = inception.load_fid_inception(str(tmp_path / "fid_inception.pth"))
+  from_pth, pth_hashes = inception.load_fid_inception(str(tmp_path / "fid_inception.pth"))
   jax.tree.map(np.testing.assert_array_equal, from_pth, variables)
+  # The card's weights hash is of the weights, not the container: .pth and .npz agree.
+  assert pth_hashes["weights_sha256"] == hashes["weights_sha256"] != pth_hashes["file_sha256"]
+
+
+def test_inception_backbone_wiring(keras_inception, tmp_path):
+  """eval.backbone=inception: grayscale 8x8 samples are resized to 299 and repeated over RGB, features are
+  pool3, IS logits leave out the fc bias, and the card gets the weights hash."""
+  _, state, _ = keras_inception
+  np.savez(tmp_path / "w.npz", **state)
+  config = experiment_config("dcgan", **{"data.image_size": 8, "eval.backbone": "inception",
+                                         "eval.inception_path": str(tmp_path / "w.npz")})
+  backbone = backbones.get_backbone(config, str(tmp_path))
+  x = np.random.default_rng(12).uniform(-1, 1, (1, 8, 8, 1)).astype(np.float32)
+  out = jax.jit(backbone.apply)(backbone.variables, x)
+  big = np.repeat(np.asarray(jax.image.resize(x, (1, 299, 299, 1), "bilinear", antialias=False)), 3, axis=-1)
+  # The port itself is checked against Keras above (at 139x139, where Keras's fixed input shape allows).
+  direct = jax.jit(inception.FIDInceptionV3().apply)(inception.params_from_state_dict(state), big)
+  _allclose(out["features"], direct["pool3"])
+  _allclose(out["logits"], direct["logits_unbiased"])
+  _allclose(direct["logits_unbiased"], np.asarray(direct["logits"]) - state["fc.bias"])
+  assert backbone.info["resize"]["size"] == [299, 299] and len(backbone.info["weights_sha256"]) == 64
 
 
 def test_preprocess_resizes_like_pytorch_fid():
@@ -421,6 +447,9 @@ def test_eval_bad_input_is_one_line_user_error(trained_gan):
     with pytest.raises(UserError) as e:
       runner.evaluate(bad, workdir)
     assert "\n" not in str(e.value) and words in str(e.value), (key, str(e.value))
+  text = experiment_config("gpt")  # image metrics on a text model: says which metrics apply instead
+  with pytest.raises(UserError, match="eval_step"):
+    runner.check_eval_config(text, get_family(text))
 
 
 def test_cli_eval_errors_are_one_line(trained_gan, tmp_path):

@@ -34,7 +34,7 @@ def get_backbone(config: ConfigDict, cache_dir: str, log=print) -> Backbone:
          "resize": {"method": "none (images at the dataset's size)", "size": [size, size]}})
   if kind == "inception":
     from aigc_jax.evaluation import inception
-    variables, sha = inception.load_fid_inception(config.eval.inception_path)
+    variables, hashes = inception.load_fid_inception(config.eval.inception_path)
     model = inception.FIDInceptionV3()
 
     def apply(v, x):
@@ -43,7 +43,7 @@ def get_backbone(config: ConfigDict, cache_dir: str, log=print) -> Backbone:
 
     size = inception.INPUT_SIZE
     return Backbone("inception-v3-fid-2015-12-05", variables, apply, {
-        "weights_sha256": sha, "weights_path": config.eval.inception_path, "feature_layer": "pool3 (2048-d)",
+        **hashes, "weights_path": config.eval.inception_path, "feature_layer": "pool3 (2048-d)",
         "logits_layer": "pool3 @ fc.weight without the bias (Salimans et al.'s IS code)", "feature_dim": 2048,
         "resize": {"method": "bilinear, half-pixel centres, no antialias (pytorch-fid's F.interpolate)",
                    "size": [size, size], "grayscale": "repeated over RGB"}})

@@ -269,8 +269,20 @@ def check_input_channels(variables: dict, source: str):
                     "fix eval.inception_path")
 
 
+def weights_sha256(variables: dict) -> str:
+  """SHA-256 of the weights themselves (names, shapes, float32 bytes), so the .pth and its .npz conversion
+  give the same hash on the metric card."""
+  h = hashlib.sha256()
+  for path, leaf in sorted(jax.tree_util.tree_flatten_with_path(variables)[0], key=lambda kv: str(kv[0])):
+    value = np.ascontiguousarray(leaf, np.float32)
+    h.update(f"{jax.tree_util.keystr(path)}{value.shape}".encode())
+    h.update(value.tobytes())
+  return h.hexdigest()
+
+
 def load_fid_inception(path: str):
-  """(variables, sha256 of the file) for FIDInceptionV3 from a local weights file; UserError if unusable."""
+  """(variables, {"weights_sha256", "file_sha256"}) for FIDInceptionV3 from a local weights file; UserError
+  if unusable. pytorch-fid's .pth names its file by its own SHA-256 prefix (torch.hub convention): 6726825d."""
   variables = params_from_state_dict(_read_state_dict(path), source=path)
   check_input_channels(variables, path)
-  return variables, file_sha256(path)
+  return variables, {"weights_sha256": weights_sha256(variables), "file_sha256": file_sha256(path)}

@@ -86,17 +86,45 @@ def mmd2_unbiased(x_NxD, y_MxD) -> float:
   return float(term_xx + term_yy - 2 * k_xy.mean())
 
 
-def kernel_inception_distance(real_NxD, fake_MxD, num_subsets=100, subset_size=1000, seed=0):
-  """(mean, std) of the unbiased MMD^2 over `num_subsets` random subsets of `subset_size` of each set.
+def _subset_kernel_sums(a_NxD, b_MxD, members_NxS, members_MxS, block=1024):
+  """[S]: for each subset s, the sum of k(a_i, b_j) over i in subset s of a and j in subset s of b.
 
-  The subset size is capped by the smaller set, as the reference implementation does.
+  Equals members[:, s]^T K members[:, s], computed from row blocks of the kernel matrix K, so K is built
+  once for all subsets and never held whole.
   """
-  size = min(subset_size, len(real_NxD), len(fake_MxD))
+  d = a_NxD.shape[1]
+  out = np.zeros(members_NxS.shape[1], np.float64)
+  for start in range(0, len(a_NxD), block):
+    k_block = (a_NxD[start:start + block] @ b_MxD.T / d + 1.0) ** 3
+    out += np.sum(members_NxS[start:start + block] * (k_block @ members_MxS), axis=0)
+  return out
+
+
+def kernel_inception_distance(real_NxD, fake_MxD, num_subsets=100, subset_size=1000, seed=0):
+  """(mean, std, subset size) of the unbiased MMD^2 (mmd2_unbiased) over `num_subsets` random subsets of
+  `subset_size` of each set, Binkowski et al. 2018.
+
+  The subset size is capped by the smaller set, as the reference implementation does. Instead of three
+  subset-sized kernel matrices per subset, every subset's sums come from one pass over the full kernel
+  matrices (indicator vectors): the same estimates in ~1/100 of the time for 1,000-sample sets.
+  """
+  real, fake = np.asarray(real_NxD, np.float64), np.asarray(fake_MxD, np.float64)
+  n, m = len(real), len(fake)
+  size = min(subset_size, n, m)
   if size < 2:
-    raise ValueError(f"KID needs at least 2 samples per set, got {len(real_NxD)} and {len(fake_MxD)}")
+    raise ValueError(f"KID needs at least 2 samples per set, got {n} and {m}")
   rng = np.random.default_rng(seed)
-  values = [mmd2_unbiased(real_NxD[rng.choice(len(real_NxD), size, replace=False)],
-                          fake_MxD[rng.choice(len(fake_MxD), size, replace=False)]) for _ in range(num_subsets)]
+  in_real, in_fake = np.zeros((n, num_subsets)), np.zeros((m, num_subsets))
+  for s in range(num_subsets):  # drawn in the order a loop over subsets would draw them
+    in_real[rng.choice(n, size, replace=False), s] = 1.0
+    in_fake[rng.choice(m, size, replace=False), s] = 1.0
+  d = real.shape[1]
+  diag_real = (np.sum(real * real, axis=1) / d + 1.0) ** 3  # k(x, x), excluded from the within-set terms
+  diag_fake = (np.sum(fake * fake, axis=1) / d + 1.0) ** 3
+  xx = (_subset_kernel_sums(real, real, in_real, in_real) - diag_real @ in_real) / (size * (size - 1))
+  yy = (_subset_kernel_sums(fake, fake, in_fake, in_fake) - diag_fake @ in_fake) / (size * (size - 1))
+  xy = _subset_kernel_sums(real, fake, in_real, in_fake) / (size * size)
+  values = xx + yy - 2 * xy
   return float(np.mean(values)), float(np.std(values)), size
 
 

@@ -38,6 +38,10 @@ def check_eval_config(config: ConfigDict, family):
   unknown = [m for m in wanted if m not in KNOWN_METRICS]
   if unknown or not wanted:
     raise UserError(f"unknown or empty eval.metrics {list(wanted)}; choose from {KNOWN_METRICS}")
+  image_metrics = [m for m in wanted if m in FEATURE_METRICS + ("parzen",)]
+  if image_metrics and data_lib.text.is_text(config.data):
+    raise UserError(f"eval.metrics {image_metrics} score images, and {config.data.name} is text; use "
+                    "--config.eval.metrics=\"('eval_step',)\" (loss, perplexity, bits per character)")
   if e.num_samples < 2 or e.batch_size < 1:
     raise UserError(f"eval.num_samples must be >= 2 and eval.batch_size >= 1, got {e.num_samples}, {e.batch_size}")
   if "is" in wanted and e.num_samples < IS_SPLITS:
