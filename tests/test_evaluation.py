@@ -371,6 +371,11 @@ TINY_GAN = {"model.g_width": 8, "model.d_width": 8, "model.z_dim": 16, "data.ima
             "eval.parzen_num_validation": 200}
 
 
+def read_json(path):
+  with open(path) as f:
+    return json.load(f)
+
+
 def read_scalars(workdir):
   import tensorflow as tf
   out = {}
@@ -395,7 +400,7 @@ def trained_gan(tmp_path_factory):
 
 def test_mode_eval_writes_the_metric_card_and_scalars(trained_gan, monkeypatch):
   config, workdir = trained_gan
-  in_training = json.load(open(os.path.join(workdir, "eval", "2.json")))
+  in_training = read_json(os.path.join(workdir, "eval", "2.json"))
   assert in_training["step"] == 2 and "none" in in_training["checkpoint"]
 
   calls = []
@@ -410,7 +415,7 @@ def test_mode_eval_writes_the_metric_card_and_scalars(trained_gan, monkeypatch):
   card = runner.evaluate(config, workdir)
   assert calls == [16, 16, 8]  # 40 samples in chunks of eval.batch_size: never one batch of everything
 
-  on_disk = json.load(open(os.path.join(workdir, "eval", "4.json")))
+  on_disk = read_json(os.path.join(workdir, "eval", "4.json"))
   assert on_disk["metrics"] == pytest.approx(card["metrics"])
   m = on_disk["metrics"]
   for key in ("fid", "kid", "kid_std", "is", "is_std", "precision", "recall", "parzen_ll", "parzen_ll_se",
