@@ -135,6 +135,9 @@ def train_and_evaluate(config: ConfigDict, workdir: str):
   prepare_workdir(workdir)
   check_config(config)
   family = get_family(config)
+  if config.eval.every_steps:  # a bad eval setting fails now, not after the first eval.every_steps steps
+    from aigc_jax.evaluation import runner  # lazy: the runner imports this module
+    runner.check_eval_config(config, family)
   mesh = parallel.make_mesh()
   ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
@@ -211,8 +214,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str):
         if step % config.checkpoint_every_steps == 0 or is_last:
           save(step, state)
         if config.eval.every_steps and step % config.eval.every_steps == 0:
-          from aigc_jax.evaluation import runner  # lazy: the runner imports this module
-          runner.evaluate_state(config, workdir, family, mesh, state, step, writer=writer)
+          runner.evaluate_state(config, workdir, family, mesh, state, step, writer=writer,
+                                checkpoint=ckpt.path(step) if ckpt.latest_step() == step else "")
         if preemption.requested:
           save(step, state)
           print(f"SIGTERM: saved checkpoint at step {step}; exiting.", flush=True)

@@ -64,6 +64,8 @@ def get_config(preset: str = "shakespeare_char"):
   c.sample.top_k = 200               # 0 = off
   c.sample.top_p = 1.0               # 1 = off
 
+  c.eval.metrics = ("eval_step",)    # loss, perplexity, bits/char on the validation split
+  c.eval.reference_split = "validation"
   c.eval.text_batches = 200          # validation windows of batch_size, as nanoGPT's eval_iters
 
   if preset == "shakespeare_char":

@@ -129,7 +129,11 @@ def make_family(config: ConfigDict) -> Family:
     null_B = jnp.full((x0.shape[0],), null_label, jnp.int32)
     parts = likelihood.bound_bpd(lambda x, t_B: apply(params, x, t_B, null_B), x0, example_keys(rng, x0.shape[0]),
                                  variance=dif.variance, clip_denoised=dif.clip_denoised, **process)
-    return jax.lax.pmean(jax.tree.map(jnp.mean, parts), DATA_AXIS)
+    # Masked global means: rows with batch['mask'] == 0 pad the last batch of a split and must not count.
+    mask_B = batch.get("mask", jnp.ones((x0.shape[0],), jnp.float32))
+    count = jax.lax.psum(jnp.sum(mask_B), DATA_AXIS)
+    per_example = jax.tree.map(lambda v: jnp.mean(v.reshape(x0.shape[0], -1), axis=1), parts)
+    return jax.tree.map(lambda v: jax.lax.psum(jnp.sum(v * mask_B), DATA_AXIS) / count, per_example)
 
   timesteps = samplers.sampling_timesteps(dif.num_timesteps, config.sample.steps)
   grid_columns = math.ceil(math.sqrt(config.sample.num))  # outputs.image_grid's default layout
