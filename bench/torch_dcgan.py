@@ -15,7 +15,6 @@ Adam(2e-4, b1 0.5), then the EMA of G's params with decay min(0.999, (1+t)/(10+t
 Prints one human line, then one JSON line (what bench/train_step.py --reference reads).
 """
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -29,14 +28,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def experiment_config(spec):
-  """'dcgan.py:cpu' -> the locked ConfigDict (imports only ml_collections, not jax)."""
+  """'dcgan.py:cpu' -> the locked ConfigDict (aigc_jax.configs imports ml_collections, not jax)."""
   sys.path.insert(0, ROOT)
+  from aigc_jax.configs import load_experiment
   name, _, preset = spec.partition(":")
-  path = name if os.path.sep in name else os.path.join(ROOT, "experiments", name)
-  module_spec = importlib.util.spec_from_file_location("exp_cfg", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(preset) if preset else module.get_config()
+  return load_experiment(name if os.path.sep in name else os.path.join(ROOT, "experiments", name), preset)
 
 
 def dcgan_init(module):

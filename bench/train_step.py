@@ -16,14 +16,18 @@ the optimiser update, replicated on every device, is included), achieved TFLOP/s
 A spec is `experiment file[:preset][@global batch]`, e.g. `ddpm.py@8` is the paper's CIFAR-10 U-Net at batch
 8. `--set key=value` overrides a config key in every spec that has it (`--set dtype=bfloat16`).
 `--reference` runs bench/torch_dcgan.py (DCGAN presets) and bench/torch_unet.py (diffusion presets) in
-subprocesses with `--threads` intra-op threads (default: the number of cores XLA:CPU uses, `os.cpu_count()`),
-alternating rounds with ours so that load from other processes hits both alike; the table gives the median
-round of each. `--dcgan-upconv=conv` builds the DCGAN generator with lax's transposed convolutions instead of the matmul
-form that aigc_jax/models/dcgan.py uses on CPU (the before/after of that change).
+subprocesses with `--threads` intra-op threads (default: the number of cores, which XLA:CPU also uses),
+alternating rounds with ours so that load from other processes hits both alike. On a shared machine each
+round also records the share of the cores other processes used meanwhile (/proc/stat minus our own CPU
+time); the medians are over the rounds where that stayed under `--quiet` (10%), and `--wait-quiet=S` waits
+up to S seconds for such a moment before each round. (PyTorch's OpenMP threads collapse under contention,
+XLA's thread pool much less, so contended rounds say little about either.)
+`--dcgan-upconv=conv,auto` times each DCGAN spec once per value: `conv` builds the generator
+with lax's transposed convolutions (what nn.ConvTranspose ran before), `auto` as the model does by default
+(the matmul form of aigc_jax/models/dcgan.py on CPU, conv on GPU/TPU).
 """
 import argparse
 import functools
-import importlib.util
 import itertools
 import json
 import os
@@ -38,9 +42,11 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from aigc_jax import configs  # noqa: E402
 from aigc_jax import data as data_lib  # noqa: E402
 from aigc_jax import parallel, trainer  # noqa: E402
-from aigc_jax.families import get_family  # noqa: E402
+from aigc_jax.families import gan, get_family  # noqa: E402
+from aigc_jax.models import dcgan  # noqa: E402
 
 DEFAULT_SPECS = ("dcgan.py:cpu", "gan.py:cpu", "ddpm.py:cpu", "ddpm.py@8")
 # Dense peak TFLOP/s per device (vendor data sheets, without sparsity) for --peak-tflops=auto.
@@ -64,10 +70,7 @@ def parse_spec(spec):
 
 def load_config(name, preset, batch, overrides):
   path = name if os.path.sep in name else os.path.join(ROOT, "experiments", name)
-  module_spec = importlib.util.spec_from_file_location(f"exp_{os.path.basename(name)[:-3]}", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  config = module.get_config(preset) if preset else module.get_config()
+  config = configs.load_experiment(path, preset)
   for key, value in overrides:
     *parents, leaf = key.split(".")
     node = config
@@ -194,6 +197,49 @@ def machine_line(threads):
   return line + (f"; reference threads {threads}" if threads else "")
 
 
+class OthersCPU:
+  """Share of the machine's cores that OTHER processes used while a block ran: all busy CPU time from
+  /proc/stat minus this process's and its finished children's (os.times). None where /proc/stat is missing."""
+
+  def __enter__(self):
+    self.start = self._sample()
+    return self
+
+  def __exit__(self, *exc):
+    end = self._sample()
+    self.fraction = None
+    if self.start and end:
+      (busy0, own0, wall0), (busy1, own1, wall1) = self.start, end
+      self.fraction = max(0.0, (busy1 - busy0) - (own1 - own0)) / (os.cpu_count() * max(wall1 - wall0, 1e-9))
+
+  @staticmethod
+  def _sample():
+    try:
+      with open("/proc/stat") as f:
+        ticks = [float(v) for v in f.readline().split()[1:]]
+    except OSError:
+      return None
+    busy = (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+    t = os.times()
+    return busy, t.user + t.system + t.children_user + t.children_system, time.perf_counter()
+
+
+def wait_for_quiet(max_wait_s, threshold=0.1):
+  """Waits up to max_wait_s for other processes to use less than `threshold` of the cores (2 s samples)."""
+  deadline = time.time() + max_wait_s
+  while True:
+    with OthersCPU() as others:
+      time.sleep(2.0)
+    if others.fraction is None or others.fraction < threshold or time.time() >= deadline:
+      return others.fraction
+
+
+def median_of_quiet(rates, others, threshold):
+  """Median over the rounds that other processes left alone (all rounds if none was)."""
+  quiet = [r for r, o in zip(rates, others) if o is None or o < threshold]
+  return statistics.median(quiet or rates), len(quiet)
+
+
 def fmt(x, digits=3):
   if x is None:
     return "-"
@@ -211,45 +257,60 @@ def main():
   p.add_argument("--peak-tflops", default="", help="dense peak TFLOP/s per device for MFU, or 'auto'")
   p.add_argument("--reference", action="store_true", help="also time the PyTorch eager step (DCGAN, U-Net)")
   p.add_argument("--threads", type=int, default=os.cpu_count(), help="PyTorch intra-op threads")
-  p.add_argument("--dcgan-upconv", choices=("auto", "conv", "matmul"), default="auto",
-                 help="how the DCGAN generator's transposed convolutions are computed (aigc_jax/models/dcgan.py)")
+  p.add_argument("--dcgan-upconv", default="auto",
+                 help="comma-separated UpConv4x4 impls (auto, conv, matmul) to time each DCGAN spec with")
   p.add_argument("--json", default="", help="also write the rows to this file")
+  p.add_argument("--quiet", type=float, default=0.1, help="a round counts as quiet if other processes used "
+                 "less than this share of the cores during it; the medians are over quiet rounds")
+  p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                 help="on a shared machine: before each round, wait up to this long for other processes to go quiet")
   a = p.parse_args()
   overrides = [tuple(s.split("=", 1)) for s in a.set]
-  if a.dcgan_upconv != "auto":  # no config key for it: swap the class the gan family builds
-    from aigc_jax.families import gan
-    from aigc_jax.models import dcgan
-    gan.DCGANGenerator = functools.partial(dcgan.DCGANGenerator, upconv_impl=a.dcgan_upconv)
+  upconv_impls = a.dcgan_upconv.split(",")
+  if set(upconv_impls) - set(dcgan.UPCONV_IMPLS):
+    p.error(f"--dcgan-upconv takes {dcgan.UPCONV_IMPLS}, got {a.dcgan_upconv!r}")
 
   print(machine_line(a.threads if a.reference else 0), flush=True)
   rows = []
+  runs = []
   for spec in a.specs:
     name, preset, batch = parse_spec(spec)
     config = load_config(name, preset, batch, overrides)
+    is_dcgan = config.family == "gan" and config.model.get("arch") == "dcgan"
+    runs += [(name, preset, config, impl) for impl in (upconv_impls if is_dcgan else [None])]
+  for name, preset, config, upconv in runs:
+    # No config key chooses the impl: swap the class the gan family builds.
+    gan.DCGANGenerator = functools.partial(dcgan.DCGANGenerator, upconv_impl=upconv or "auto")
     label = f"{name}:{preset or 'default'}@{config.batch_size}"
     label += f" {config.dtype}" if config.dtype != "float32" else ""
-    label += f" (upconv {a.dcgan_upconv})" if a.dcgan_upconv != "auto" and config.model.get("arch") == "dcgan" else ""
+    label += f" upconv={upconv}" if upconv and upconv_impls != ["auto"] else ""
     ours = Ours(config)
     for _ in range(a.warmup):
       ours.run(1)
     steps = a.steps or max(3, min(200, round(3.0 * ours.run(2))))
     cmd = reference_command(config, name, preset, config.batch_size, steps, a.threads) if a.reference else None
-    ours_rates, ref_rates, ref = [], [], None
+    ours_rates, ref_rates, ref, others = [], [], None, []
     for _ in range(a.rounds):
-      ours_rates.append(ours.run(steps))
-      if cmd:
-        ref = run_reference(cmd)
-        ref_rates.append(ref["steps_per_s"])
-    rate = statistics.median(ours_rates)
+      if a.wait_quiet:
+        wait_for_quiet(a.wait_quiet, a.quiet)
+      with OthersCPU() as o:  # one round of ours and the paired round of the reference
+        ours_rates.append(ours.run(steps))
+        if cmd:
+          ref = run_reference(cmd)
+          ref_rates.append(ref["steps_per_s"])
+      others.append(o.fraction)
+    rate, quiet_rounds = median_of_quiet(ours_rates, others, a.quiet)
     flops_ex = ours.flops_per_step / config.batch_size
     tflops = ours.flops_per_step * rate / 1e12
     peak = peak_tflops(a.peak_tflops, config.dtype)
     row = {"spec": label, "devices": jax.device_count(), "compile_s": ours.compile_s, "steps": steps,
            "steps_per_s": rate, "examples_per_s": rate * config.batch_size, "rounds": ours_rates,
            "flops_per_example": flops_ex, "tflops_per_s": tflops,
-           "mfu": tflops / (peak * jax.device_count()) if peak else None}
+           "mfu": tflops / (peak * jax.device_count()) if peak else None,
+           "others_cpu": others, "quiet_rounds": quiet_rounds,
+           "load_after": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
     if cmd:
-      ref_rate = statistics.median(ref_rates)
+      ref_rate, _ = median_of_quiet(ref_rates, others, a.quiet)
       row.update(ref_impl=ref["impl"], ref_threads=a.threads, ref_steps_per_s=ref_rate,
                  ref_examples_per_s=ref_rate * config.batch_size, ref_rounds=ref_rates)
     rows.append(row)
@@ -260,6 +321,14 @@ def main():
     if cmd:
       msg += (f" || {row['ref_impl']} ({a.threads} threads): {row['ref_steps_per_s']:.3g} steps/s, "
               f"{row['ref_examples_per_s']:.4g} examples/s; ours/torch {rate / row['ref_steps_per_s']:.2f}x")
+    msg += f" | rounds {' '.join(f'{x:.3g}' for x in ours_rates)}"
+    msg += f" vs {' '.join(f'{x:.3g}' for x in ref_rates)}" if cmd else ""
+    msg += f" | load {row['load_after']:.2f}" if row["load_after"] is not None else ""
+    if others and others[0] is not None:
+      msg += (f" | other processes' CPU per round {' '.join(f'{100 * x:.0f}%' for x in others)}; "
+              f"median over {quiet_rounds} rounds below {100 * a.quiet:.0f}%" if quiet_rounds else
+              f" | other processes' CPU per round {' '.join(f'{100 * x:.0f}%' for x in others)}; no quiet round: "
+              "median of all (contended)")
     print(msg, flush=True)
     del ours
 
@@ -269,6 +338,7 @@ def main():
   head = ["family/preset@batch", "compile s", "steps/s", "examples/s", "MFLOP/example"]
   head += ["MFU"] if has_mfu else []
   head += ["torch eager steps/s", "torch examples/s", "ours/torch"] if has_ref else []
+  head += ["quiet rounds", "load"]
   print("| " + " | ".join(head) + " |")
   print("|" + "---|" * len(head))
   for r in rows:
@@ -281,6 +351,8 @@ def main():
                   f"{r['steps_per_s'] / r['ref_steps_per_s']:.2f}x"]
       else:
         cells += ["-", "-", "-"]
+    cells += [f"{r['quiet_rounds']}/{len(r['rounds'])}",
+              f"{r['load_after']:.1f}" if r["load_after"] is not None else "-"]
     print("| " + " | ".join(cells) + " |")
   if a.json:
     with open(a.json, "w") as f:

@@ -11,7 +11,7 @@ step equals the single-device step.
 The generator's upsampling layers are `UpConv4x4`: the parameters ("kernel" [4, 4, in, out], "bias") and
 the function of `nn.ConvTranspose(out, (4, 4), strides=(2, 2), padding="SAME")`, under the same names, but
 computed on CPU as one matmul and an overlap-add. XLA:CPU's kernel gradient of a transposed convolution
-(the convolution autodiff produces for it) runs ~10-20x slower than that matmul, which made our DCGAN step
+(the convolution autodiff produces for it) runs ~10x slower than that matmul, which made our DCGAN step
 half as fast as PyTorch's on 2 cores; GPU and TPU keep the convolution (bench/RESULTS.md has the numbers).
 """
 import math
