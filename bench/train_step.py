@@ -46,7 +46,7 @@ from aigc_jax import configs  # noqa: E402
 from aigc_jax import data as data_lib  # noqa: E402
 from aigc_jax import parallel, trainer  # noqa: E402
 from aigc_jax.families import gan, get_family  # noqa: E402
-from aigc_jax.models import dcgan  # noqa: E402
+from aigc_jax.models import dcgan, layers  # noqa: E402
 
 DEFAULT_SPECS = ("dcgan.py:cpu", "gan.py:cpu", "ddpm.py:cpu", "ddpm.py@8")
 # Dense peak TFLOP/s per device (vendor data sheets, without sparsity) for --peak-tflops=auto.
@@ -267,8 +267,8 @@ def main():
   a = p.parse_args()
   overrides = [tuple(s.split("=", 1)) for s in a.set]
   upconv_impls = a.dcgan_upconv.split(",")
-  if set(upconv_impls) - set(dcgan.UPCONV_IMPLS):
-    p.error(f"--dcgan-upconv takes {dcgan.UPCONV_IMPLS}, got {a.dcgan_upconv!r}")
+  if set(upconv_impls) - set(layers.UPCONV_IMPLS):
+    p.error(f"--dcgan-upconv takes {layers.UPCONV_IMPLS}, got {a.dcgan_upconv!r}")
 
   print(machine_line(a.threads if a.reference else 0), flush=True)
   rows = []

@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from aigc_jax.models.dcgan import DCGANDiscriminator, DCGANGenerator, UpConv4x4
+from aigc_jax.models.dcgan import DCGANDiscriminator, DCGANGenerator
+from aigc_jax.models.layers import UpConv4x4
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 

@@ -11,6 +11,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from aigc_jax.models.layers import UpConv4x4
+
 
 class ResidualBlock(nn.Module):
   channels: int
@@ -63,7 +65,8 @@ class ConvDecoder(nn.Module):
     for i in range(self.num_upsamples):
       last = i == self.num_upsamples - 1
       width = self.out_channels if last else self.hidden // 2
-      h = nn.ConvTranspose(width, (4, 4), strides=(2, 2), padding="SAME", dtype=self.dtype)(h)
+      # nn.ConvTranspose's function and params, fast on CPU (models/layers.py); its auto-name kept.
+      h = UpConv4x4(width, dtype=self.dtype, name=f"ConvTranspose_{i}")(h)
       if not last:
         h = nn.relu(h)
     if self.num_upsamples == 0:
