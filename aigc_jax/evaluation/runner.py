@@ -5,7 +5,6 @@ The card (workdir/eval/<step>.json) carries every number together with the proto
 because FIDs computed under different protocols are not comparable. TensorBoard gets the same numbers as
 `eval/<metric>` scalars next to the training curves.
 """
-import importlib
 import json
 import math
 import os
@@ -84,12 +83,11 @@ def _generate(config, family, mesh, state, consume) -> dict:
 
 def _eval_step_metrics(config, family, mesh, state):
   """(metrics, protocol) of the family's eval_step (nats, bits/dim, perplexity, PSNR/SSIM...) over
-  eval.reference_split. A family module may define `evaluate_split(config, family, state, mesh, split)` for
-  data that is not images (text); image families go through aigc_jax.evaluation.likelihood."""
+  eval.reference_split: the family's own Family.evaluate_split when it has one (text), else
+  aigc_jax.evaluation.likelihood over every image."""
   split = config.eval.reference_split
-  module = importlib.import_module(f"aigc_jax.families.{config.family}")
-  if hasattr(module, "evaluate_split"):
-    out = dict(module.evaluate_split(config, family, state, mesh, split))
+  if family.evaluate_split is not None:
+    out = dict(family.evaluate_split(state, mesh, split))
     how = f"aigc_jax.families.{config.family}.evaluate_split"
   else:
     out = likelihood.evaluate_split(config, family, state, mesh, split, seed=config.eval.seed)

@@ -10,6 +10,7 @@ token. When the context is full the cache restarts from the last block_size // 2
 positions cannot slide), and the uncached reference (`cached=False`) recomputes exactly those contexts, so
 the two agree token for token.
 """
+import dataclasses
 import math
 import types
 
@@ -189,6 +190,8 @@ def build(config: ConfigDict):
                                                                (len(ids_B),) + state["vocab_table"].shape)}
 
   family = Family(init=init, train_step=train_step, sample=sample, eval_step=eval_step)
+  family = dataclasses.replace(family, evaluate_split=lambda state, mesh, split: evaluate_split(
+      config, family, state, mesh, split))
   return types.SimpleNamespace(family=family, model=model, tokenizer=tokenizer, generate=generate,
                                prompt=prompt_P, token_losses=token_losses)
 
