@@ -87,12 +87,13 @@ def write_files(outputs: dict, directory: str, step: int) -> list:
 
 
 def write_summaries(writer, step: int, outputs: dict):
-  """The first SUMMARY_SAMPLES samples; one write per distinct rate, since write_audios takes one rate."""
+  """The first SUMMARY_SAMPLES samples under 'audio_samples' (TensorBoard keys series by tag alone, so not
+  'samples' as images); one write per distinct rate, since write_audios takes one rate."""
   x_NxTxC = quantize(as_NxTxC(outputs["audio"][:SUMMARY_SAMPLES]))
   rates = sample_rates(outputs)[:len(x_NxTxC)]
   distinct = sorted(set(rates.tolist()))
   for rate in distinct:
-    key = "samples" if len(distinct) == 1 else f"samples_{rate}hz"
+    key = "audio_samples" if len(distinct) == 1 else f"audio_samples_{rate}hz"
     writer.write_audios(step, {key: x_NxTxC[rates == rate]}, sample_rate=int(rate))
 
 

@@ -69,13 +69,14 @@ def write_files(outputs: dict, directory: str, step: int) -> list:
 
 
 def write_summaries(writer, step: int, outputs: dict):
-  """uint8 [k, T, H, W, C] for the first few; the fps goes along only to writers that take it (this
+  """uint8 [k, T, H, W, C] for the first few under 'video_samples' (a tag of its own: TensorBoard keys series
+  by tag alone, and videos share the images dashboard); the fps goes along only to writers that take it (this
   package's; clu's interface has no fps)."""
   video = to_uint8(outputs["video"][:SUMMARY_SAMPLES])
   kwargs = {}
   if "fps" in inspect.signature(writer.write_videos).parameters:
     kwargs["fps"] = float(frame_rates(outputs)[0])
-  writer.write_videos(step, {"samples": video}, **kwargs)
+  writer.write_videos(step, {"video_samples": video}, **kwargs)
 
 
 def npz_arrays(outputs: dict) -> dict:
