@@ -187,8 +187,8 @@ class RecordingWriter:
   def __init__(self):
     self.calls = []
 
-  def write_images(self, step, images_):
-    self.calls.append(("images", step, images_))
+  def write_images(self, step, images):  # pylint: disable=redefined-outer-name  clu's parameter name
+    self.calls.append(("images", step, images))
 
   def write_texts(self, step, texts):
     self.calls.append(("texts", step, texts))
@@ -230,8 +230,9 @@ def read_events(logdir):
 
 
 TF_FREE_SCRIPT = textwrap.dedent("""
-  import importlib.abc, json, sys
+  import importlib.abc, io, json, os, sys, wave
   import numpy as np
+  from PIL import Image
 
   attempts = []
   class NoTensorFlow(importlib.abc.MetaPathFinder):  # as on a machine without TF: `import tensorflow` fails
@@ -252,8 +253,8 @@ TF_FREE_SCRIPT = textwrap.dedent("""
   writer.write_hparams({"lr": 0.1, "name": "x", "sizes": (1, 2)})
   writer.write_scalars(1, {"loss": 0.5, "acc": np.float32(0.25)})
   writer.write_scalars(2, {"loss": 0.25})
-  media.write_summaries(writer, 2, {"images": rng.uniform(-1, 1, (3, 4, 4, 3)), "audio": clips,
-                                    "audio_sample_rate": 8000, "video": rng.uniform(-1, 1, (1, 3, 4, 4, 1)),
+  media.write_summaries(writer, 2, {"images": rng.uniform(-1, 1, (3, 4, 6, 3)), "audio": clips,
+                                    "audio_sample_rate": 8000, "video": rng.uniform(-1, 1, (1, 3, 4, 6, 1)),
                                     "video_fps": [10]})
   writer.write_texts(2, {"notes": "hello"})
   writer.write_histograms(2, {"weights": rng.normal(size=100)})
@@ -268,21 +269,24 @@ TF_FREE_SCRIPT = textwrap.dedent("""
   acc = ea.EventAccumulator(sys.argv[1], size_guidance={k: 0 for k in ea.DEFAULT_SIZE_GUIDANCE})
   acc.Reload()
   tags = acc.Tags()
-  import io, os
-  from PIL import Image
-  gif = Image.open(io.BytesIO(acc.Images("video_samples")[0].encoded_image_string))
-  image, clip = acc.Images("samples")[0], acc.Audio("audio_samples/0")[0]
+  strings = lambda tag: acc.Tensors(tag)[0].tensor_proto.string_val
+  grid = Image.open(io.BytesIO(strings("samples")[2]))
+  gif = Image.open(io.BytesIO(strings("video_samples")[2]))
+  wav = wave.open(io.BytesIO(strings("audio_samples")[0]))
   print(json.dumps({
       "imported": imported, "attempts": written, "writer": type(writer).__name__,
       "tf": "tensorflow" in sys.modules, "clu": "clu.metric_writers" in sys.modules,
+      "host1": os.path.exists(sys.argv[1] + "/host1"),
       "tags": {k: sorted(tags[k]) for k in ("scalars", "images", "audio", "tensors", "histograms")},
-      "loss": [[e.step, e.value] for e in acc.Scalars("loss")], "acc": acc.Scalars("acc")[0].value,
-      "image": [image.step, image.height, image.width],
-      "gif": [gif.format, gif.n_frames, gif.info["duration"]], "host1": os.path.exists(sys.argv[1] + "/host1"),
-      "clip": [clip.sample_rate, clip.length_frames, clip.content_type],
-      "wav": clip.encoded_audio_string == audio.encode_wav(audio.to_int16(clips[0])[:, None], 8000),
       "plugins": {t: acc.SummaryMetadata(t).plugin_data.plugin_name for t in tags["tensors"]},
-      "text": [s.decode() for s in acc.Tensors("notes")[0].tensor_proto.string_val],
+      "loss": [[e.step, e.value] for e in acc.Scalars("loss")], "acc": acc.Scalars("acc")[0].value,
+      "grid": [acc.Tensors("samples")[0].step, *[s.decode() for s in strings("samples")[:2]], *grid.size],
+      "gif": [*[s.decode() for s in strings("video_samples")[:2]], len(strings("video_samples")), gif.format,
+              gif.n_frames, gif.info["duration"]],
+      "audio_shape": [d.size for d in acc.Tensors("audio_samples")[0].tensor_proto.tensor_shape.dim],
+      "wav": [wav.getframerate(), wav.getnframes(), wav.getnchannels()],
+      "pcm": strings("audio_samples")[0] == audio.encode_wav(audio.to_int16(clips[0])[:, None], 8000),
+      "text": [s.decode() for s in strings("notes")],
       "histogram": acc.Histograms("weights")[0].histogram_value.num}))
 """)
 
@@ -293,18 +297,22 @@ def test_writer_without_tensorflow_writes_readable_events(tmp_path):
                        env=env, timeout=120, check=False)
   assert run.returncode == 0, run.stderr
   report = json.loads(run.stdout.strip().splitlines()[-1])
-  # Neither `import aigc_jax.media` nor the writer module tries TF; create_writer tries it, then falls back.
-  assert (report["imported"], report["attempts"], report["writer"]) == ([], ["tensorflow"] * 2, "EventFileMetricWriter")
+  # Neither `import aigc_jax.media` nor the writer module tries TF; each create_writer tries it, then falls back.
+  assert report["imported"] == [] and report["attempts"] == ["tensorflow"] * 2
+  assert report["writer"] == "EventFileMetricWriter"
   assert not report["tf"] and not report["clu"]
   assert "loss=0.5" in run.stderr  # logged like clu's LoggingWriter
-  assert report["tags"] == {"scalars": ["acc", "loss"], "images": ["samples", "video_samples"],
-                            "audio": ["audio_samples/0", "audio_samples/1"], "histograms": ["weights"],
-                            "tensors": ["_hparams_/session_start_info", "notes"]}
-  assert report["loss"] == [[1, 0.5], [2, 0.25]] and report["acc"] == 0.25
-  assert report["image"] == [2, 2 * 6 + 2, 2 * 6 + 2] and report["gif"] == ["GIF", 3, 100]  # video_fps = 10
   assert not report["host1"]  # just_logging: no event file
-  assert report["clip"] == [8000, 160, "audio/wav"] and report["wav"]
-  assert report["plugins"] == {"_hparams_/session_start_info": "hparams", "notes": "text"}
+  # The layout tf.summary writes (see the next test): plugin tensors, one tag for all N.
+  assert report["tags"] == {"scalars": ["acc", "loss"], "images": [], "audio": [], "histograms": ["weights"],
+                            "tensors": ["_hparams_/session_start_info", "audio_samples", "notes", "samples",
+                                        "video_samples"]}
+  assert report["plugins"] == {"_hparams_/session_start_info": "hparams", "audio_samples": "audio",
+                               "notes": "text", "samples": "images", "video_samples": "images"}
+  assert report["loss"] == [[1, 0.5], [2, 0.25]] and report["acc"] == 0.25
+  assert report["grid"] == [2, "18", "14", 18, 14]  # [width, height, PNG]: a 2x2 grid of 4x6 tiles, pad 2
+  assert report["gif"] == ["6", "4", 3, "GIF", 3, 100]  # [width, height, one GIF], 3 frames at video_fps = 10
+  assert report["audio_shape"] == [2, 2] and report["wav"] == [8000, 160, 1] and report["pcm"]
   assert report["text"] == ["hello"] and report["histogram"] == 100
 
 
@@ -313,24 +321,27 @@ def test_writer_with_tensorflow_is_clus_and_also_writes_videos(tmp_path):
   from aigc_jax.media import tensorboard
   writer = tensorboard.create_writer(str(tmp_path))
   rng = np.random.default_rng(0)
-  media.write_summaries(writer, 3, {"images": rng.uniform(-1, 1, (4, 4, 4, 3)),
+  media.write_summaries(writer, 3, {"images": rng.uniform(-1, 1, (4, 4, 6, 3)),
                                     "audio": rng.uniform(-1, 1, (2, 160, 1)), "audio_sample_rate": 8000,
-                                    "video": rng.uniform(-1, 1, (2, 3, 4, 4, 3))})
+                                    "video": rng.uniform(-1, 1, (2, 3, 4, 6, 3))})
   writer.write_scalars(3, {"loss": 0.5})
   writer.write_texts(3, {"notes": "hello"})
   writer.close()
   acc = read_events(tmp_path)
   plugins = {t: acc.SummaryMetadata(t).plugin_data.plugin_name for t in acc.Tags()["tensors"]}
-  # clu writes TF2 summaries: every kind is a tensor, told apart by its plugin.
+  # clu writes TF2 summaries: every kind is a tensor, told apart by its plugin; the TF-free writer matches.
   assert plugins == {"samples": "images", "audio_samples": "audio", "video_samples": "images", "loss": "scalars",
                      "notes": "text"}
-  video_sv = acc.Tensors("video_samples")[0].tensor_proto.string_val
-  assert video_sv[:2] == [b"4", b"4"] and len(video_sv) == 4 and video_sv[2].startswith(b"GIF89a")
-  assert len(acc.Tensors("audio_samples")[0].tensor_proto.string_val) == 2 * 2  # [clips, (wav, label)]
+  strings = lambda tag: acc.Tensors(tag)[0].tensor_proto.string_val
+  assert strings("samples")[:2] == [b"18", b"14"]  # [width, height, PNG], as EventFileMetricWriter writes
+  assert strings("video_samples")[:2] == [b"6", b"4"] and len(strings("video_samples")) == 2 + 2
+  assert strings("video_samples")[2].startswith(b"GIF89a")
+  audio_shape = [d.size for d in acc.Tensors("audio_samples")[0].tensor_proto.tensor_shape.dim]
+  assert audio_shape == [2, 2] and strings("audio_samples")[0].startswith(b"RIFF")  # [clips, (wav, label)]
   # The TF-free writer's records pass TF's own reader too.
   writer = tensorboard.EventFileMetricWriter(str(tmp_path / "no_tf"))
   writer.write_scalars(1, {"loss": 0.75})
-  writer.write_images(1, {"grid": np.zeros((4, 4, 1), np.uint8)})
+  writer.write_images(1, {"grid": np.zeros((4, 6, 1), np.uint8)})
   writer.close()
   acc = read_events(tmp_path / "no_tf")
-  assert acc.Scalars("loss")[0].value == 0.75 and acc.Images("grid")[0].width == 4
+  assert acc.Scalars("loss")[0].value == 0.75 and strings("grid")[:2] == [b"6", b"4"]

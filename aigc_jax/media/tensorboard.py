@@ -5,9 +5,10 @@
     write_videos lands in the event file too (as animated GIFs on the images dashboard; clu's own
     SummaryWriter drops videos).
   * no (or a broken) TensorFlow: `EventFileMetricWriter`, which logs like clu's LoggingWriter and writes
-    standard event files with the `tensorboard` package only. `clu.metric_writers` imports TF in its package
-    __init__ (and so does clu.periodic_actions), so this writer duck-types clu's interface instead of
-    subclassing it.
+    standard event files with the `tensorboard` package only, laid out as tf.summary lays them out
+    (plugin tensors under the same tags), so a run resumed on the other kind of machine keeps its series.
+    `clu.metric_writers` imports TF in its package __init__ (and so does clu.periodic_actions), so this
+    writer duck-types clu's interface instead of subclassing it.
 Importing this module never imports TensorFlow.
 """
 import functools
@@ -21,13 +22,15 @@ from typing import Any, Mapping, Optional
 import numpy as np
 from absl import logging
 from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorboard.plugins.audio import metadata as audio_metadata
 from tensorboard.plugins.image import metadata as image_metadata
 from tensorboard.plugins.text import metadata as text_metadata
 # record_writer frames records with a pure-Python CRC; tensorboard's EventFileWriter would reach for
 # tf.io.gfile (importing TF whenever it is installed) and flush on a background thread.
 from tensorboard.summary.writer.record_writer import RecordWriter
 
-from aigc_jax.media import audio, images, video
+from aigc_jax.media import audio, video
+from aigc_jax.media.images import encode_png
 
 _FILE_IDS = itertools.count()
 
@@ -88,8 +91,8 @@ def _clu_with_videos_class():
     def write_scalars(self, step, scalars):
       self.inner.write_scalars(step, scalars)
 
-    def write_images(self, step, images_):
-      self.inner.write_images(step, images_)
+    def write_images(self, step, images):
+      self.inner.write_images(step, images)
 
     def write_audios(self, step, audios, *, sample_rate):
       self.inner.write_audios(step, audios, sample_rate=sample_rate)
@@ -112,9 +115,16 @@ def _clu_with_videos_class():
   return CluWithVideos
 
 
-def _string_scalar(value: str) -> tensor_pb2.TensorProto:
-  return tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, tensor_shape=tensor_shape_pb2.TensorShapeProto(),
-                                string_val=[value.encode("utf-8")])
+def _strings(shape: tuple, values: list) -> tensor_pb2.TensorProto:
+  """A DT_STRING tensor of `shape` holding `values` (row-major)."""
+  dims = [tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in shape]
+  shape_proto = tensor_shape_pb2.TensorShapeProto(dim=dims)
+  return tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, tensor_shape=shape_proto, string_val=values)
+
+
+def _image_tensor(width: int, height: int, encoded: list) -> tensor_pb2.TensorProto:
+  """The image plugin's tensor, as tf.summary.image writes it: [width, height, image 0, image 1, ...]."""
+  return _strings((len(encoded) + 2,), [str(width).encode(), str(height).encode(), *encoded])
 
 
 def _hparam_value(v):
@@ -123,8 +133,8 @@ def _hparam_value(v):
 
 
 class EventFileMetricWriter:
-  """clu's MetricWriter methods without TensorFlow: scalars (simple_value), images and videos (PNG / GIF
-  in Summary.Image), audio (WAV in Summary.Audio), text (text plugin tensor), histograms (HistogramProto),
+  """clu's MetricWriter methods without TensorFlow: scalars (simple_value), images and videos (PNG / GIF in
+  the image plugin's tensor), audio (WAV, audio plugin), text (text plugin), histograms (HistogramProto),
   hparams (hparams plugin), raw tensors; every call also logged like clu's LoggingWriter.
   `logdir=None`: log only. Synchronous: each call is in the file (unflushed) when it returns."""
 
@@ -154,46 +164,41 @@ class EventFileMetricWriter:
     self._summary(step, [summary_pb2.Summary.Value(tag=k, simple_value=float(np.asarray(v)))
                          for k, v in scalars.items()])
 
-  def _image_values(self, key: str, encoded: list, h: int, w: int, c: int) -> list:
-    tags = [key] if len(encoded) == 1 else [f"{key}/{i}" for i in range(len(encoded))]
-    return [summary_pb2.Summary.Value(tag=tag, image=summary_pb2.Summary.Image(
-        height=h, width=w, colorspace=c, encoded_image_string=data)) for tag, data in zip(tags, encoded)]
-
-  def write_images(self, step: int, images_: Mapping[str, Any]):
-    """[N, H, W, C] or [H, W, C], uint8 or float in [0, 1] (TF's convention); one tag per image."""
-    logging.info("[%d] Got images: %s.", step, {k: np.shape(v) for k, v in images_.items()})
+  def write_images(self, step: int, images: Mapping[str, Any]):
+    """[N, H, W, C] or [H, W, C], uint8 or float in [0, 1] (TF's convention); all N under one tag."""
+    logging.info("[%d] Got images: %s.", step, {k: np.shape(v) for k, v in images.items()})
+    meta = image_metadata.create_summary_metadata(display_name=None, description=None)
     values = []
-    for key, x in images_.items():
+    for key, x in images.items():
       x = _uint8_images(x)
       x = x[None] if x.ndim == 3 else x
-      values += self._image_values(key, [images.encode_png(i) for i in x], *x.shape[1:])
+      tensor = _image_tensor(x.shape[2], x.shape[1], [encode_png(i) for i in x])
+      values.append(summary_pb2.Summary.Value(tag=key, metadata=meta, tensor=tensor))
     self._summary(step, values)
 
   def write_videos(self, step: int, videos: Mapping[str, Any], *, fps: float = video.DEFAULT_FPS):
-    """[N, T, H, W, C] or [T, H, W, C] like images; each video an animated GIF on the images dashboard."""
+    """[N, T, H, W, C] or [T, H, W, C] like images; animated GIFs on the images dashboard."""
     logging.info("[%d] Got videos: %s.", step, {k: np.shape(v) for k, v in videos.items()})
-    values = []
-    for key, (h, w, gifs) in _gifs(videos, fps).items():
-      values += self._image_values(key, gifs, h, w, np.shape(videos[key])[-1])
-    self._summary(step, values)
+    meta = image_metadata.create_summary_metadata(display_name=None, description=None)
+    self._summary(step, [summary_pb2.Summary.Value(tag=key, metadata=meta, tensor=_image_tensor(w, h, gifs))
+                         for key, (h, w, gifs) in _gifs(videos, fps).items()])
 
   def write_audios(self, step: int, audios: Mapping[str, Any], *, sample_rate: int):
-    """[N, T, C] floats in [-1, 1] as 16-bit WAVs; one tag per clip."""
+    """[N, T, C] floats in [-1, 1] as 16-bit WAVs in the audio plugin's [N, (wav, label)] tensor."""
     logging.info("[%d] Got audios: %s.", step, {k: np.shape(v) for k, v in audios.items()})
+    meta = audio_metadata.create_summary_metadata(display_name=None, description=None,
+                                                  encoding=audio_metadata.Encoding.Value("WAV"))
     values = []
     for key, x in audios.items():
-      pcm_NxTxC = audio.to_int16(audio.as_NxTxC(x))
-      tags = [key] if len(pcm_NxTxC) == 1 else [f"{key}/{i}" for i in range(len(pcm_NxTxC))]
-      values += [summary_pb2.Summary.Value(tag=tag, audio=summary_pb2.Summary.Audio(
-          sample_rate=float(sample_rate), num_channels=pcm.shape[1], length_frames=pcm.shape[0],
-          encoded_audio_string=audio.encode_wav(pcm, sample_rate), content_type="audio/wav"))
-                 for tag, pcm in zip(tags, pcm_NxTxC)]
+      wavs = [audio.encode_wav(pcm_TxC, sample_rate) for pcm_TxC in audio.to_int16(audio.as_NxTxC(x))]
+      tensor = _strings((len(wavs), 2), [s for wav in wavs for s in (wav, b"")])
+      values.append(summary_pb2.Summary.Value(tag=key, metadata=meta, tensor=tensor))
     self._summary(step, values)
 
   def write_texts(self, step: int, texts: Mapping[str, str]):
     logging.info("[%d] Got texts: %s.", step, texts)
     meta = text_metadata.create_summary_metadata(display_name=None, description=None)
-    self._summary(step, [summary_pb2.Summary.Value(tag=k, metadata=meta, tensor=_string_scalar(v))
+    self._summary(step, [summary_pb2.Summary.Value(tag=k, metadata=meta, tensor=_strings((), [v.encode("utf-8")]))
                          for k, v in texts.items()])
 
   def write_histograms(self, step: int, arrays: Mapping[str, Any],
