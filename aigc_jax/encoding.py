@@ -13,7 +13,7 @@ from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 
 from aigc_jax import data as data_lib
-from aigc_jax import parallel, trainer
+from aigc_jax import parallel, runtime
 from aigc_jax.errors import UserError
 from aigc_jax.families import get_family
 
@@ -45,9 +45,9 @@ def encode(config: ConfigDict, workdir: str):
   if family.encode is None:
     raise UserError(f"family {config.family!r} has no discrete codes; --mode=encode needs a family with "
                     "`encode` (e.g. vqvae)")
-  trainer.check_config(config)
+  runtime.check_config(config)
   mesh = parallel.make_mesh()
-  state, step, _ = trainer.load_latest(config, workdir, family, mesh)
+  state, step, _ = runtime.load_latest(config, workdir, family, mesh)
   image_set = data_lib.load_image_set(config.data)
   encode_chunk = make_encoder(family, mesh)
   rng = jax.random.key(config.seed)

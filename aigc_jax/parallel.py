@@ -1,7 +1,7 @@
 """Data parallelism: one 1-D mesh over every device of every host, pmap's model on jit + shard_map.
 
 A family writes its step for ONE device and averages with `jax.lax.pmean(x, DATA_AXIS)`; `data_parallel`
-runs it with the state replicated and the batch split along its leading axis (DESIGN.md explains why
+runs it with the state replicated and the batch split along its leading axis (ARCHITECTURE.md explains why
 shard_map rather than the maintenance-mode `jax.pmap`).
 """
 import os
@@ -66,7 +66,7 @@ def data_parallel_map(fn: Callable, mesh: Mesh) -> Callable:
 
 def must_block_each_step() -> bool:
   """XLA:CPU with several (forced host) devices deadlocks when collective-bearing steps queue up
-  asynchronously (DESIGN.md, first pitfall); GPU/TPU keep async dispatch."""
+  asynchronously (ARCHITECTURE.md, "Pitfalls"); GPU/TPU keep async dispatch."""
   return jax.default_backend() == "cpu" and jax.device_count() > 1
 
 

@@ -1,4 +1,4 @@
-"""Eight forced CPU devices for every test, so data-parallel code paths run on a laptop (DESIGN.md).
+"""Eight forced CPU devices for every test, so data-parallel code paths run on a laptop (ARCHITECTURE.md).
 
 Must run before jax is imported anywhere.
 """

@@ -5,7 +5,7 @@ from PIL import Image
 
 from aigc_jax import data as data_lib
 from aigc_jax.configs import base_config
-from aigc_jax.data import sources
+from aigc_jax.data import images as sources
 from aigc_jax.data.pipeline import BatchIterator
 from aigc_jax.errors import UserError
 

@@ -17,7 +17,7 @@ import scipy.linalg
 import scipy.special
 
 from aigc_jax import data as data_lib
-from aigc_jax import parallel, trainer
+from aigc_jax import parallel, runtime, trainer
 from aigc_jax.configs import load_experiment
 from aigc_jax.errors import UserError
 from aigc_jax.evaluation import backbones, image_quality, inception, metrics, runner
@@ -410,7 +410,7 @@ def test_mode_eval_writes_the_metric_card_and_scalars(trained_gan, monkeypatch):
     sample = make_sampler(family, mesh)
     return lambda state, rng, num, offset=0: calls.append(num) or sample(state, rng, num, offset=offset)
 
-  monkeypatch.setattr(trainer, "make_sampler", counting_sampler)
+  monkeypatch.setattr(runtime, "make_sampler", counting_sampler)
   config.eval.every_steps = 0
   card = runner.evaluate(config, workdir)
   assert calls == [16, 16, 8]  # 40 samples in chunks of eval.batch_size: never one batch of everything

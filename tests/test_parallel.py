@@ -71,7 +71,7 @@ def run_steps(config, devices, num_steps):
   for step in range(num_steps):
     batch = parallel.shard_batch(real_batch(config, step), mesh)
     state, metrics = step_fn(state, batch, trainer.step_rng(config, step))
-    jax.block_until_ready(metrics)  # DESIGN.md: queued collectives deadlock XLA:CPU with forced devices
+    jax.block_until_ready(metrics)  # ARCHITECTURE.md: queued collectives deadlock XLA:CPU with forced devices
   return jax.device_get(state), jax.device_get(metrics)
 
 

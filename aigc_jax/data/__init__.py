@@ -1,65 +1,55 @@
-"""Data: named sources -> in-memory sets -> deterministic, resumable batch iterators.
-
-`data.name` picks the source: the offline `digits` (scikit-learn's bundled 8x8 digits), `npz`,
-`image_folder`, or any TFDS image dataset (mnist, fashion_mnist, cifar10, ...). Text sources (`text_file`,
-`python_stdlib`, `tiny_shakespeare`) live in `data/text.py` and yield {'tokens': int32 [B, block_size + 1]}.
+"""Data: named sources (a registry, `registry.py`) -> in-memory splits -> deterministic, resumable batch
+iterators. `data.name` looks the source up; the source says its medium, its splits, the `data.*` keys it
+reads, and what a batch looks like. Built-in sources live in `data/sources/` (one module per kind); a new one
+is a module that calls `register_source`, with no edit here or in the trainer.
 """
-import jax
-import numpy as np
+from typing import Any
+
 from ml_collections import ConfigDict
 
-from aigc_jax.data import sources, text
+from aigc_jax.data.images import ImageSet
 from aigc_jax.data.pipeline import BatchIterator, to_model_range
+from aigc_jax.data.registry import (DataSource, check_set_keys, get_source, known_sources, register_resolver,
+                                    register_source, unregister_source)
 from aigc_jax.errors import UserError
 
-OFFLINE_IMAGE_SOURCES = ("digits", "npz", "image_folder")
-KNOWN_TFDS_IMAGE_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "svhn_cropped", "celeb_a")
+
+def load_split(data: ConfigDict, split: str = None) -> Any:
+  """The whole `split` (default: data.split) of the configured source, as the source holds it in memory."""
+  return get_source(data.name).load(data, split or data.split)
 
 
-def load_image_set(data: ConfigDict, split: str = None) -> sources.ImageSet:
-  """The whole `split` (default: data.split) of the configured image source, uint8 NHWC at data.image_size."""
-  split = split or data.split
-  name = data.name
-  if name == "digits":
-    image_set = sources.load_digits(split, data.image_size)
-  elif name == "npz":
-    image_set = sources.load_npz(data.path, split, data.image_size)
-  elif name == "image_folder":
-    image_set = sources.load_image_folder(data.path, data.image_size, data.channels)
-  else:
-    from aigc_jax.data import tfds_source
-    if name not in KNOWN_TFDS_IMAGE_DATASETS and not tfds_source.tfds_builder_exists(name):
-      raise UserError(
-          f"unknown dataset {name!r}; use an offline source {OFFLINE_IMAGE_SOURCES} or a TFDS image dataset "
-          f"such as {KNOWN_TFDS_IMAGE_DATASETS} (--config.data.name=...)")
-    image_set = tfds_source.load_tfds_images(
-        name, split, data.image_size, data.channels, data_dir=data.get("data_dir") or None)
-  if image_set.images.shape[-1] != data.channels:
-    raise UserError(f"{name} images have {image_set.images.shape[-1]} channels but data.channels="
-                    f"{data.channels}; set --config.data.channels={image_set.images.shape[-1]}")
-  return image_set
+def load_image_set(data: ConfigDict, split: str = None) -> ImageSet:
+  """The whole split of an image source, uint8 NHWC at data.image_size (a one-line error for other media)."""
+  source = get_source(data.name)
+  if source.medium != "images":
+    raise UserError(f"data source {data.name!r} holds {source.medium}, not images; this needs an image dataset "
+                    "(set --config.data.name)")
+  return source.load(data, split or data.split)
 
 
-def make_train_iterator(config: ConfigDict, start_batch: int = 0) -> BatchIterator:
-  """Host-local batches of the global `config.batch_size`, starting at global batch `start_batch`."""
-  if text.is_text(config.data):
-    return text.make_train_iterator(config, start_batch)
-  image_set = load_image_set(config.data)
-  if len(image_set) < 1:
+def make_train_iterator(config: ConfigDict, start_batch: int = 0):
+  """Host-local batches of the global `config.batch_size`, starting at global batch `start_batch`; the
+  iterator's `description` says what it reads (for the console)."""
+  source = get_source(config.data.name)
+  loaded = source.load(config.data, config.data.split)
+  if len(loaded) < 1:
     raise UserError(f"dataset {config.data.name} split {config.data.split} is empty")
-  return BatchIterator(
-      image_set, config.batch_size, config.seed, random_flip=config.data.random_flip,
-      process_index=jax.process_index(), process_count=jax.process_count(), start_batch=start_batch)
+  iterator = source.make_iterator(config, loaded, start_batch)
+  iterator.description = f"{config.data.name}/{config.data.split}: {source.describe(loaded)}"
+  return iterator
 
 
-def example_batch(config: ConfigDict, batch_size: int = 2):
+def example_batch(config: ConfigDict, batch_size: int = 2) -> dict:
   """Zero arrays with the shapes and dtypes of a training batch, without reading any data (for building
   the abstract state to restore a checkpoint into)."""
-  if text.is_text(config.data):
-    return text.example_batch(config, batch_size)
-  d = config.data
-  return {"image": np.zeros((batch_size, d.image_size, d.image_size, d.channels), np.float32),
-          "label": np.zeros((batch_size,), np.int32)}
+  return get_source(config.data.name).example_batch(config, batch_size)
 
 
-__all__ = ["load_image_set", "make_train_iterator", "example_batch", "BatchIterator", "to_model_range"]
+def medium(config: ConfigDict) -> str:
+  return get_source(config.data.name).medium
+
+
+__all__ = ["DataSource", "register_source", "unregister_source", "register_resolver", "get_source",
+           "known_sources", "check_set_keys", "load_split", "load_image_set", "make_train_iterator",
+           "example_batch", "medium", "BatchIterator", "ImageSet", "to_model_range"]

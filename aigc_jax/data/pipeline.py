@@ -10,7 +10,8 @@ import threading
 
 import numpy as np
 
-from aigc_jax.data.sources import ImageSet
+from aigc_jax.data.images import ImageSet
+from aigc_jax.errors import UserError
 
 
 def to_model_range(images_uint8):
@@ -96,3 +97,41 @@ class BatchIterator:
       self._stop.set()
       self._thread.join(timeout=5)
       self._thread = None
+
+
+IMAGE_KEYS = ("image_size", "channels", "random_flip")
+
+
+def image_example_batch(config, batch_size: int = 2) -> dict:
+  d = config.data
+  return {"image": np.zeros((batch_size, d.image_size, d.image_size, d.channels), np.float32),
+          "label": np.zeros((batch_size,), np.int32)}
+
+
+def image_iterator(config, image_set: ImageSet, start_batch: int = 0) -> BatchIterator:
+  import jax  # host topology; the loaders above stay importable without jax
+  return BatchIterator(image_set, config.batch_size, config.seed, random_flip=config.data.random_flip,
+                       process_index=jax.process_index(), process_count=jax.process_count(),
+                       start_batch=start_batch)
+
+
+def image_source(name: str, load, *, keys=(), splits=(), doc: str = ""):
+  """A DataSource for an image loader `load(data_config, split) -> ImageSet`: checks the channel count,
+  batches with BatchIterator ({'image': f32 [B,H,W,C] in [-1, 1], 'label': i32 [B]})."""
+  from aigc_jax.data.registry import DataSource  # lazy: the registry's own package imports this module
+
+  def checked_load(data, split):
+    image_set = load(data, split)
+    if image_set.images.shape[-1] != data.channels:
+      raise UserError(f"{name} images have {image_set.images.shape[-1]} channels but data.channels="
+                      f"{data.channels}; set --config.data.channels={image_set.images.shape[-1]}")
+    return image_set
+
+  def describe(image_set):
+    _, h, w, c = image_set.images.shape
+    classes = f", {image_set.num_classes} classes" if image_set.num_classes else ""
+    return f"{len(image_set):,} images {h}x{w}x{c}{classes}"
+
+  return DataSource(name=name, medium="images", keys=tuple(IMAGE_KEYS) + tuple(keys), load=checked_load,
+                    make_iterator=image_iterator, example_batch=image_example_batch, splits=tuple(splits),
+                    describe=describe, doc=doc)

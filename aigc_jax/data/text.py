@@ -1,30 +1,27 @@
 """Text: sources -> one token array per split -> random windows of `block_size + 1` tokens.
 
-Sources (`data.name`): `text_file` (one file, or several joined by commas, at `data.path`), `python_stdlib`
-(the standard library's own top-level .py files: ships with every Python, so the `cpu` preset needs no
-download) and `tiny_shakespeare` (TFDS, online). Raw text is split as nanoGPT splits it: the first 90% of
-the characters train, the last 10% validate. TFDS sets keep their own splits.
+A text source (`TextSource`, registered by a module in data/sources/, e.g. text_corpora.py) reads raw text;
+raw text is split as nanoGPT splits it: the first 90% of the characters train, the last 10% validate.
+Sources with their own splits (TFDS) keep them.
 
 Tokenisers: `char` (one token per distinct character of the training text, sorted, so the same text always
 gives the same vocabulary) and `byte` (256 tokens, UTF-8 bytes: never fails on any input). The vocabulary is
 also kept in the train state as a table (`vocab_table`) so a checkpoint decodes its samples on its own.
 """
+import dataclasses
 import functools
-import glob
 import os
-from typing import Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 from ml_collections import ConfigDict
 
+from aigc_jax.data.registry import DataSource, get_source
 from aigc_jax.errors import UserError
 
-TEXT_SOURCES = ("text_file", "python_stdlib", "tiny_shakespeare")
 TRAIN_FRACTION = 0.9
-
-
-def is_text(data: ConfigDict) -> bool:
-  return data.name in TEXT_SOURCES
+SPLITS = ("train", "validation")
+TEXT_KEYS = ("tokenizer", "vocab")  # data.* keys every text source reads
 
 
 class Tokenizer:
@@ -72,7 +69,7 @@ def decode_with_table(ids, table) -> str:
   return b"".join(pieces).decode("utf-8", "replace")
 
 
-def _read_files(paths: Sequence[str]) -> str:
+def read_files(paths: Sequence[str]) -> str:
   texts = []
   for p in paths:
     if not os.path.isfile(p):
@@ -82,34 +79,29 @@ def _read_files(paths: Sequence[str]) -> str:
   return "\n".join(texts)
 
 
-def stdlib_files() -> list:
-  return sorted(glob.glob(os.path.join(os.path.dirname(os.__file__), "*.py")))
+@dataclasses.dataclass(frozen=True)
+class TextSource(DataSource):
+  """A DataSource of raw text: `read(path, data_dir)` returns the whole text (split 90/10 here, as nanoGPT
+  does) or a dict of its own splits {'train': str, 'validation': str}."""
+  read: Optional[Callable[[str, str], Any]] = None
+
+
+def text_source(name: str, read, *, keys=(), doc: str = "") -> TextSource:
+  return TextSource(name=name, medium="text", keys=TEXT_KEYS + tuple(keys), load=load_tokens,
+                    make_iterator=make_iterator, example_batch=example_batch, splits=SPLITS,
+                    describe=lambda tokens: f"{len(tokens):,} tokens", doc=doc, read=read)
 
 
 @functools.lru_cache(maxsize=4)
 def load_text(name: str, path: str = "", data_dir: str = "") -> dict:
-  """{'train': str, 'validation': str} for a source; cached because the tokenizer and both splits need it."""
-  if name == "tiny_shakespeare":
-    import tensorflow_datasets as tfds  # lazy: TF is slow to import and only this source needs it
-
-    from aigc_jax.data import tfds_source
-    fix = "prepare it with network access, or use --config.data.name=text_file --config.data.path=input.txt"
-    if not tfds.builder(name, data_dir=data_dir or None).is_prepared() and tfds_source.network_unreachable():
-      raise tfds_source.offline_error(name, "no network, nothing prepared", fix)
-    try:
-      splits = {s: tfds.as_numpy(tfds.load(name, split=s, data_dir=data_dir or None, batch_size=-1))
-                for s in ("train", "validation")}
-    except Exception as e:  # no network, no prepared data: say what to do instead
-      raise UserError(f"cannot load TFDS tiny_shakespeare ({type(e).__name__}); {fix}") from None
-    return {s: "".join(t.decode("utf-8") for t in v["text"]) for s, v in splits.items()}
-  if name == "text_file":
-    if not path:
-      raise UserError("data.name=text_file needs --config.data.path=<file>[,<file>...]")
-    text = _read_files([p for p in path.split(",") if p])
-  elif name == "python_stdlib":
-    text = _read_files(stdlib_files())
-  else:
-    raise UserError(f"unknown text source {name!r}; use one of {TEXT_SOURCES}")
+  """{'train': str, 'validation': str} for a text source; cached because the tokenizer and both splits need it."""
+  source = get_source(name)
+  if not isinstance(source, TextSource):
+    raise UserError(f"data source {name!r} holds {source.medium}, not text; choose a text source "
+                    "(e.g. python_stdlib, text_file, tiny_shakespeare) with --config.data.name")
+  text = source.read(path, data_dir)
+  if isinstance(text, dict):
+    return text
   if not text.strip():
     raise UserError(f"text source {name} {path!r} is empty; point --config.data.path at a file with text in it")
   cut = int(len(text) * TRAIN_FRACTION)
@@ -128,7 +120,7 @@ def make_tokenizer(data: ConfigDict) -> Tokenizer:
 
 def load_tokens(data: ConfigDict, split: str) -> np.ndarray:
   """int32 token ids of a whole split ('train' or 'validation')."""
-  if split not in ("train", "validation"):
+  if split not in SPLITS:
     raise UserError(f"text splits are 'train' and 'validation', not {split!r}; set --config.data.split")
   return make_tokenizer(data).encode(load_text(data.name, data.path, data.get("data_dir", ""))[split])
 
@@ -179,11 +171,11 @@ class TextBatchIterator:
     pass
 
 
-def make_train_iterator(config: ConfigDict, start_batch: int = 0) -> TextBatchIterator:
+def make_iterator(config: ConfigDict, tokens: np.ndarray, start_batch: int = 0) -> TextBatchIterator:
   import jax  # the leaf stays importable without jax for tokenising
-  return TextBatchIterator(load_tokens(config.data, config.data.split), config.model.block_size,
-                           config.batch_size, config.seed, process_index=jax.process_index(),
-                           process_count=jax.process_count(), start_batch=start_batch)
+  return TextBatchIterator(tokens, config.model.block_size, config.batch_size, config.seed,
+                           process_index=jax.process_index(), process_count=jax.process_count(),
+                           start_batch=start_batch)
 
 
 def example_batch(config: ConfigDict, batch_size: int = 2) -> dict:

@@ -9,12 +9,12 @@ import socket
 
 import numpy as np
 
-from aigc_jax.data.sources import ImageSet
+from aigc_jax.data.images import ImageSet
 from aigc_jax.errors import UserError
 
 
 def _hide_gpus_from_tensorflow(tf):
-  # TensorFlow would otherwise reserve GPU memory that JAX needs (DESIGN.md, second pitfall).
+  # TensorFlow would otherwise reserve GPU memory that JAX needs (ARCHITECTURE.md, "Pitfalls").
   try:
     tf.config.set_visible_devices([], "GPU")
   except RuntimeError:

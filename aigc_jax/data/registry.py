@@ -1,0 +1,104 @@
+"""The data-source registry: `data.name` -> a DataSource that knows its medium, its splits, the `data.*` keys it
+reads, how to load a split, how to batch it, and what one batch looks like.
+
+A new source is one module that calls `register_source(...)` at import time. Modules in
+`aigc_jax/data/sources/` are imported on the first lookup, so a built-in source needs no edit anywhere else;
+a source defined elsewhere (a notebook, a test, a user's package) registers itself the same way before
+training starts. Names a registered source does not claim go through the resolvers (TFDS: any image
+builder), tried in registration order.
+"""
+import dataclasses
+import importlib
+import pkgutil
+from typing import Any, Callable, Optional, Sequence
+
+from ml_collections import ConfigDict
+
+from aigc_jax.errors import UserError
+
+# Read by every source: `data.name` picks the source, `data.split` the split it trains on.
+COMMON_KEYS = ("name", "split")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSource:
+  """One named dataset.
+
+  load(data_config, split) -> the split in memory (an `images.ImageSet`, an int32 token array, ...);
+  make_iterator(config, loaded, start_batch) -> a resumable iterator of host-local batches with
+      `batches_consumed`, `batch_at(i)` and `close()` (pipeline.BatchIterator, text.TextBatchIterator);
+  example_batch(config, batch_size) -> zero arrays shaped like one batch, read without touching the data;
+  describe(loaded) -> a short human description for the console ("1,500 images 32x32x1").
+  """
+  name: str
+  medium: str                       # a key of aigc_jax.media: "images", "text", "audio", ...
+  keys: Sequence[str]               # data.* keys it reads besides name and split (others set by hand: error)
+  load: Callable[[ConfigDict, str], Any]
+  make_iterator: Callable[..., Any]
+  example_batch: Callable[[ConfigDict, int], dict]
+  splits: Sequence[str] = ()        # split names it knows; () = the loader checks (e.g. TFDS slicing syntax)
+  describe: Callable[[Any], str] = lambda loaded: f"{len(loaded):,} examples"
+  doc: str = ""                     # one line for listings and errors
+
+
+_SOURCES: dict = {}
+_RESOLVERS: list = []
+_discovered = False
+
+
+def register_source(source: DataSource, *, replace: bool = False) -> DataSource:
+  if source.name in _SOURCES and not replace:
+    raise ValueError(f"data source {source.name!r} is already registered")
+  _SOURCES[source.name] = source
+  return source
+
+
+def unregister_source(name: str):
+  _SOURCES.pop(name, None)
+
+
+def register_resolver(resolver: Callable[[str], Optional[DataSource]]):
+  """`resolver(name)` returns a DataSource for names no registered source claims, or None."""
+  _RESOLVERS.append(resolver)
+  return resolver
+
+
+def _discover():
+  global _discovered
+  if not _discovered:
+    _discovered = True
+    import aigc_jax.data.sources as package
+    for module in pkgutil.iter_modules(package.__path__):
+      importlib.import_module(f"{package.__name__}.{module.name}")
+
+
+def known_sources() -> list:
+  _discover()
+  return sorted(_SOURCES)
+
+
+def get_source(name: str) -> DataSource:
+  _discover()
+  if name in _SOURCES:
+    return _SOURCES[name]
+  for resolver in _RESOLVERS:
+    source = resolver(name)
+    if source is not None:
+      return source
+  raise UserError(f"unknown dataset {name!r}; registered sources: {', '.join(known_sources())}, or any TFDS "
+                  "image dataset (e.g. mnist, cifar10); set --config.data.name")
+
+
+def check_set_keys(data: ConfigDict, set_keys: Sequence[str]):
+  """A `data.*` key set by hand (e.g. on the command line) that the chosen source does not read would be
+  silently ignored: make it an error that names the sources that do read it."""
+  source = get_source(data.name)
+  for dotted in set_keys:
+    key = dotted.split(".", 1)[1] if dotted.startswith("data.") else None
+    if key is None or key.split(".")[0] in COMMON_KEYS or key.split(".")[0] in source.keys:
+      continue
+    users = [s for s in known_sources() if key in _SOURCES[s].keys]
+    hint = f"sources that read it: {', '.join(users)}" if users else "no registered source reads it"
+    raise UserError(f"--config.data.{key} is not used by data source {source.name!r} (it reads "
+                    f"{', '.join(COMMON_KEYS + tuple(source.keys))}); {hint}. Remove the flag, or choose one of "
+                    "those sources with --config.data.name")

@@ -1,0 +1,121 @@
+"""The evaluator registry (big_vision-style): `eval.metrics` names evaluators; each says which media it scores
+and whether it needs generated samples, checks its own config, and turns samples (or the family's own
+`eval_step`) into numbers plus the protocol that produced them. The runner only loops.
+
+A new metric is one module in `aigc_jax/evaluation/evaluators/` (imported on the first lookup) or anywhere
+else, calling `register_evaluator(Evaluator(...))`.
+"""
+import dataclasses
+import importlib
+import pkgutil
+from typing import Any, Callable, Optional, Sequence
+
+from ml_collections import ConfigDict
+
+from aigc_jax import data as data_lib
+from aigc_jax.errors import UserError
+
+
+@dataclasses.dataclass
+class EvalContext:
+  """What one evaluation shares between its evaluators: the run, lazily built resources (a backbone, reference
+  statistics, the family's eval_step results) and the card's protocol fields."""
+  config: ConfigDict
+  workdir: str
+  family: Any
+  mesh: Any
+  state: Any
+  cache_dir: str
+  log: Callable[[str], None] = print
+  card: dict = dataclasses.field(default_factory=dict)  # top-level metric-card fields set by evaluators
+  _shared: dict = dataclasses.field(default_factory=dict)
+
+  def shared(self, key, build: Callable[[], Any]):
+    """`build()` once per evaluation under `key`; later callers (other evaluators) get the same object."""
+    if key not in self._shared:
+      self._shared[key] = build()
+    return self._shared[key]
+
+  def note(self, key: str, value, weak: bool = False):
+    """Sets a card field; a weak note does not overwrite what another evaluator set."""
+    if not weak or self.card.get(key) is None:
+      self.card[key] = value
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluator:
+  """`start(ctx)` runs before any sampling (so bad input fails in seconds) and returns a running object with
+  `consume(samples: dict)` (called per chunk of generated outputs, keyed by medium, when `needs_samples`)
+  and `finish() -> (values: dict, protocol sections: {section name: dict})`."""
+  name: str
+  media: Sequence[str]              # media it scores; () = any (e.g. the family's own likelihood)
+  start: Callable[[EvalContext], Any]
+  needs_samples: bool = True
+  check: Callable[[ConfigDict, Any], None] = lambda config, family: None
+  doc: str = ""
+
+
+_EVALUATORS: dict = {}
+_discovered = False
+
+
+def register_evaluator(evaluator: Evaluator, *, replace: bool = False) -> Evaluator:
+  if evaluator.name in _EVALUATORS and not replace:
+    raise ValueError(f"evaluator {evaluator.name!r} is already registered")
+  _EVALUATORS[evaluator.name] = evaluator
+  return evaluator
+
+
+def unregister_evaluator(name: str):
+  _EVALUATORS.pop(name, None)
+
+
+def _discover():
+  global _discovered
+  if not _discovered:
+    _discovered = True
+    import aigc_jax.evaluation.evaluators as package
+    for module in pkgutil.iter_modules(package.__path__):
+      importlib.import_module(f"{package.__name__}.{module.name}")
+
+
+def known_evaluators() -> list:
+  _discover()
+  return sorted(_EVALUATORS)
+
+
+def get_evaluator(name: str) -> Evaluator:
+  _discover()
+  if name not in _EVALUATORS:
+    raise UserError(f"unknown eval.metrics entry {name!r}; choose from {known_evaluators()}")
+  return _EVALUATORS[name]
+
+
+def family_media(config: ConfigDict, family) -> tuple:
+  """What the family's `sample` makes: its own declaration, else the medium of its data."""
+  declared: Optional[Sequence[str]] = getattr(family, "media", None)
+  return tuple(declared) if declared else (data_lib.medium(config),)
+
+
+def applies(evaluator: Evaluator, media: Sequence[str]) -> bool:
+  return not evaluator.media or any(m in evaluator.media for m in media)
+
+
+def check_eval_config(config: ConfigDict, family):
+  """One-line UserErrors for eval settings that cannot work, before any training or sampling."""
+  e = config.eval
+  wanted = tuple(e.metrics)
+  if not wanted:
+    raise UserError(f"eval.metrics is empty; choose from {known_evaluators()}")
+  evaluators = [get_evaluator(name) for name in wanted]
+  media = family_media(config, family)
+  wrong = [ev.name for ev in evaluators if not applies(ev, media)]
+  if wrong:
+    usable = [n for n in known_evaluators() if applies(_EVALUATORS[n], media)]
+    raise UserError(f"eval.metrics {wrong} score {sorted({m for n in wrong for m in _EVALUATORS[n].media})}, and "
+                    f"family {config.family!r} on {config.data.name} makes {list(media)}; metrics that apply: "
+                    f"{usable} (e.g. --config.eval.metrics=\"('eval_step',)\")")
+  if any(ev.needs_samples for ev in evaluators) and (e.num_samples < 2 or e.batch_size < 1):
+    raise UserError(f"eval.num_samples must be >= 2 and eval.batch_size >= 1, got {e.num_samples}, {e.batch_size}")
+  for ev in evaluators:
+    ev.check(config, family)
