@@ -136,11 +136,18 @@ def _mode_fn(mode):
 def _main(argv):
   del argv
   try:
-    from aigc_jax import parallel  # after flag parsing: importing jax/TF is slow
+    from aigc_jax import data
+    from aigc_jax import parallel  # after flag parsing: importing jax is slow
 
-    parallel.maybe_initialize_distributed()
     logging.set_verbosity(logging.WARNING)
-    _mode_fn(FLAGS.mode)(FLAGS.config, FLAGS.workdir)
+    # A data.* key set by hand that the chosen source does not read would be silently ignored.
+    data.check_set_keys(FLAGS.config.data, [key for key, _ in _overrides(sys.argv[1:])])
+    parallel.maybe_initialize_distributed()
+    mode = _mode_fn(FLAGS.mode)
+    if FLAGS.mode == "train":
+      mode(FLAGS.config, FLAGS.workdir, experiment=_flag_value(sys.argv[1:], "config") or "")
+    else:
+      mode(FLAGS.config, FLAGS.workdir)
   except UserError as e:
     _fail(str(e))
 

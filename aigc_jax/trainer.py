@@ -7,16 +7,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from clu import metric_writers, periodic_actions
-from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 
 from aigc_jax import data as data_lib
-from aigc_jax import outputs, parallel
+from aigc_jax import console, media, parallel
 from aigc_jax.checkpointing import Checkpointer
 from aigc_jax.errors import UserError
 from aigc_jax.evaluation import runner
 from aigc_jax.families import get_family
+from aigc_jax.media.tensorboard import create_writer
 # Re-exported: tests, benches and notebooks reach these through the trainer.
 from aigc_jax.runtime import (abstract_state, check_config, init_state, load_latest, make_sampler,  # noqa: F401
                               prepare_workdir, run_keys, step_rng)
@@ -61,8 +60,9 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def train_and_evaluate(config: ConfigDict, workdir: str):
-  """Trains `config.family` on `config.data`, resuming from the latest checkpoint in workdir."""
+def train_and_evaluate(config: ConfigDict, workdir: str, experiment: str = ""):
+  """Trains `config.family` on `config.data`, resuming from the latest checkpoint in workdir. `experiment`
+  (the --config spec) only labels the console's start and end blocks."""
   prepare_workdir(workdir)
   check_config(config)
   family = get_family(config)
@@ -70,7 +70,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str):
     runner.check_eval_config(config, family)
   mesh = parallel.make_mesh()
   ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  writer = create_writer(workdir, just_logging=jax.process_index() > 0)
 
   start_step = ckpt.latest_step()
   if start_step is None:
@@ -91,8 +91,11 @@ def train_and_evaluate(config: ConfigDict, workdir: str):
   step_fn = parallel.data_parallel(family.train_step, mesh)
   sampler = make_sampler(family, mesh)
   block = parallel.must_block_each_step()
-  report = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps, writer=writer, every_secs=None,
-                                           every_steps=config.log_every_steps)
+  chief = jax.process_index() == 0
+  if chief:
+    console.start(config, experiment=experiment, data_description=iterator.description, state=state,
+                  workdir=workdir, start_step=start_step)
+  sample_paths = []
   pending, last_log, last_log_time = [], start_step, time.time()
   config_dict = config.to_dict()
   train_key = run_keys(config)[1]
@@ -117,7 +120,6 @@ def train_and_evaluate(config: ConfigDict, workdir: str):
           jax.block_until_ready(metrics)
         pending.append(metrics)
         step += 1
-        report(step)
         is_last = step == config.num_train_steps
         if step % config.log_every_steps == 0 or step % config.checkpoint_every_steps == 0 or is_last:
           summary = {k: float(np.mean(v)) for k, v in jax.tree.map(lambda *xs: np.stack(xs),
@@ -132,15 +134,15 @@ def train_and_evaluate(config: ConfigDict, workdir: str):
                             "rate or try --config.dtype=float32")
           now = time.time()
           rate = (step - last_log) / max(now - last_log_time, 1e-9)
-          writer.write_scalars(step, summary)  # steps/s and ETA come from ReportProgress
+          writer.write_scalars(step, {**summary, "steps_per_sec": rate})
           print(f"step {step}/{config.num_train_steps} | " + " | ".join(f"{k} {v:.4g}" for k, v in summary.items())
                 + f" | {rate:.2f} steps/s | ETA {_eta(config.num_train_steps - step, rate)}", flush=True)
           pending, last_log, last_log_time = [], step, now
         if config.sample_every_steps and (step % config.sample_every_steps == 0 or is_last):
           samples = sampler(state, jax.random.key(config.sample.seed), config.sample.num)
-          outputs.write_summaries(writer, step, samples)
-          if jax.process_index() == 0:
-            outputs.write_samples(samples, os.path.join(workdir, "samples"), step)
+          media.write_summaries(writer, step, samples)
+          if chief:
+            sample_paths = media.write_samples(samples, os.path.join(workdir, "samples"), step)
         if step % config.checkpoint_every_steps == 0 or is_last:
           save(step, state)
         if config.eval.every_steps and step % config.eval.every_steps == 0:
@@ -153,8 +155,12 @@ def train_and_evaluate(config: ConfigDict, workdir: str):
   finally:
     iterator.close()
     ckpt.wait()
+    latest = ckpt.latest_step()
     ckpt.close()
     writer.flush()
+  if chief:
+    console.finish(config, experiment=experiment, workdir=workdir, step=step, sample_paths=sample_paths,
+                   checkpoint=ckpt.path(latest) if latest is not None else "")
   return state
 
 
@@ -182,7 +188,7 @@ def sample(config: ConfigDict, workdir: str):
   samples = make_sampler(family, mesh)(state, jax.random.key(config.sample.seed), config.sample.num)
   paths = []
   if jax.process_index() == 0:
-    paths = outputs.write_samples(samples, os.path.join(workdir, "samples"), step, echo=True)
+    paths = media.write_samples(samples, os.path.join(workdir, "samples"), step, echo=True)
     if family.write_figures is not None:
       paths += family.write_figures(state, os.path.join(workdir, "samples"), step)
   for p in paths:

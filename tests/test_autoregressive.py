@@ -8,11 +8,12 @@ import pytest
 from jax.sharding import Mesh
 
 from aigc_jax import data as data_lib
-from aigc_jax import outputs, parallel, trainer
+from aigc_jax import media, parallel, trainer
 from aigc_jax.configs import load_experiment
 from aigc_jax.data import text
 from aigc_jax.errors import UserError
 from aigc_jax.families import autoregressive as ar
+from aigc_jax.media.text import TEXT_SEPARATOR
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PATTERN = "abcdefgh\n" * 400
@@ -158,7 +159,7 @@ def test_train_then_sample_writes_text_with_the_checkpoint_vocab(pattern_file, t
   config.sample.prompt = "abc"
   samples = trainer.sample(config, str(tmp_path))
   written = (tmp_path / "samples" / "3.txt").read_text()
-  assert written.startswith("abc") and written.count(outputs.TEXT_SEPARATOR) == 1
+  assert written.startswith("abc") and written.count(TEXT_SEPARATOR) == 1
   assert samples["text"].shape == (2, 27) and "abc" in capsys.readouterr().out
 
 

@@ -1,4 +1,6 @@
 """Data: TFDS pipelines under tfds.testing.mock_data, the offline sources, and the resumable iterator."""
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -168,3 +170,53 @@ def test_random_flip_is_deterministic_and_flips_some():
   assert 0 < sum(is_flipped) < 21
   for f, p, was in zip(flipped["image"], plain["image"], is_flipped):
     np.testing.assert_array_equal(f, p[:, ::-1] if was else p)
+
+
+def test_mnist_5k_is_real_mnist_with_fixed_splits():
+  train = data_lib.load_image_set(data_config("mnist_5k", image_size=28, split="train").data)
+  test = data_lib.load_image_set(data_config("mnist_5k", image_size=28).data, "test")
+  assert train.images.shape == (4500, 28, 28, 1) and test.images.shape == (500, 28, 28, 1)
+  assert list(np.bincount(train.labels)) == [450] * 10 and list(np.bincount(test.labels)) == [50] * 10
+  # MNIST digits: mostly black background, white strokes, ~19% of pixels lit.
+  lit = (train.images > 127).mean()
+  assert train.images.dtype == np.uint8 and train.images.max() == 255 and 0.1 < lit < 0.3
+  assert not {r.tobytes() for r in test.images[:50]} & {r.tobytes() for r in train.images}  # disjoint splits
+  with pytest.raises(UserError, match="mnist_5k has splits"):
+    data_lib.load_image_set(data_config("mnist_5k").data, "validation")
+
+
+def test_registry_knows_every_built_in_source_and_its_medium():
+  names = data_lib.known_sources()
+  for name in ("digits", "mnist_5k", "npz", "image_folder", "mnist", "cifar10", "text_file", "python_stdlib",
+               "tiny_shakespeare"):
+    assert name in names
+  assert data_lib.get_source("digits").medium == "images" and data_lib.get_source("text_file").medium == "text"
+  with pytest.raises(UserError, match="registered sources: .*digits"):
+    data_lib.get_source("no_such_source_anywhere")
+
+
+def test_a_data_key_the_source_does_not_read_is_an_error_naming_the_sources_that_do():
+  config = base_config()
+  config.data.name = "python_stdlib"
+  with pytest.raises(UserError) as e:
+    data_lib.check_set_keys(config.data, ["data.path", "batch_size"])
+  message = str(e.value)
+  assert "--config.data.path is not used by data source 'python_stdlib'" in message and "text_file" in message
+  assert "\n" not in message
+  config.data.name = "digits"
+  data_lib.check_set_keys(config.data, ["data.image_size", "data.split", "seed"])  # all read by digits
+  with pytest.raises(UserError, match="image_folder, npz"):
+    data_lib.check_set_keys(config.data, ["data.path"])
+
+
+def test_cli_rejects_a_data_path_the_source_would_ignore(tmp_path, monkeypatch, capsys):
+  import sys
+
+  from aigc_jax import main
+  monkeypatch.setattr(sys, "argv", ["aigc_jax", "--config=experiments/gpt.py:cpu", f"--workdir={tmp_path}",
+                                    "--config.data.path=input.txt"])
+  with pytest.raises(SystemExit) as exit_info:
+    main.run()
+  err = capsys.readouterr().err.strip().splitlines()
+  assert exit_info.value.code == 2 and len(err) == 1 and err[0].startswith("error: --config.data.path")
+  assert "text_file" in err[0] and not os.listdir(tmp_path)

@@ -44,7 +44,7 @@ def train(config, steps, mesh=None):
   metrics = []
   for i in range(steps):
     state, m = step_fn(state, parallel.shard_batch(next(iterator), mesh), trainer.step_rng(config, i))
-    jax.block_until_ready(m)  # forced CPU devices deadlock on queued collectives (DESIGN.md)
+    jax.block_until_ready(m)  # forced CPU devices deadlock on queued collectives (ARCHITECTURE.md)
     metrics.append(jax.device_get(m))
   iterator.close()
   return family, state, metrics

@@ -18,6 +18,7 @@ from aigc_jax import parallel, runtime
 from aigc_jax.checkpointing import checkpoint_dir
 from aigc_jax.evaluation.registry import EvalContext, check_eval_config, get_evaluator  # noqa: F401
 from aigc_jax.families import get_family
+from aigc_jax.media.tensorboard import create_writer
 
 
 def cache_dir_for(config: ConfigDict, workdir: str) -> str:
@@ -134,8 +135,7 @@ def evaluate(config: ConfigDict, workdir: str) -> dict:
   check_eval_config(config, family)
   mesh = parallel.make_mesh()
   state, step, _ = runtime.load_latest(config, workdir, family, mesh)
-  from clu import metric_writers
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  writer = create_writer(workdir, just_logging=jax.process_index() > 0)
   try:
     return evaluate_state(config, workdir, family, mesh, state, step,
                           checkpoint=os.path.join(checkpoint_dir(workdir), str(step)), writer=writer)

@@ -15,9 +15,10 @@ close over the config (score_sde-style factories) and are pure:
   write_figures(state, directory, step) -> [paths] (optional)  host-side extra figures --mode=sample writes
                                                           (e.g. VAE reconstructions and interpolations)
 
-`outputs` is a dict keyed by medium: "images" (float NHWC in [-1, 1]) is written as grids, npz and
-TensorBoard images by `aigc_jax.outputs`. `config.family` names the module (or a family added with
-`register_family`), so a new family needs no edit here nor in the trainer.
+`outputs` is a dict keyed by medium ("images": float NHWC in [-1, 1]; "text": token ids; "audio"; "video"),
+written to files and TensorBoard by `aigc_jax.media`; an unknown key is an error, never dropped.
+`config.family` names the module (or a family added with `register_family`), so a new family needs no edit
+here nor in the trainer.
 """
 import dataclasses
 import importlib

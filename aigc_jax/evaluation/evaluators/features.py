@@ -6,8 +6,7 @@ extraction, not four.
 """
 import numpy as np
 
-from aigc_jax import data as data_lib
-from aigc_jax import outputs
+from aigc_jax import media
 from aigc_jax.errors import UserError
 from aigc_jax.evaluation import backbones, metrics, reference
 from aigc_jax.evaluation.registry import EvalContext, Evaluator, register_evaluator
@@ -53,7 +52,7 @@ class Features:
     self._last_chunk = samples
     e = self.config.eval
     images = images_of(samples, self.config)
-    x = data_lib.to_model_range(outputs.to_uint8(images)) if e.quantize else images
+    x = np.asarray(media.get_medium("images").quantize(images), np.float32) if e.quantize else images
     out = self.extract(x)
     self.count += len(images)
     self.stats.update(out["features"])
