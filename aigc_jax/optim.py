@@ -1,10 +1,17 @@
-"""Optimisers from config, built from optax pieces (schedules, clipping, weight-decay masks)."""
+"""Optimisers from config, built from optax pieces (schedules, clipping, weight-decay masks), and the one
+train-state update every family uses.
+
+A network's train state is a dict {"params", "opt_state", ["ema_params"], ["batch_stats"]}. Single-network
+families keep those keys at the top level of their state next to "step" (and their own extras); the GAN
+keeps one such dict per network under "generator" and "discriminator".
+"""
 import jax
 import jax.numpy as jnp
 import optax
 from ml_collections import ConfigDict
 
 from aigc_jax.errors import UserError
+from aigc_jax.parallel import DATA_AXIS
 
 
 def make_schedule(opt: ConfigDict, lr: float = None):
@@ -58,6 +65,32 @@ def ema_update(ema_params, params, step, decay: float):
   at the initialisation."""
   decay_t = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
   return optax.incremental_update(params, ema_params, step_size=1.0 - decay_t)
+
+
+def init_train_state(params, tx, *, ema: bool, batch_stats=None) -> dict:
+  """{"params", "opt_state"} plus "ema_params" (a copy of params) with `ema`, and "batch_stats" when given."""
+  state = {"params": params, "opt_state": tx.init(params)}
+  if ema:
+    state["ema_params"] = params
+  if batch_stats is not None:
+    state["batch_stats"] = batch_stats
+  return state
+
+
+def apply_gradients(train_state: dict, grads, tx, step, ema_decay: float = 0.0):
+  """One optimiser step from per-device gradients, inside a data-parallel step.
+
+  Averages `grads` over the data axis, updates "params" and "opt_state" (clipping, if configured, is part of
+  `tx`) and, when the state carries "ema_params", their EMA at `step` (the step count before this update).
+  Other keys pass through unchanged. Returns (new train state, global norm of the averaged gradients).
+  """
+  grads = jax.lax.pmean(grads, DATA_AXIS)
+  updates, opt_state = tx.update(grads, train_state["opt_state"], train_state["params"])
+  params = optax.apply_updates(train_state["params"], updates)
+  new_state = {**train_state, "params": params, "opt_state": opt_state}
+  if "ema_params" in train_state:
+    new_state["ema_params"] = ema_update(train_state["ema_params"], params, step, ema_decay)
+  return new_state, optax.global_norm(grads)
 
 
 def compute_dtype(name: str):

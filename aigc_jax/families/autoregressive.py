@@ -161,7 +161,7 @@ def build(config: ConfigDict):
 
   def init(rng, example_batch):
     params = model.init(rng, example_batch["tokens"][:, :-1])["params"]
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
+    return {"step": jnp.zeros((), jnp.int32), **optim.init_train_state(params, tx, ema=False),
             "vocab_table": jnp.asarray(vocab_table)}
 
   def train_step(state, batch, rng):
@@ -169,11 +169,9 @@ def build(config: ConfigDict):
     keys_B = example_keys(rng, tokens.shape[0])
     loss_fn = lambda params: jnp.mean(token_losses(params, tokens, train=True, dropout_keys_B=keys_B))
     loss, grads = jax.value_and_grad(loss_fn)(state["params"])
-    grads = jax.lax.pmean(grads, DATA_AXIS)
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    new_state = {**state, "step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
-                 "opt_state": opt_state}
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state["step"])}
+    new_state, grad_norm = optim.apply_gradients(state, grads, tx, state["step"])
+    new_state["step"] = state["step"] + 1
+    metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state["step"])}
     return new_state, jax.lax.pmean(metrics, DATA_AXIS)
 
   def eval_step(state, batch, rng):

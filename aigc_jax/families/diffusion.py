@@ -1,13 +1,13 @@
 """Denoising diffusion probabilistic models (Ho, Jain & Abbeel, NeurIPS 2020), with DDIM sampling (Song et
 al. 2021) and classifier-free guidance (Ho & Salimans 2022).
 
-State: params, Adam state, EMA params, step. A train step draws per example a timestep t ~ U{0..T-1} and
-noise, and regresses the U-Net on the configured target (eps / x0 / v) at x_t; with `model.num_classes`
-the label is replaced by the null class with probability `diffusion.label_dropout`, which trains the
-unconditional branch that guidance needs. `eval_step` is the variational bound in bits/dim (T network
-calls per batch). `sample` runs `sample.sampler` (ddpm | ddim) over `sample.steps` steps as one compiled
-loop; class-conditional models draw class (id // grid columns) % num_classes for sample id, so each row of
-the written grid is one class.
+State: {step, params, opt_state, ema_params} (aigc_jax.optim's train state). A train step draws per example
+a timestep t ~ U{0..T-1} and noise, and regresses the U-Net on the configured target (eps / x0 / v) at x_t;
+with `model.num_classes` the label is replaced by the null class with probability `diffusion.label_dropout`,
+which trains the unconditional branch that guidance needs. `eval_step` is the variational bound in bits/dim
+(T network calls per batch). `sample` runs `sample.sampler` (ddpm | ddim) over `sample.steps` steps as one
+compiled loop; class-conditional models draw class (id // grid columns) % num_classes for sample id, so each
+row of the written grid is one class.
 
 The pieces live in `diffusion_lib/` (schedules, objectives, likelihood, samplers); this module wires them to
 the family contract and checks the config.
@@ -16,7 +16,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-import optax
 from ml_collections import ConfigDict
 
 from aigc_jax import optim
@@ -90,7 +89,7 @@ def make_family(config: ConfigDict) -> Family:
     t_B = jnp.zeros((image.shape[0],), jnp.int32)
     labels_B = jnp.zeros((image.shape[0],), jnp.int32) if m.num_classes else None
     params = model.init({"params": rng}, image, t_B, labels_B, train=False)["params"]
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params), "ema_params": params}
+    return {"step": jnp.zeros((), jnp.int32), **optim.init_train_state(params, tx, ema=True)}
 
   def train_step(state, batch, rng):
     x0 = batch["image"]
@@ -110,13 +109,10 @@ def make_family(config: ConfigDict) -> Family:
       return objectives.loss(dif.prediction, dif.loss_weighting, schedule, out, x0, noise, t_B, dif.min_snr_gamma)
 
     loss, grads = jax.value_and_grad(loss_fn)(state["params"])
-    grads = jax.lax.pmean(grads, DATA_AXIS)
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
     step = state["step"]
-    new_state = {"step": step + 1, "params": params, "opt_state": opt_state,
-                 "ema_params": optim.ema_update(state["ema_params"], params, step, m.ema_decay)}
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "learning_rate": lr_schedule(step)}
+    new_state, grad_norm = optim.apply_gradients(state, grads, tx, step, m.ema_decay)
+    new_state["step"] = step + 1
+    metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": lr_schedule(step)}
     return new_state, jax.lax.pmean(metrics, DATA_AXIS)
 
   def eval_params(state):

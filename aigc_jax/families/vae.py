@@ -173,7 +173,7 @@ def make_family(config: ConfigDict) -> Family:
     x = example_batch["image"]
     z = jnp.zeros((x.shape[0], *latent_shape))
     params = model.init(rng, x, z)["params"]
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt": tx.init(params)}
+    return {"step": jnp.zeros((), jnp.int32), **optim.init_train_state(params, tx, ema=False)}
 
   def elbo_terms(params, x, keys_Bx2):
     mean, logvar = model.apply({"params": params}, x, method=model.encode)
@@ -190,10 +190,8 @@ def make_family(config: ConfigDict) -> Family:
       return jnp.mean(kl - recon), (recon, kl)
 
     (loss, (recon, kl)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-    grads = jax.lax.pmean(grads, DATA_AXIS)
-    updates, opt_state = tx.update(grads, state["opt"], state["params"])
-    new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
-                 "opt": opt_state}
+    new_state, _ = optim.apply_gradients(state, grads, tx, state["step"])
+    new_state["step"] = state["step"] + 1
     metrics = {"neg_elbo": loss, "recon_nll": -jnp.mean(recon), "kl": jnp.mean(kl),
                "bits_per_dim": loss / (num_dims * math.log(2)), "learning_rate": schedule(state["step"])}
     return new_state, jax.lax.pmean(metrics, DATA_AXIS)

@@ -15,7 +15,6 @@ import json
 
 import jax
 import jax.numpy as jnp
-import optax
 from ml_collections import ConfigDict
 
 from aigc_jax import optim
@@ -93,7 +92,7 @@ def make_family(config: ConfigDict) -> Family:
   def init(rng, example_batch):
     x = example_batch["image"]
     v = model.init(rng, x)
-    return {"step": jnp.zeros((), jnp.int32), "params": v["params"], "opt": tx.init(v["params"]),
+    return {"step": jnp.zeros((), jnp.int32), **optim.init_train_state(v["params"], tx, ema=False),
             "codebook": v.get("codebook", {})}
 
   def losses(state, params, x):
@@ -108,19 +107,17 @@ def make_family(config: ConfigDict) -> Family:
     del rng  # deterministic model
     x = batch["image"]
     (loss, aux), grads = jax.value_and_grad(lambda p: losses(state, p, x), has_aux=True)(state["params"])
-    grads = jax.lax.pmean(grads, DATA_AXIS)
-    updates, opt_state = tx.update(grads, state["opt"], state["params"])
-    codebook = state["codebook"]
+    new_state, _ = optim.apply_gradients(state, grads, tx, state["step"])
+    new_state["step"] = state["step"] + 1
     if ema:
-      codebook = {"quantizer": ema_codebook_update(codebook["quantizer"], aux["z"].reshape(-1, m.code_dim),
-                                                   aux["idx"].reshape(-1), m.ema_decay, m.ema_epsilon)}
+      new_state["codebook"] = {"quantizer": ema_codebook_update(
+          state["codebook"]["quantizer"], aux["z"].reshape(-1, m.code_dim), aux["idx"].reshape(-1), m.ema_decay,
+          m.ema_epsilon)}
     counts = jax.lax.psum(jnp.bincount(aux["idx"].reshape(-1), length=m.num_codes), DATA_AXIS)
     metrics = {"loss": loss, "mse": aux["mse"], "commitment": aux["commitment"],
                "psnr": jnp.mean(psnr(aux["recon"], x)), "learning_rate": schedule(state["step"])}
     metrics = jax.lax.pmean(metrics, DATA_AXIS)
     metrics.update(code_usage_stats(counts))  # from global counts: already the same on every device
-    new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
-                 "opt": opt_state, "codebook": codebook}
     return new_state, metrics
 
   def reconstruct(state, x):
