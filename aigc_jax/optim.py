@@ -14,11 +14,34 @@ from aigc_jax.errors import UserError
 from aigc_jax.parallel import DATA_AXIS
 
 
+def optimizer_config(**values) -> ConfigDict:
+  """Every key `make_optimizer` reads, with neutral defaults; `values` are the family's own choices."""
+  o = ConfigDict()
+  o.name = "adam"              # adam | adamw | sgd
+  o.learning_rate = 1e-3       # peak rate, reached after the warm-up
+  o.b1 = 0.9                   # adam / adamw moment decays and epsilon
+  o.b2 = 0.999
+  o.eps = 1e-8
+  o.weight_decay = 0.0         # adamw only, on matrices only (matrices_only)
+  o.momentum = 0.0             # sgd only; 0 = none
+  o.schedule = "constant"      # constant | cosine | linear | exponential, after warmup_steps of linear warm-up
+  o.warmup_steps = 0
+  o.decay_steps = 1            # cosine / linear: the step (warm-up included) where the decay ends
+  o.min_learning_rate = 0.0    # cosine / linear / exponential: the rate decays towards this
+  o.decay_rate = 1.0           # exponential: factor per step
+  o.grad_clip_norm = 0.0       # clip gradients to this global norm; 0 = off
+  o.update(values)
+  return o
+
+
 def make_schedule(opt: ConfigDict, lr: float = None):
   """Constant, or linear warm-up then constant / cosine / linear decay over `decay_steps`."""
   lr = opt.learning_rate if lr is None else lr
   warmup = opt.get("warmup_steps", 0)
   kind = opt.get("schedule", "constant")
+  if kind in ("cosine", "linear") and opt.decay_steps <= warmup:
+    raise UserError(f"optimizer.schedule={kind!r} decays until optimizer.decay_steps={opt.decay_steps}, which must "
+                    f"be past optimizer.warmup_steps={warmup}; set --config.optimizer.decay_steps")
   if kind == "constant":
     if warmup:
       return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup])

@@ -18,13 +18,47 @@ import jax
 import jax.numpy as jnp
 from ml_collections import ConfigDict
 
-from aigc_jax import optim
+from aigc_jax import configs, optim
 from aigc_jax.errors import UserError
 from aigc_jax.families import Family
 from aigc_jax.families.diffusion_lib import likelihood, objectives, samplers
 from aigc_jax.families.diffusion_lib.schedules import make_schedule, q_sample
 from aigc_jax.models.unet import UNet
 from aigc_jax.parallel import DATA_AXIS, example_keys, keys_for_ids
+
+
+def default_config() -> ConfigDict:
+  """`configs.base_config()` plus every key this family reads (Ho et al.'s CIFAR-10 U-Net and process);
+  experiments/ddpm.py overrides it."""
+  c = configs.base_config()
+  c.family = "diffusion"
+  m = c.model
+  m.ch = 128                       # U-Net base channels (every level's width a multiple of 32: GroupNorm)
+  m.ch_mult = (1, 2, 2, 2)         # width multiplier per resolution level
+  m.num_res_blocks = 2             # residual blocks per level
+  m.attn_resolutions = (16,)       # feature-map sizes that get self-attention
+  m.dropout = 0.1
+  m.num_classes = 0                # > 0: class-conditional, with an extra null class for guidance
+  m.ema_decay = 0.9999             # EMA of the params, sampled and evaluated when sample.use_ema
+
+  c.diffusion = ConfigDict()
+  c.diffusion.num_timesteps = 1000   # T
+  c.diffusion.schedule = "linear"    # linear | cosine
+  c.diffusion.beta_start = 1e-4      # linear schedule's first and last beta
+  c.diffusion.beta_end = 0.02
+  c.diffusion.prediction = "eps"     # network target: eps | x0 | v
+  c.diffusion.loss_weighting = "simple"  # simple (L_simple) | min_snr
+  c.diffusion.min_snr_gamma = 5.0    # min_snr: the SNR cap
+  c.diffusion.variance = "fixedlarge"  # reverse-step variance: fixedlarge (beta_t) | fixedsmall (posterior)
+  c.diffusion.clip_denoised = True   # clip predicted x0 to [-1, 1] while sampling and in the bound
+  c.diffusion.label_dropout = 0.0    # probability of training a labelled example as the null class
+
+  c.optimizer = optim.optimizer_config(learning_rate=2e-4)
+  c.sample.sampler = "ddpm"          # ddpm (ancestral) | ddim
+  c.sample.steps = 0                 # 0 = all T; fewer respaces the chain (both samplers)
+  c.sample.eta = 0.0                 # ddim only: 0 deterministic, 1 ancestral
+  c.sample.guidance_scale = 1.0      # uncond + scale (cond - uncond); != 1 needs label_dropout training
+  return c
 
 
 def build_model(config: ConfigDict) -> UNet:

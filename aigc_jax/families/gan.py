@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from ml_collections import ConfigDict
 
-from aigc_jax import optim
+from aigc_jax import configs, optim
 from aigc_jax.errors import UserError
 from aigc_jax.families import Family
 from aigc_jax.models.dcgan import DCGANDiscriminator, DCGANGenerator
@@ -16,6 +16,30 @@ from aigc_jax.models.gan_mlp import MaxoutDiscriminator, MLPGenerator
 from aigc_jax.parallel import DATA_AXIS, example_keys, keys_for_ids
 
 LOSSES = ("non_saturating", "minimax", "hinge")
+
+
+def default_config() -> ConfigDict:
+  """`configs.base_config()` plus every key this family reads; experiments/gan.py and dcgan.py override it."""
+  c = configs.base_config()
+  c.family = "gan"
+  m = c.model
+  m.arch = "dcgan"                 # dcgan (all-convolutional, batch norm) | mlp (Goodfellow et al.'s pair)
+  m.z_dim = 100                    # noise dimension
+  m.noise = "normal"               # normal | uniform (unit variance, as pylearn2's)
+  m.loss = "non_saturating"        # non_saturating (-log D(G(z))) | minimax | hinge
+  m.d_steps = 1                    # discriminator updates, each on its own batch, per generator update
+  m.ema_decay = 0.999              # EMA of the generator params, sampled from when sample.use_ema
+  m.g_width = 64                   # dcgan: channels of G's last hidden layer (ngf) and D's first (ndf)
+  m.d_width = 64
+  m.g_hidden = (1200, 1200)        # mlp: generator ReLU layers
+  m.d_hidden = (240, 240)          # mlp: discriminator maxout layers
+  m.d_pieces = 5                   # mlp: linear pieces per maxout unit
+  m.d_input_dropout = 0.0          # mlp: dropout on the discriminator's input
+  m.d_hidden_dropout = 0.0         # mlp: dropout on its hidden layers
+  c.optimizer = optim.optimizer_config(learning_rate=2e-4, b1=0.5)  # Radford et al.'s Adam
+  c.optimizer.g_learning_rate = 0.0  # per network; 0 = optimizer.learning_rate
+  c.optimizer.d_learning_rate = 0.0
+  return c
 
 
 def build_models(config: ConfigDict, axis_name=DATA_AXIS):

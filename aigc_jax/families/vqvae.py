@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from ml_collections import ConfigDict
 
-from aigc_jax import optim
+from aigc_jax import configs, optim
 from aigc_jax.errors import UserError
 from aigc_jax.evaluation.image_quality import psnr, ssim
 from aigc_jax.families import Family
@@ -25,6 +25,32 @@ from aigc_jax.models.vqvae import VQVAE
 from aigc_jax.parallel import DATA_AXIS
 
 CODEBOOK_UPDATES = ("loss", "ema")
+
+
+def default_config() -> ConfigDict:
+  """`configs.base_config()` plus every key this family reads (the paper's CIFAR-10 autoencoder);
+  experiments/vqvae.py overrides it."""
+  c = configs.base_config()
+  c.family = "vqvae"
+  m = c.model
+  m.num_codes = 512                # K, codebook size
+  m.code_dim = 64                  # D, size of each code
+  m.hidden = 256                   # channels of the encoder/decoder convolutions
+  m.residual_hidden = 256          # channels inside each residual block
+  m.num_residual_blocks = 2
+  m.num_downsamples = 2            # 4x4 stride-2 convolutions (code grid = image / 2^this)
+  m.beta = 0.25                    # commitment cost
+  m.codebook_update = "loss"       # loss (eq. 3) | ema (Appendix A)
+  m.ema_decay = 0.99               # ema codebook: decay of the code statistics (not a parameter EMA)
+  m.ema_epsilon = 1e-5             # ema codebook: Laplace smoothing of the code counts
+
+  c.optimizer = optim.optimizer_config(learning_rate=2e-4)
+  c.sample.num = 64                # 32 input/reconstruction pairs
+  c.sample.split = "test"          # split whose first images are reconstructed
+  c.sample.use_ema = False         # no parameter EMA in this family
+  c.eval.metrics = ("eval_step",)  # reconstruction MSE / PSNR / SSIM and code usage
+  c.eval.reference_split = "test"
+  return c
 
 
 def build_model(config: ConfigDict):
