@@ -1,10 +1,37 @@
-"""Optimisers from config, built from optax pieces (schedules, clipping, weight-decay masks)."""
+"""Optimisers from config, built from optax pieces (schedules, clipping, weight-decay masks), and the one
+train-state update every family uses.
+
+A network's train state is a dict {"params", "opt_state", ["ema_params"], ["batch_stats"]}. Single-network
+families keep those keys at the top level of their state next to "step" (and their own extras); the GAN
+keeps one such dict per network under "generator" and "discriminator".
+"""
 import jax
 import jax.numpy as jnp
 import optax
 from ml_collections import ConfigDict
 
 from aigc_jax.errors import UserError
+from aigc_jax.parallel import DATA_AXIS
+
+
+def optimizer_config(**values) -> ConfigDict:
+  """Every key `make_optimizer` reads, with neutral defaults; `values` are the family's own choices."""
+  o = ConfigDict()
+  o.name = "adam"              # adam | adamw | sgd
+  o.learning_rate = 1e-3       # peak rate, reached after the warm-up
+  o.b1 = 0.9                   # adam / adamw moment decays and epsilon
+  o.b2 = 0.999
+  o.eps = 1e-8
+  o.weight_decay = 0.0         # adamw only, on matrices only (matrices_only)
+  o.momentum = 0.0             # sgd only; 0 = none
+  o.schedule = "constant"      # constant | cosine | linear | exponential, after warmup_steps of linear warm-up
+  o.warmup_steps = 0
+  o.decay_steps = 1            # cosine / linear: the step (warm-up included) where the decay ends
+  o.min_learning_rate = 0.0    # cosine / linear / exponential: the rate decays towards this
+  o.decay_rate = 1.0           # exponential: factor per step
+  o.grad_clip_norm = 0.0       # clip gradients to this global norm; 0 = off
+  o.update(values)
+  return o
 
 
 def make_schedule(opt: ConfigDict, lr: float = None):
@@ -12,6 +39,9 @@ def make_schedule(opt: ConfigDict, lr: float = None):
   lr = opt.learning_rate if lr is None else lr
   warmup = opt.get("warmup_steps", 0)
   kind = opt.get("schedule", "constant")
+  if kind in ("cosine", "linear") and opt.decay_steps <= warmup:
+    raise UserError(f"optimizer.schedule={kind!r} decays until optimizer.decay_steps={opt.decay_steps}, which must "
+                    f"be past optimizer.warmup_steps={warmup}; set --config.optimizer.decay_steps")
   if kind == "constant":
     if warmup:
       return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup])
@@ -58,6 +88,32 @@ def ema_update(ema_params, params, step, decay: float):
   at the initialisation."""
   decay_t = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
   return optax.incremental_update(params, ema_params, step_size=1.0 - decay_t)
+
+
+def init_train_state(params, tx, *, ema: bool, batch_stats=None) -> dict:
+  """{"params", "opt_state"} plus "ema_params" (a copy of params) with `ema`, and "batch_stats" when given."""
+  state = {"params": params, "opt_state": tx.init(params)}
+  if ema:
+    state["ema_params"] = params
+  if batch_stats is not None:
+    state["batch_stats"] = batch_stats
+  return state
+
+
+def apply_gradients(train_state: dict, grads, tx, step, ema_decay: float = 0.0):
+  """One optimiser step from per-device gradients, inside a data-parallel step.
+
+  Averages `grads` over the data axis, updates "params" and "opt_state" (clipping, if configured, is part of
+  `tx`) and, when the state carries "ema_params", their EMA at `step` (the step count before this update).
+  Other keys pass through unchanged. Returns (new train state, global norm of the averaged gradients).
+  """
+  grads = jax.lax.pmean(grads, DATA_AXIS)
+  updates, opt_state = tx.update(grads, train_state["opt_state"], train_state["params"])
+  params = optax.apply_updates(train_state["params"], updates)
+  new_state = {**train_state, "params": params, "opt_state": opt_state}
+  if "ema_params" in train_state:
+    new_state["ema_params"] = ema_update(train_state["ema_params"], params, step, ema_decay)
+  return new_state, optax.global_norm(grads)
 
 
 def compute_dtype(name: str):

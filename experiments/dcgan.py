@@ -14,12 +14,12 @@ unsupervised) report for DCGAN.
 Presets: paper (default, CIFAR-10 32x32x3), mnist (32x32x1), cpu (bundled 8x8 digits upsampled to 32x32,
 minutes on 2 CPU cores).
 """
-from aigc_jax.configs import base_config, lock
+from aigc_jax.configs import lock
+from aigc_jax.families import gan
 
 
 def get_config(preset: str = "paper"):
-  c = base_config()
-  c.family = "gan"
+  c = gan.default_config()
   c.batch_size = 128
   c.num_train_steps = 100_000  # ~256 epochs of CIFAR-10 at batch 128
   c.log_every_steps = 100
@@ -34,28 +34,10 @@ def get_config(preset: str = "paper"):
   c.model.z_dim = 100
   c.model.g_width = 64
   c.model.d_width = 64
-  c.model.loss = "non_saturating"
-  c.model.noise = "normal"
-  c.model.d_steps = 1
-  c.model.ema_decay = 0.999
-  # Keys the MLP pair uses; present so one config schema serves both architectures.
-  c.model.g_hidden = (1200, 1200)
-  c.model.d_hidden = (240, 240)
-  c.model.d_pieces = 5
-  c.model.d_input_dropout = 0.0
-  c.model.d_hidden_dropout = 0.0
 
   c.optimizer.name = "adam"
   c.optimizer.learning_rate = 2e-4
-  c.optimizer.g_learning_rate = 0.0  # 0 = use learning_rate
-  c.optimizer.d_learning_rate = 0.0
   c.optimizer.b1 = 0.5
-  c.optimizer.b2 = 0.999
-  c.optimizer.schedule = "constant"
-  c.optimizer.warmup_steps = 0
-  c.optimizer.grad_clip_norm = 0.0
-
-  c.sample.num = 100
 
   if preset == "paper":
     pass

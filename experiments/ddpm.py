@@ -20,14 +20,12 @@ Salimans 2022: label dropout 0.1, guidance scale 1.3, i.e. their w = 0.3); cpu (
 classes, label dropout 0.1, sampled with guidance scale 2: row r of the 10x10 grid is digit r).
 Guidance scale convention: output = uncond + scale (cond - uncond), so 0 = unconditional, 1 = conditional.
 """
-from ml_collections import ConfigDict
-
-from aigc_jax.configs import base_config, lock
+from aigc_jax.configs import lock
+from aigc_jax.families import diffusion
 
 
 def get_config(preset: str = "paper"):
-  c = base_config()
-  c.family = "diffusion"
+  c = diffusion.default_config()
   c.batch_size = 128
   c.num_train_steps = 800_000
   c.log_every_steps = 100
@@ -44,35 +42,23 @@ def get_config(preset: str = "paper"):
   c.model.num_res_blocks = 2
   c.model.attn_resolutions = (16,)
   c.model.dropout = 0.1
-  c.model.num_classes = 0        # > 0: class-conditional, with an extra null class for guidance
   c.model.ema_decay = 0.9999
 
-  c.diffusion = ConfigDict()
   c.diffusion.num_timesteps = 1000
-  c.diffusion.schedule = "linear"  # linear | cosine
+  c.diffusion.schedule = "linear"
   c.diffusion.beta_start = 1e-4
   c.diffusion.beta_end = 0.02
-  c.diffusion.prediction = "eps"   # eps | x0 | v
-  c.diffusion.loss_weighting = "simple"  # simple (L_simple) | min_snr
-  c.diffusion.min_snr_gamma = 5.0
-  c.diffusion.variance = "fixedlarge"    # fixedlarge (beta_t) | fixedsmall (posterior variance)
-  c.diffusion.clip_denoised = True
-  c.diffusion.label_dropout = 0.0  # probability of training a labelled example as the null class
+  c.diffusion.prediction = "eps"
+  c.diffusion.loss_weighting = "simple"
+  c.diffusion.variance = "fixedlarge"
 
   c.optimizer.name = "adam"
   c.optimizer.learning_rate = 2e-4
-  c.optimizer.b1 = 0.9
-  c.optimizer.b2 = 0.999
-  c.optimizer.eps = 1e-8
-  c.optimizer.schedule = "constant"
   c.optimizer.warmup_steps = 5000
   c.optimizer.grad_clip_norm = 1.0
 
-  c.sample.num = 100
-  c.sample.sampler = "ddpm"   # ddpm (ancestral) | ddim
-  c.sample.steps = 0          # 0 = all T; fewer respaces the chain (both samplers)
-  c.sample.eta = 0.0          # DDIM only: 0 deterministic, 1 ancestral
-  c.sample.guidance_scale = 1.0  # != 1 needs a conditional model trained with label dropout
+  c.sample.sampler = "ddpm"   # all T ancestral steps
+  c.sample.steps = 0
 
   # Table 1's protocol: FID and IS of 50k samples (FID against the training set), the bound in bits/dim.
   c.eval.num_samples = 50_000

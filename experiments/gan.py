@@ -16,12 +16,12 @@ The `cpu` preset trains the same MLP pair on the bundled 8x8 digits upsampled to
 a single blurry digit on this 1,497-image set (sample std across z 7.8/255 vs 41/255 without, 4k steps), and
 the paper's SGD at lr 0.1 let D win outright (D(G(z)) ~ 1e-14) within 2k steps.
 """
-from aigc_jax.configs import base_config, lock
+from aigc_jax.configs import lock
+from aigc_jax.families import gan
 
 
 def get_config(preset: str = "paper"):
-  c = base_config()
-  c.family = "gan"
+  c = gan.default_config()
   c.batch_size = 100
   c.num_train_steps = 300_000  # ~500 epochs of MNIST's 60k images
   c.log_every_steps = 500
@@ -37,34 +37,23 @@ def get_config(preset: str = "paper"):
   c.model.noise = "uniform"
   c.model.loss = "non_saturating"  # the paper trains G to maximise log D(G(z)) in practice (Section 3)
   c.model.d_steps = 1
-  c.model.ema_decay = 0.999
   c.model.g_hidden = (1200, 1200)
   c.model.d_hidden = (240, 240)
   c.model.d_pieces = 5
   c.model.d_input_dropout = 0.2
   c.model.d_hidden_dropout = 0.5
-  # Keys the DCGAN architecture uses; present so one config schema serves both.
-  c.model.g_width = 64
-  c.model.d_width = 64
 
   c.optimizer.name = "sgd"
   c.optimizer.learning_rate = 0.1
-  c.optimizer.g_learning_rate = 0.0  # 0 = use learning_rate
-  c.optimizer.d_learning_rate = 0.0
   c.optimizer.momentum = 0.5
   c.optimizer.schedule = "exponential"
   c.optimizer.decay_rate = 1 / 1.000004
   c.optimizer.min_learning_rate = 1e-6
-  c.optimizer.warmup_steps = 0
-  c.optimizer.grad_clip_norm = 0.0
-  c.optimizer.b1 = 0.5  # used when name = adam
-  c.optimizer.b2 = 0.999
-
-  c.sample.num = 100
 
   # The paper's metric first: Parzen-window log-likelihood (nats) of the test set under a window fitted to
   # 10,000 samples, sigma chosen on a validation set (paper preset: the 10,000 training images it does not
-  # train on; cpu preset: the last eval.parzen_num_validation images of the train split); then the sample-quality metrics of the classifier backbone.
+  # train on; cpu preset: the last eval.parzen_num_validation images of the train split); then the
+  # sample-quality metrics of the classifier backbone.
   c.eval.metrics = ("parzen", "fid", "kid", "is", "pr")
   c.eval.num_samples = 10_000
 
@@ -85,6 +74,7 @@ def get_config(preset: str = "paper"):
     c.model.d_hidden_dropout = 0.0
     c.optimizer.name = "adam"
     c.optimizer.learning_rate = 2e-4
+    c.optimizer.b1 = 0.5
     c.optimizer.schedule = "constant"
   else:
     raise ValueError(f"unknown preset {preset!r}; use paper or cpu")

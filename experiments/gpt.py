@@ -21,21 +21,20 @@ Ours (same text as a file; bench/RESULTS.md has the measured numbers and times):
 Presets: shakespeare_char (default), cpu. Without data.name the cpu preset trains offline on the Python
 standard library's own source files.
 """
-from aigc_jax.configs import base_config, lock
+from aigc_jax.configs import lock
+from aigc_jax.families import autoregressive
 
 
 def get_config(preset: str = "shakespeare_char"):
-  c = base_config()
-  c.family = "autoregressive"
+  c = autoregressive.default_config()
   c.batch_size = 64
   c.num_train_steps = 5000
   c.log_every_steps = 250
   c.checkpoint_every_steps = 1000
   c.sample_every_steps = 1000
 
-  c.data.name = "tiny_shakespeare"  # tiny_shakespeare (TFDS) | text_file (data.path) | python_stdlib (offline)
-  c.data.tokenizer = "char"          # char | byte
-  c.data.vocab = ""                  # char vocabulary; "" = every character of the text
+  c.data.name = "tiny_shakespeare"
+  c.data.tokenizer = "char"
 
   c.model.block_size = 256
   c.model.num_layers = 6
@@ -43,7 +42,6 @@ def get_config(preset: str = "shakespeare_char"):
   c.model.width = 384
   c.model.dropout = 0.2
   c.model.use_bias = False
-  c.model.attention_impl = ""        # "" = JAX's choice | xla | cudnn (flash attention on NVIDIA GPUs)
 
   c.optimizer.name = "adamw"
   c.optimizer.learning_rate = 1e-3
@@ -56,17 +54,9 @@ def get_config(preset: str = "shakespeare_char"):
   c.optimizer.decay_steps = 5000
   c.optimizer.grad_clip_norm = 1.0
 
-  c.sample.num = 2
-  c.sample.use_ema = False           # no EMA for this family
-  c.sample.prompt = ""               # "" = start from a newline
-  c.sample.max_new_tokens = 500
-  c.sample.temperature = 0.8         # 0 = greedy
-  c.sample.top_k = 200               # 0 = off
-  c.sample.top_p = 1.0               # 1 = off
-
-  c.eval.metrics = ("eval_step",)    # loss, perplexity, bits/char on the validation split
-  c.eval.reference_split = "validation"
-  c.eval.text_batches = 200          # validation windows of batch_size, as nanoGPT's eval_iters
+  c.sample.max_new_tokens = 500      # nanoGPT's sample.py
+  c.sample.temperature = 0.8
+  c.sample.top_k = 200
 
   if preset == "shakespeare_char":
     pass

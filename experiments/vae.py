@@ -27,12 +27,12 @@ cpu: the paper's MLP on scikit-learn's 1,797 8x8 digits upsampled to 28x28 (MNIS
 dynamically; Adam 1e-3 with eps 1e-4, batch 100, 10,000 steps (667 epochs of the 1,500-image train split),
 IWAE with k = 1000 on the 297 held-out digits.
 """
-from aigc_jax.configs import base_config, lock
+from aigc_jax.configs import lock
+from aigc_jax.families import vae
 
 
 def get_config(preset: str = "paper"):
-  c = base_config()
-  c.family = "vae"
+  c = vae.default_config()
   c.batch_size = 20
   steps_per_epoch = 60_000 // 20
   c.num_train_steps = 3280 * steps_per_epoch
@@ -47,32 +47,19 @@ def get_config(preset: str = "paper"):
   c.model.arch = "mlp"
   c.model.hidden = (200, 200)
   c.model.latent_dim = 50
-  c.model.likelihood = "bernoulli"   # bernoulli | logistic | gaussian (the last two discretised to 8 bits)
-  c.model.binarize = "dynamic"       # dynamic | threshold | none (Bernoulli only; none needs binary data)
-  # conv arch only
-  c.model.conv_hidden = 256
-  c.model.num_residual_blocks = 2
-  c.model.num_downsamples = 2
+  c.model.likelihood = "bernoulli"
+  c.model.binarize = "dynamic"
 
   c.optimizer.name = "adam"
   c.optimizer.learning_rate = 1e-3
   c.optimizer.b1 = 0.9
   c.optimizer.b2 = 0.999
   c.optimizer.eps = 1e-4
-  c.optimizer.schedule = "burda"     # burda (3^i epochs at lr * 10^(-i/7)) or an optim.make_schedule kind
+  c.optimizer.schedule = "burda"     # 3^i epochs at lr * 10^(-i/7), i = 0..7
   c.optimizer.steps_per_epoch = steps_per_epoch
-  c.optimizer.warmup_steps = 0
-  c.optimizer.decay_steps = 1
-  c.optimizer.grad_clip_norm = 0.0
 
-  c.sample.num = 100
-  c.sample.mode = "mean"             # mean of p(x|z) (the usual figure) | sample (a draw from it)
-  c.sample.use_ema = False           # the vae family keeps no EMA
-
-  c.eval.metrics = ("eval_step",)
-  c.eval.reference_split = "test"
   c.eval.iwae_k = 5000
-  c.eval.iwae_chunk = 500            # samples per decoder pass; memory ~ batch x chunk x pixels
+  c.eval.iwae_chunk = 500
 
   if preset == "paper":
     pass
@@ -86,6 +73,9 @@ def get_config(preset: str = "paper"):
     c.data.image_size = 32
     c.data.channels = 3
     c.model.arch = "conv"
+    c.model.conv_hidden = 256
+    c.model.num_residual_blocks = 2
+    c.model.num_downsamples = 2
     c.model.latent_dim = 64          # channels of the 8x8 latent
     c.model.likelihood = "logistic"
     c.model.binarize = "none"

@@ -19,12 +19,12 @@ and the share of dead codes.
 cpu: bundled 8x8 digits upsampled to 16x16, one stride-2 stage (8x8 grid of codes), 64 channels, K = 64
 codes of D = 16, EMA codebook, Adam 1e-3, batch 64, 2,000 steps.
 """
-from aigc_jax.configs import base_config, lock
+from aigc_jax.configs import lock
+from aigc_jax.families import vqvae
 
 
 def get_config(preset: str = "paper"):
-  c = base_config()
-  c.family = "vqvae"
+  c = vqvae.default_config()
   c.batch_size = 128
   c.num_train_steps = 250_000
   c.log_every_steps = 500
@@ -42,24 +42,11 @@ def get_config(preset: str = "paper"):
   c.model.num_residual_blocks = 2
   c.model.num_downsamples = 2
   c.model.beta = 0.25
-  c.model.codebook_update = "loss"   # loss (eq. 3) | ema (Appendix A)
-  c.model.ema_decay = 0.99
-  c.model.ema_epsilon = 1e-5
+  c.model.codebook_update = "loss"
+  c.model.ema_decay = 0.99           # used by codebook_update = 'ema'
 
   c.optimizer.name = "adam"
   c.optimizer.learning_rate = 2e-4
-  c.optimizer.b1 = 0.9
-  c.optimizer.b2 = 0.999
-  c.optimizer.schedule = "constant"
-  c.optimizer.warmup_steps = 0
-  c.optimizer.grad_clip_norm = 0.0
-
-  c.sample.num = 64                  # 32 input/reconstruction pairs
-  c.sample.split = "test"
-  c.sample.use_ema = False           # no parameter EMA in this family
-
-  c.eval.metrics = ("eval_step",)
-  c.eval.reference_split = "test"
 
   if preset == "paper":
     pass

@@ -1,5 +1,6 @@
 """Checkpoints through the CLI: SIGKILL + restart ends bit-identical to an uninterrupted run; SIGTERM saves
-the current step and exits 0; the data position is part of the checkpoint."""
+the current step and exits 0; the data position is part of the checkpoint. A checkpoint of another state
+layout or config fails to restore with one line naming what differs, and nothing on disk changes."""
 import os
 import re
 import signal
@@ -12,9 +13,11 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
+from aigc_jax import data as data_lib
 from aigc_jax import parallel, trainer
 from aigc_jax.configs import load_experiment
 from aigc_jax.checkpointing import Checkpointer
+from aigc_jax.errors import UserError
 from aigc_jax.families import get_family
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -146,4 +149,66 @@ def test_sigterm_saves_current_step_and_exits_zero(runs):
   assert finished_steps(runs["dirs"]["termed"]) == [saved]  # checkpoint_every_steps is 10**6: only this save
   state, data_state = restore(runs["dirs"]["termed"], saved)
   assert int(state["step"]) == saved and data_state == {"batches_consumed": saved}
-  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state["g_params"]))
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state["generator"]["params"]))
+
+
+def save_state(workdir, state, step=1):
+  ckpt = Checkpointer(str(workdir))
+  ckpt.save(step, state, {"batches_consumed": step}, {"note": "written by the test"}, force=True)
+  ckpt.wait()
+  ckpt.close()
+
+
+def restore_error(workdir, config, step=1):
+  """The one-line UserError restoring `step` into `config`'s state; nothing on disk may change."""
+  before = sorted(os.listdir(os.path.join(workdir, "checkpoints", str(step))))
+  with pytest.raises(UserError) as info:
+    restore_into(workdir, config, step)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints", str(step)))) == before
+  message = str(info.value)
+  assert "\n" not in message and "Traceback" not in message
+  return message
+
+
+def restore_into(workdir, config, step):
+  mesh = Mesh(np.asarray(jax.devices()[:1]), (parallel.DATA_AXIS,))
+  ckpt = Checkpointer(str(workdir), create=False)
+  try:
+    return ckpt.restore(step, trainer.abstract_state(get_family(config), config), mesh)
+  finally:
+    ckpt.close()
+
+
+def init_state(config):
+  return jax.device_get(jax.jit(get_family(config).init)(jax.random.key(0), data_lib.example_batch(config)))
+
+
+def test_checkpoint_of_the_old_gan_layout_names_the_changed_keys(tmp_path):
+  """A checkpoint written before the GAN state became {generator, discriminator} fails in one line."""
+  config = tiny_config()
+  new = init_state(config)
+  g, d = new["generator"], new["discriminator"]
+  old = {"step": new["step"], "g_params": g["params"], "g_stats": g["batch_stats"], "g_opt": g["opt_state"],
+         "ema_g_params": g["ema_params"], "d_params": d["params"], "d_stats": d["batch_stats"],
+         "d_opt": d["opt_state"]}
+  save_state(tmp_path, old)
+  message = restore_error(str(tmp_path), config)
+  assert "different state layout" in message
+  assert "missing from it: [discriminator, generator]" in message
+  assert "unexpected in it: [d_opt, d_params, ema_g_params, g_opt, g_params] (+1 more)" in message
+  assert "fresh --workdir" in message
+  save_state(tmp_path, new, step=2)  # the same folder still restores the current layout
+  state, data_state, saved_config = restore_into(str(tmp_path), config, 2)
+  assert data_state == {"batches_consumed": 2} and saved_config == {"note": "written by the test"}
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state), new)
+
+
+def test_checkpoint_of_another_width_names_the_differing_leaves(tmp_path):
+  config = tiny_config()
+  save_state(tmp_path, init_state(config))
+  config.model.g_width = 16
+  message = restore_error(str(tmp_path), config)
+  assert "does not fit this run's state" in message and "config differs" in message
+  assert re.search(r"generator/params/\S+ saved \([\d, ]+\) float32 vs expected \([\d, ]+\) float32",
+                   message), message
+  assert "(+" in message and "discriminator" not in message  # only G changed; at most three leaves named

@@ -31,6 +31,30 @@ def workdir_with_notes(tmp, name):
   return d
 
 
+def workdir_with_checkpoint(tmp, name):
+  """A workdir holding step 1 of the TINY dcgan:cpu run (written in-process: no training subprocess)."""
+  import jax
+  from aigc_jax import data as data_lib
+  from aigc_jax.checkpointing import Checkpointer
+  from aigc_jax.configs import load_experiment
+  from aigc_jax.families import get_family
+  d = workdir_with_notes(tmp, name)
+  config = load_experiment(os.path.join(ROOT, "experiments", "dcgan.py"), "cpu")
+  for arg in TINY:  # every TINY value is an int
+    key, value = arg[len("--config."):].split("=")
+    *parents, leaf = key.split(".")
+    node = config
+    for p in parents:
+      node = node[p]
+    node[leaf] = int(value)
+  state = jax.jit(get_family(config).init)(jax.random.key(0), data_lib.example_batch(config))
+  ckpt = Checkpointer(str(d))
+  ckpt.save(1, state, {"batches_consumed": 1}, config.to_dict(), force=True)
+  ckpt.wait()
+  ckpt.close()
+  return d
+
+
 def cases(tmp):
   """name -> (argv, env); built with their files on disk."""
   a_file = tmp / "a_file"
@@ -44,6 +68,10 @@ def cases(tmp):
       "tfds_offline": (["--config=experiments/dcgan.py:mnist", wd("tfds_offline"),
                         f"--config.data.data_dir={tmp / 'empty_tfds'}"], env()),
       "sample_no_checkpoint": ([cfg, wd("sample_no_checkpoint"), "--mode=sample"], env()),
+      # A checkpoint of g_width 8 sampled with g_width 16: the saved and expected shapes, in one line.
+      "checkpoint_other_width": ([cfg, f"--workdir={workdir_with_checkpoint(tmp, 'checkpoint_other_width')}",
+                                  "--mode=sample", *[a for a in TINY if "g_width" not in a],
+                                  "--config.model.g_width=16"], env()),
       "workdir_is_file": ([cfg, f"--workdir={a_file}"], env()),
       "batch_not_divisible": ([cfg, wd("batch_not_divisible"), *TINY, "--config.batch_size=12"], env(devices=8)),
       # Adam moves every generator weight by ~1e30 in step 1 (still finite, so checkpoint 1 is good); step 2's
@@ -124,6 +152,16 @@ def test_sample_without_checkpoint(results):
   assert "no checkpoint" in line and "--mode=train" in line
   assert_notes_kept(tmp, "sample_no_checkpoint")
   assert not (tmp / "sample_no_checkpoint" / "samples").exists()
+
+
+def test_checkpoint_of_another_config_names_the_differing_shapes(results):
+  tmp, done = results
+  line = the_error_line(done["checkpoint_other_width"])
+  assert "does not fit this run's state" in line and "saved (8,) float32 vs expected (16,) float32" in line
+  assert "fresh --workdir" in line
+  assert (tmp / "checkpoint_other_width" / "notes.txt").read_text() == SENTINEL
+  assert os.listdir(tmp / "checkpoint_other_width" / "checkpoints" / "1")  # nothing deleted
+  assert not (tmp / "checkpoint_other_width" / "samples").exists()
 
 
 def test_workdir_is_a_file(results):

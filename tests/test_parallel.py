@@ -90,8 +90,9 @@ def test_eight_devices_equal_one_device(make_config):
   eight, metrics_eight = run_steps(config, jax.devices(), 2)
   # The step changed something (otherwise equality would be vacuous) ...
   init, _ = run_steps(config, jax.devices()[:1], 0)
-  for net in ("g_params", "d_params"):
-    assert not all(np.allclose(x, y) for x, y in zip(jax.tree.leaves(init[net]), jax.tree.leaves(one[net])))
+  for net in ("generator", "discriminator"):
+    assert not all(np.allclose(x, y) for x, y in zip(jax.tree.leaves(init[net]["params"]),
+                                                      jax.tree.leaves(one[net]["params"])))
   # ... and 8 devices did the same thing: every param, optimiser moment, EMA and batch statistic.
   assert_trees_close(one, eight, rtol=2e-4, atol=2e-6)
   assert_trees_close(metrics_one, metrics_eight, rtol=2e-4, atol=2e-6)
@@ -105,4 +106,5 @@ def test_same_seed_bit_identical_params():
   jax.tree.map(np.testing.assert_array_equal, a, b)
   config.seed = 1
   c, _ = run_steps(config, jax.devices(), 3)
-  assert not all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a["g_params"]), jax.tree.leaves(c["g_params"])))
+  assert not all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a["generator"]["params"]),
+                                                       jax.tree.leaves(c["generator"]["params"])))

@@ -21,12 +21,47 @@ import optax
 from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
-from aigc_jax import optim, parallel
+from aigc_jax import configs, optim, parallel
 from aigc_jax.data import text
 from aigc_jax.errors import UserError
 from aigc_jax.families import Family
 from aigc_jax.models.transformer import GPT
 from aigc_jax.parallel import DATA_AXIS, example_keys, keys_for_ids
+
+
+def default_config() -> ConfigDict:
+  """`configs.base_config()` plus every key this family reads (nanoGPT's Shakespeare-char GPT and AdamW, on
+  offline text); experiments/gpt.py overrides it."""
+  c = configs.base_config()
+  c.family = "autoregressive"
+  c.num_train_steps = 5000
+  c.data.name = "python_stdlib"    # tiny_shakespeare (TFDS) | text_file (data.path) | python_stdlib (offline)
+  c.data.tokenizer = "char"        # char | byte
+  c.data.vocab = ""                # char vocabulary; "" = every character of the text
+  m = c.model
+  m.block_size = 256               # context length in tokens
+  m.num_layers = 6
+  m.num_heads = 6
+  m.width = 384                    # residual stream width, divisible by num_heads
+  m.dropout = 0.2
+  m.use_bias = False               # biases in linear layers and layer norms
+  m.attention_impl = ""            # "" = JAX's choice | xla | cudnn (flash attention on NVIDIA GPUs)
+
+  c.optimizer = optim.optimizer_config(
+      name="adamw", learning_rate=1e-3, min_learning_rate=1e-4, b2=0.99, weight_decay=0.1, schedule="cosine",
+      warmup_steps=100, decay_steps=5000, grad_clip_norm=1.0)
+
+  c.sample.num = 2
+  c.sample.use_ema = False         # no EMA in this family
+  c.sample.prompt = ""             # "" = start from a newline
+  c.sample.max_new_tokens = 500
+  c.sample.temperature = 0.8       # 0 = greedy
+  c.sample.top_k = 200             # 0 = off
+  c.sample.top_p = 1.0             # 1 = off
+  c.eval.metrics = ("eval_step",)  # loss, perplexity, bits/char on the validation split
+  c.eval.reference_split = "validation"
+  c.eval.text_batches = 200        # validation windows of batch_size per evaluation (nanoGPT's eval_iters)
+  return c
 
 
 def build_model(config: ConfigDict, vocab_size: int) -> GPT:
@@ -161,7 +196,7 @@ def build(config: ConfigDict):
 
   def init(rng, example_batch):
     params = model.init(rng, example_batch["tokens"][:, :-1])["params"]
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
+    return {"step": jnp.zeros((), jnp.int32), **optim.init_train_state(params, tx, ema=False),
             "vocab_table": jnp.asarray(vocab_table)}
 
   def train_step(state, batch, rng):
@@ -169,11 +204,9 @@ def build(config: ConfigDict):
     keys_B = example_keys(rng, tokens.shape[0])
     loss_fn = lambda params: jnp.mean(token_losses(params, tokens, train=True, dropout_keys_B=keys_B))
     loss, grads = jax.value_and_grad(loss_fn)(state["params"])
-    grads = jax.lax.pmean(grads, DATA_AXIS)
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    new_state = {**state, "step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
-                 "opt_state": opt_state}
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state["step"])}
+    new_state, grad_norm = optim.apply_gradients(state, grads, tx, state["step"])
+    new_state["step"] = state["step"] + 1
+    metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state["step"])}
     return new_state, jax.lax.pmean(metrics, DATA_AXIS)
 
   def eval_step(state, batch, rng):

@@ -1,13 +1,13 @@
 """Denoising diffusion probabilistic models (Ho, Jain & Abbeel, NeurIPS 2020), with DDIM sampling (Song et
 al. 2021) and classifier-free guidance (Ho & Salimans 2022).
 
-State: params, Adam state, EMA params, step. A train step draws per example a timestep t ~ U{0..T-1} and
-noise, and regresses the U-Net on the configured target (eps / x0 / v) at x_t; with `model.num_classes`
-the label is replaced by the null class with probability `diffusion.label_dropout`, which trains the
-unconditional branch that guidance needs. `eval_step` is the variational bound in bits/dim (T network
-calls per batch). `sample` runs `sample.sampler` (ddpm | ddim) over `sample.steps` steps as one compiled
-loop; class-conditional models draw class (id // grid columns) % num_classes for sample id, so each row of
-the written grid is one class.
+State: {step, params, opt_state, ema_params} (aigc_jax.optim's train state). A train step draws per example
+a timestep t ~ U{0..T-1} and noise, and regresses the U-Net on the configured target (eps / x0 / v) at x_t;
+with `model.num_classes` the label is replaced by the null class with probability `diffusion.label_dropout`,
+which trains the unconditional branch that guidance needs. `eval_step` is the variational bound in bits/dim
+(T network calls per batch). `sample` runs `sample.sampler` (ddpm | ddim) over `sample.steps` steps as one
+compiled loop; class-conditional models draw class (id // grid columns) % num_classes for sample id, so each
+row of the written grid is one class.
 
 The pieces live in `diffusion_lib/` (schedules, objectives, likelihood, samplers); this module wires them to
 the family contract and checks the config.
@@ -16,16 +16,49 @@ import math
 
 import jax
 import jax.numpy as jnp
-import optax
 from ml_collections import ConfigDict
 
-from aigc_jax import optim
+from aigc_jax import configs, optim
 from aigc_jax.errors import UserError
 from aigc_jax.families import Family
 from aigc_jax.families.diffusion_lib import likelihood, objectives, samplers
 from aigc_jax.families.diffusion_lib.schedules import make_schedule, q_sample
 from aigc_jax.models.unet import UNet
 from aigc_jax.parallel import DATA_AXIS, example_keys, keys_for_ids
+
+
+def default_config() -> ConfigDict:
+  """`configs.base_config()` plus every key this family reads (Ho et al.'s CIFAR-10 U-Net and process);
+  experiments/ddpm.py overrides it."""
+  c = configs.base_config()
+  c.family = "diffusion"
+  m = c.model
+  m.ch = 128                       # U-Net base channels (every level's width a multiple of 32: GroupNorm)
+  m.ch_mult = (1, 2, 2, 2)         # width multiplier per resolution level
+  m.num_res_blocks = 2             # residual blocks per level
+  m.attn_resolutions = (16,)       # feature-map sizes that get self-attention
+  m.dropout = 0.1
+  m.num_classes = 0                # > 0: class-conditional, with an extra null class for guidance
+  m.ema_decay = 0.9999             # EMA of the params, sampled and evaluated when sample.use_ema
+
+  c.diffusion = ConfigDict()
+  c.diffusion.num_timesteps = 1000   # T
+  c.diffusion.schedule = "linear"    # linear | cosine
+  c.diffusion.beta_start = 1e-4      # linear schedule's first and last beta
+  c.diffusion.beta_end = 0.02
+  c.diffusion.prediction = "eps"     # network target: eps | x0 | v
+  c.diffusion.loss_weighting = "simple"  # simple (L_simple) | min_snr
+  c.diffusion.min_snr_gamma = 5.0    # min_snr: the SNR cap
+  c.diffusion.variance = "fixedlarge"  # reverse-step variance: fixedlarge (beta_t) | fixedsmall (posterior)
+  c.diffusion.clip_denoised = True   # clip predicted x0 to [-1, 1] while sampling and in the bound
+  c.diffusion.label_dropout = 0.0    # probability of training a labelled example as the null class
+
+  c.optimizer = optim.optimizer_config(learning_rate=2e-4)
+  c.sample.sampler = "ddpm"          # ddpm (ancestral) | ddim
+  c.sample.steps = 0                 # 0 = all T; fewer respaces the chain (both samplers)
+  c.sample.eta = 0.0                 # ddim only: 0 deterministic, 1 ancestral
+  c.sample.guidance_scale = 1.0      # uncond + scale (cond - uncond); != 1 needs label_dropout training
+  return c
 
 
 def build_model(config: ConfigDict) -> UNet:
@@ -90,7 +123,7 @@ def make_family(config: ConfigDict) -> Family:
     t_B = jnp.zeros((image.shape[0],), jnp.int32)
     labels_B = jnp.zeros((image.shape[0],), jnp.int32) if m.num_classes else None
     params = model.init({"params": rng}, image, t_B, labels_B, train=False)["params"]
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params), "ema_params": params}
+    return {"step": jnp.zeros((), jnp.int32), **optim.init_train_state(params, tx, ema=True)}
 
   def train_step(state, batch, rng):
     x0 = batch["image"]
@@ -110,13 +143,10 @@ def make_family(config: ConfigDict) -> Family:
       return objectives.loss(dif.prediction, dif.loss_weighting, schedule, out, x0, noise, t_B, dif.min_snr_gamma)
 
     loss, grads = jax.value_and_grad(loss_fn)(state["params"])
-    grads = jax.lax.pmean(grads, DATA_AXIS)
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
     step = state["step"]
-    new_state = {"step": step + 1, "params": params, "opt_state": opt_state,
-                 "ema_params": optim.ema_update(state["ema_params"], params, step, m.ema_decay)}
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "learning_rate": lr_schedule(step)}
+    new_state, grad_norm = optim.apply_gradients(state, grads, tx, step, m.ema_decay)
+    new_state["step"] = step + 1
+    metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": lr_schedule(step)}
     return new_state, jax.lax.pmean(metrics, DATA_AXIS)
 
   def eval_params(state):

@@ -1,15 +1,14 @@
 """Generative adversarial networks (Goodfellow et al., 2014): the MLP pair and DCGAN.
 
-The state holds both networks: generator and discriminator params and batch stats, one optimiser state
-each, and an EMA of the generator params (used for sampling by default). `model.d_steps` discriminator
+State: {step, generator, discriminator}, one aigc_jax.optim train state per network ({params, opt_state,
+batch_stats}; the generator's also ema_params, used for sampling by default). `model.d_steps` discriminator
 updates, each on its own real batch, precede every generator update.
 """
 import jax
 import jax.numpy as jnp
-import optax
 from ml_collections import ConfigDict
 
-from aigc_jax import optim
+from aigc_jax import configs, optim
 from aigc_jax.errors import UserError
 from aigc_jax.families import Family
 from aigc_jax.models.dcgan import DCGANDiscriminator, DCGANGenerator
@@ -17,6 +16,30 @@ from aigc_jax.models.gan_mlp import MaxoutDiscriminator, MLPGenerator
 from aigc_jax.parallel import DATA_AXIS, example_keys, keys_for_ids
 
 LOSSES = ("non_saturating", "minimax", "hinge")
+
+
+def default_config() -> ConfigDict:
+  """`configs.base_config()` plus every key this family reads; experiments/gan.py and dcgan.py override it."""
+  c = configs.base_config()
+  c.family = "gan"
+  m = c.model
+  m.arch = "dcgan"                 # dcgan (all-convolutional, batch norm) | mlp (Goodfellow et al.'s pair)
+  m.z_dim = 100                    # noise dimension
+  m.noise = "normal"               # normal | uniform (unit variance, as pylearn2's)
+  m.loss = "non_saturating"        # non_saturating (-log D(G(z))) | minimax | hinge
+  m.d_steps = 1                    # discriminator updates, each on its own batch, per generator update
+  m.ema_decay = 0.999              # EMA of the generator params, sampled from when sample.use_ema
+  m.g_width = 64                   # dcgan: channels of G's last hidden layer (ngf) and D's first (ndf)
+  m.d_width = 64
+  m.g_hidden = (1200, 1200)        # mlp: generator ReLU layers
+  m.d_hidden = (240, 240)          # mlp: discriminator maxout layers
+  m.d_pieces = 5                   # mlp: linear pieces per maxout unit
+  m.d_input_dropout = 0.0          # mlp: dropout on the discriminator's input
+  m.d_hidden_dropout = 0.0         # mlp: dropout on its hidden layers
+  c.optimizer = optim.optimizer_config(learning_rate=2e-4, b1=0.5)  # Radford et al.'s Adam
+  c.optimizer.g_learning_rate = 0.0  # per network; 0 = optimizer.learning_rate
+  c.optimizer.d_learning_rate = 0.0
+  return c
 
 
 def build_models(config: ConfigDict, axis_name=DATA_AXIS):
@@ -101,10 +124,10 @@ def make_family(config: ConfigDict) -> Family:
     d_vars = init_discriminator.init({"params": d_key, "dropout": d_key}, image, train=False)
     return {
         "step": jnp.zeros((), jnp.int32),
-        "g_params": g_vars["params"], "g_stats": g_vars.get("batch_stats", {}),
-        "d_params": d_vars["params"], "d_stats": d_vars.get("batch_stats", {}),
-        "g_opt": g_tx.init(g_vars["params"]), "d_opt": d_tx.init(d_vars["params"]),
-        "ema_g_params": g_vars["params"],
+        "generator": optim.init_train_state(g_vars["params"], g_tx, ema=True,
+                                            batch_stats=g_vars.get("batch_stats", {})),
+        "discriminator": optim.init_train_state(d_vars["params"], d_tx, ema=False,
+                                                batch_stats=d_vars.get("batch_stats", {})),
     }
 
   def train_step(state, batch, rng):
@@ -114,14 +137,16 @@ def make_family(config: ConfigDict) -> Family:
     local_batch = real.shape[0]
     keys = example_keys(rng, local_batch)  # [B, 2]
     sub = lambda j, purpose: jax.vmap(lambda k: jax.random.fold_in(jax.random.fold_in(k, j), purpose))(keys)
-    g_vars = {"params": state["g_params"], "batch_stats": state["g_stats"]}
-    d_params, d_stats, d_opt = state["d_params"], state["d_stats"], state["d_opt"]
-    g_stats = state["g_stats"]
+    g_state, d_state = state["generator"], state["discriminator"]
+    # Every fake of this step comes from the generator as it was at the start of the step.
+    g_vars = {"params": g_state["params"], "batch_stats": g_state["batch_stats"]}
+    step = state["step"]
 
     d_metrics = {}
     for j in range(config.model.d_steps):
-      fake, g_stats = generate(g_vars, sample_noise(sub(j, 0)))
+      fake, _ = generate(g_vars, sample_noise(sub(j, 0)))
       fake = jax.lax.stop_gradient(fake)
+      d_stats = d_state["batch_stats"]
 
       def d_loss_fn(params):
         real_logits, stats = discriminate({"params": params, "batch_stats": d_stats}, real[:, j], sub(j, 1))
@@ -129,36 +154,32 @@ def make_family(config: ConfigDict) -> Family:
         loss = discriminator_losses(m.loss, real_logits, fake_logits)
         return loss, (stats, real_logits, fake_logits)
 
-      (d_loss, (d_stats, real_logits, fake_logits)), grads = jax.value_and_grad(d_loss_fn, has_aux=True)(d_params)
-      grads = jax.lax.pmean(grads, DATA_AXIS)
-      updates, d_opt = d_tx.update(grads, d_opt, d_params)
-      d_params = optax.apply_updates(d_params, updates)
+      (d_loss, (d_stats, real_logits, fake_logits)), grads = jax.value_and_grad(d_loss_fn, has_aux=True)(
+          d_state["params"])
+      d_state, _ = optim.apply_gradients(d_state, grads, d_tx, step)
+      d_state["batch_stats"] = d_stats
       d_metrics = {"d_loss": d_loss, "d_real": jnp.mean(jax.nn.sigmoid(real_logits)),
                    "d_fake": jnp.mean(jax.nn.sigmoid(fake_logits))}
 
     def g_loss_fn(params):
       fake, stats = generate({"params": params, "batch_stats": g_vars["batch_stats"]},
                              sample_noise(sub(m.d_steps, 0)))
-      logits, _ = discriminate({"params": d_params, "batch_stats": d_stats}, fake, sub(m.d_steps, 1))
+      d_vars = {"params": d_state["params"], "batch_stats": d_state["batch_stats"]}
+      logits, _ = discriminate(d_vars, fake, sub(m.d_steps, 1))
       return generator_loss(m.loss, logits), stats
 
-    (g_loss, g_stats), grads = jax.value_and_grad(g_loss_fn, has_aux=True)(state["g_params"])
-    grads = jax.lax.pmean(grads, DATA_AXIS)
-    updates, g_opt = g_tx.update(grads, state["g_opt"], state["g_params"])
-    g_params = optax.apply_updates(state["g_params"], updates)
-    step = state["step"]
-    new_state = {
-        "step": step + 1,
-        "g_params": g_params, "g_stats": g_stats, "d_params": d_params, "d_stats": d_stats,
-        "g_opt": g_opt, "d_opt": d_opt,
-        "ema_g_params": optim.ema_update(state["ema_g_params"], g_params, step, m.ema_decay),
-    }
+    (g_loss, g_stats), grads = jax.value_and_grad(g_loss_fn, has_aux=True)(g_state["params"])
+    g_state, _ = optim.apply_gradients(g_state, grads, g_tx, step, m.ema_decay)
+    g_state["batch_stats"] = g_stats
+    new_state = {"step": step + 1, "generator": g_state, "discriminator": d_state}
     metrics = {"g_loss": g_loss, **d_metrics, "learning_rate": g_schedule(step)}
     return new_state, jax.lax.pmean(metrics, DATA_AXIS)
 
   def sample(state, rng, ids_B):
-    params = state["ema_g_params"] if config.sample.use_ema else state["g_params"]
-    images, _ = generate({"params": params, "batch_stats": state["g_stats"]}, sample_noise(keys_for_ids(rng, ids_B)))
+    g_state = state["generator"]
+    params = g_state["ema_params"] if config.sample.use_ema else g_state["params"]
+    images, _ = generate({"params": params, "batch_stats": g_state["batch_stats"]},
+                         sample_noise(keys_for_ids(rng, ids_B)))
     return {"images": images}
 
   return Family(init=init, train_step=train_step, sample=sample, batches_per_step=m.d_steps)

@@ -21,7 +21,7 @@ from jax.scipy.special import log_ndtr
 from ml_collections import ConfigDict
 
 from aigc_jax import data as data_lib
-from aigc_jax import optim, outputs
+from aigc_jax import configs, optim, outputs
 from aigc_jax.errors import UserError
 from aigc_jax.families import Family
 from aigc_jax.models.vae import ConvVAE, MLPVAE
@@ -30,6 +30,33 @@ from aigc_jax.parallel import DATA_AXIS, example_keys, keys_for_ids
 LIKELIHOODS = ("bernoulli", "logistic", "gaussian")
 BINARIZE = ("dynamic", "threshold", "none")
 BIN = 1.0 / 255.0  # half the width of one 8-bit level on the [-1, 1] scale
+
+
+def default_config() -> ConfigDict:
+  """`configs.base_config()` plus every key this family reads (Burda et al.'s one-layer MLP VAE);
+  experiments/vae.py overrides it."""
+  c = configs.base_config()
+  c.family = "vae"
+  m = c.model
+  m.arch = "mlp"                   # mlp | conv (van den Oord et al. 2017's encoder/decoder)
+  m.hidden = (200, 200)            # mlp: tanh layers of the encoder (mirrored in the decoder)
+  m.latent_dim = 50                # mlp: Gaussian latents; conv: channels of the latent grid
+  m.likelihood = "bernoulli"       # bernoulli | logistic | gaussian (the last two discretised to 8 bits)
+  m.binarize = "dynamic"           # dynamic | threshold | none (bernoulli only; none needs binary data)
+  m.conv_hidden = 256              # conv: channels
+  m.num_residual_blocks = 2        # conv: residual blocks after the downsampling convolutions
+  m.num_downsamples = 2            # conv: 4x4 stride-2 convolutions (latent grid = image / 2^this)
+
+  c.optimizer = optim.optimizer_config(eps=1e-4)
+  c.optimizer.steps_per_epoch = 0  # schedule 'burda' (3^i epochs at lr * 10^(-i/7)) counts epochs in steps
+
+  c.sample.mode = "mean"           # mean of p(x|z) (the usual figure) | sample (a draw from it)
+  c.sample.use_ema = False         # the family keeps no EMA
+  c.eval.metrics = ("eval_step",)  # negative ELBO and IWAE bound, nats and bits/dim
+  c.eval.reference_split = "test"
+  c.eval.iwae_k = 5000             # importance samples of the IWAE bound
+  c.eval.iwae_chunk = 500          # samples per decoder pass; memory ~ batch x chunk x pixels
+  return c
 
 
 def gaussian_kl(mean, logvar):
@@ -103,6 +130,9 @@ def burda_schedule(lr, steps_per_epoch, num_stages=8):
 
 def make_optimizer(opt: ConfigDict):
   if opt.schedule == "burda":
+    if opt.steps_per_epoch < 1:
+      raise UserError("optimizer.schedule='burda' counts epochs: set --config.optimizer.steps_per_epoch to the "
+                      "training-set size / batch_size")
     # optim.make_schedule has no piecewise schedule, so this one is built here.
     schedule = burda_schedule(opt.learning_rate, opt.steps_per_epoch)
     return optax.adam(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps), schedule
@@ -173,7 +203,7 @@ def make_family(config: ConfigDict) -> Family:
     x = example_batch["image"]
     z = jnp.zeros((x.shape[0], *latent_shape))
     params = model.init(rng, x, z)["params"]
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt": tx.init(params)}
+    return {"step": jnp.zeros((), jnp.int32), **optim.init_train_state(params, tx, ema=False)}
 
   def elbo_terms(params, x, keys_Bx2):
     mean, logvar = model.apply({"params": params}, x, method=model.encode)
@@ -190,10 +220,8 @@ def make_family(config: ConfigDict) -> Family:
       return jnp.mean(kl - recon), (recon, kl)
 
     (loss, (recon, kl)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-    grads = jax.lax.pmean(grads, DATA_AXIS)
-    updates, opt_state = tx.update(grads, state["opt"], state["params"])
-    new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
-                 "opt": opt_state}
+    new_state, _ = optim.apply_gradients(state, grads, tx, state["step"])
+    new_state["step"] = state["step"] + 1
     metrics = {"neg_elbo": loss, "recon_nll": -jnp.mean(recon), "kl": jnp.mean(kl),
                "bits_per_dim": loss / (num_dims * math.log(2)), "learning_rate": schedule(state["step"])}
     return new_state, jax.lax.pmean(metrics, DATA_AXIS)

@@ -15,10 +15,9 @@ import json
 
 import jax
 import jax.numpy as jnp
-import optax
 from ml_collections import ConfigDict
 
-from aigc_jax import optim
+from aigc_jax import configs, optim
 from aigc_jax.errors import UserError
 from aigc_jax.evaluation.image_quality import psnr, ssim
 from aigc_jax.families import Family
@@ -26,6 +25,32 @@ from aigc_jax.models.vqvae import VQVAE
 from aigc_jax.parallel import DATA_AXIS
 
 CODEBOOK_UPDATES = ("loss", "ema")
+
+
+def default_config() -> ConfigDict:
+  """`configs.base_config()` plus every key this family reads (the paper's CIFAR-10 autoencoder);
+  experiments/vqvae.py overrides it."""
+  c = configs.base_config()
+  c.family = "vqvae"
+  m = c.model
+  m.num_codes = 512                # K, codebook size
+  m.code_dim = 64                  # D, size of each code
+  m.hidden = 256                   # channels of the encoder/decoder convolutions
+  m.residual_hidden = 256          # channels inside each residual block
+  m.num_residual_blocks = 2
+  m.num_downsamples = 2            # 4x4 stride-2 convolutions (code grid = image / 2^this)
+  m.beta = 0.25                    # commitment cost
+  m.codebook_update = "loss"       # loss (eq. 3) | ema (Appendix A)
+  m.ema_decay = 0.99               # ema codebook: decay of the code statistics (not a parameter EMA)
+  m.ema_epsilon = 1e-5             # ema codebook: Laplace smoothing of the code counts
+
+  c.optimizer = optim.optimizer_config(learning_rate=2e-4)
+  c.sample.num = 64                # 32 input/reconstruction pairs
+  c.sample.split = "test"          # split whose first images are reconstructed
+  c.sample.use_ema = False         # no parameter EMA in this family
+  c.eval.metrics = ("eval_step",)  # reconstruction MSE / PSNR / SSIM and code usage
+  c.eval.reference_split = "test"
+  return c
 
 
 def build_model(config: ConfigDict):
@@ -93,7 +118,7 @@ def make_family(config: ConfigDict) -> Family:
   def init(rng, example_batch):
     x = example_batch["image"]
     v = model.init(rng, x)
-    return {"step": jnp.zeros((), jnp.int32), "params": v["params"], "opt": tx.init(v["params"]),
+    return {"step": jnp.zeros((), jnp.int32), **optim.init_train_state(v["params"], tx, ema=False),
             "codebook": v.get("codebook", {})}
 
   def losses(state, params, x):
@@ -108,19 +133,17 @@ def make_family(config: ConfigDict) -> Family:
     del rng  # deterministic model
     x = batch["image"]
     (loss, aux), grads = jax.value_and_grad(lambda p: losses(state, p, x), has_aux=True)(state["params"])
-    grads = jax.lax.pmean(grads, DATA_AXIS)
-    updates, opt_state = tx.update(grads, state["opt"], state["params"])
-    codebook = state["codebook"]
+    new_state, _ = optim.apply_gradients(state, grads, tx, state["step"])
+    new_state["step"] = state["step"] + 1
     if ema:
-      codebook = {"quantizer": ema_codebook_update(codebook["quantizer"], aux["z"].reshape(-1, m.code_dim),
-                                                   aux["idx"].reshape(-1), m.ema_decay, m.ema_epsilon)}
+      new_state["codebook"] = {"quantizer": ema_codebook_update(
+          state["codebook"]["quantizer"], aux["z"].reshape(-1, m.code_dim), aux["idx"].reshape(-1), m.ema_decay,
+          m.ema_epsilon)}
     counts = jax.lax.psum(jnp.bincount(aux["idx"].reshape(-1), length=m.num_codes), DATA_AXIS)
     metrics = {"loss": loss, "mse": aux["mse"], "commitment": aux["commitment"],
                "psnr": jnp.mean(psnr(aux["recon"], x)), "learning_rate": schedule(state["step"])}
     metrics = jax.lax.pmean(metrics, DATA_AXIS)
     metrics.update(code_usage_stats(counts))  # from global counts: already the same on every device
-    new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
-                 "opt": opt_state, "codebook": codebook}
     return new_state, metrics
 
   def reconstruct(state, x):
