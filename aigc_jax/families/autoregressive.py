@@ -2,7 +2,7 @@
 
 State: {step, params, opt_state, vocab_table}. `vocab_table` (int32 [V], see data.text.Tokenizer.table) rides
 in the checkpoint so samples decode exactly as the model was trained, and every sample carries it to
-`aigc_jax.outputs`, which writes the text. Optimiser: AdamW, warm-up + cosine decay, weight decay on matrices
+`aigc_jax.media`, which writes the text. Optimiser: AdamW, warm-up + cosine decay, weight decay on matrices
 only, gradient clipping (aigc_jax.optim).
 
 Generation is one compiled `lax.scan`: the prompt is prefilled into the cache, then each step feeds one

@@ -166,7 +166,7 @@ def make_family(config: ConfigDict) -> Family:
     return jax.tree.map(lambda v: jax.lax.psum(jnp.sum(v * mask_B), DATA_AXIS) / count, per_example)
 
   timesteps = samplers.sampling_timesteps(dif.num_timesteps, config.sample.steps)
-  grid_columns = math.ceil(math.sqrt(config.sample.num))  # outputs.image_grid's default layout
+  grid_columns = math.ceil(math.sqrt(config.sample.num))  # media.images.image_grid's default layout
 
   def sample(state, rng, ids_B):
     s = config.sample

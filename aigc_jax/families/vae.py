@@ -21,9 +21,10 @@ from jax.scipy.special import log_ndtr
 from ml_collections import ConfigDict
 
 from aigc_jax import data as data_lib
-from aigc_jax import configs, optim, outputs
+from aigc_jax import configs, optim
 from aigc_jax.errors import UserError
 from aigc_jax.families import Family
+from aigc_jax.media import images as image_media
 from aigc_jax.models.vae import ConvVAE, MLPVAE
 from aigc_jax.parallel import DATA_AXIS, example_keys, keys_for_ids
 
@@ -313,6 +314,6 @@ def write_figures(config: ConfigDict, state, directory: str, step: int, num: int
   paths = []
   for name, grid in (("reconstructions", pairs), ("interpolations", lines)):
     path = os.path.join(directory, f"{step}_{name}.png")
-    outputs.save_png(path, outputs.image_grid(outputs.to_uint8(grid), num_steps))
+    image_media.save_png(path, image_media.image_grid(image_media.to_uint8(grid), num_steps))
     paths.append(path)
   return paths
