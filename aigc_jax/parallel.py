@@ -80,6 +80,14 @@ def example_keys(step_key, local_batch_size: int):
   return jax.vmap(lambda i: jax.random.fold_in(step_key, i))(index)
 
 
+def masked_mean(per_example, batch, batch_size: int):
+  """Global means over the data axis of per-example values (a pytree of [B] arrays), counting only rows with
+  `batch['mask'] == 1`: mask-0 rows pad the last batch of a split so every example counts exactly once."""
+  mask_B = batch.get("mask", jnp.ones((batch_size,), jnp.float32))
+  count = jax.lax.psum(jnp.sum(mask_B), DATA_AXIS)
+  return jax.tree.map(lambda v_B: jax.lax.psum(jnp.sum(v_B * mask_B), DATA_AXIS) / count, per_example)
+
+
 def keys_for_ids(key, ids_B):
   """One key per example id (sampling: sample i always gets fold_in(key, i))."""
   return jax.vmap(lambda i: jax.random.fold_in(key, i))(ids_B)

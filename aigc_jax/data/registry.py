@@ -8,13 +8,12 @@ training starts. Names a registered source does not claim go through the resolve
 builder), tried in registration order.
 """
 import dataclasses
-import importlib
-import pkgutil
 from typing import Any, Callable, Optional, Sequence
 
 from ml_collections import ConfigDict
 
 from aigc_jax.errors import UserError
+from aigc_jax.plugins import Registry
 
 # Read by every source: `data.name` picks the source, `data.split` the split it trains on.
 COMMON_KEYS = ("name", "split")
@@ -41,20 +40,16 @@ class DataSource:
   doc: str = ""                     # one line for listings and errors
 
 
-_SOURCES: dict = {}
+_SOURCES = Registry("data source", "aigc_jax.data.sources")
 _RESOLVERS: list = []
-_discovered = False
 
 
 def register_source(source: DataSource, *, replace: bool = False) -> DataSource:
-  if source.name in _SOURCES and not replace:
-    raise ValueError(f"data source {source.name!r} is already registered")
-  _SOURCES[source.name] = source
-  return source
+  return _SOURCES.register(source.name, source, replace=replace)
 
 
 def unregister_source(name: str):
-  _SOURCES.pop(name, None)
+  _SOURCES.unregister(name)
 
 
 def register_resolver(resolver: Callable[[str], Optional[DataSource]]):
@@ -63,24 +58,14 @@ def register_resolver(resolver: Callable[[str], Optional[DataSource]]):
   return resolver
 
 
-def _discover():
-  global _discovered
-  if not _discovered:
-    _discovered = True
-    import aigc_jax.data.sources as package
-    for module in pkgutil.iter_modules(package.__path__):
-      importlib.import_module(f"{package.__name__}.{module.name}")
-
-
 def known_sources() -> list:
-  _discover()
-  return sorted(_SOURCES)
+  return _SOURCES.names()
 
 
 def get_source(name: str) -> DataSource:
-  _discover()
-  if name in _SOURCES:
-    return _SOURCES[name]
+  source = _SOURCES.get(name)
+  if source is not None:
+    return source
   for resolver in _RESOLVERS:
     source = resolver(name)
     if source is not None:
@@ -97,7 +82,7 @@ def check_set_keys(data: ConfigDict, set_keys: Sequence[str]):
     key = dotted.split(".", 1)[1] if dotted.startswith("data.") else None
     if key is None or key.split(".")[0] in COMMON_KEYS or key.split(".")[0] in source.keys:
       continue
-    users = [s for s in known_sources() if key in _SOURCES[s].keys]
+    users = [s for s in known_sources() if key in _SOURCES.get(s).keys]
     hint = f"sources that read it: {', '.join(users)}" if users else "no registered source reads it"
     raise UserError(f"--config.data.{key} is not used by data source {source.name!r} (it reads "
                     f"{', '.join(COMMON_KEYS + tuple(source.keys))}); {hint}. Remove the flag, or choose one of "

@@ -6,14 +6,13 @@ A new metric is one module in `aigc_jax/evaluation/evaluators/` (imported on the
 else, calling `register_evaluator(Evaluator(...))`.
 """
 import dataclasses
-import importlib
-import pkgutil
 from typing import Any, Callable, Optional, Sequence
 
 from ml_collections import ConfigDict
 
 from aigc_jax import data as data_lib
 from aigc_jax.errors import UserError
+from aigc_jax.plugins import Registry
 
 
 @dataclasses.dataclass
@@ -55,40 +54,26 @@ class Evaluator:
   doc: str = ""
 
 
-_EVALUATORS: dict = {}
-_discovered = False
+_EVALUATORS = Registry("evaluator", "aigc_jax.evaluation.evaluators")
 
 
 def register_evaluator(evaluator: Evaluator, *, replace: bool = False) -> Evaluator:
-  if evaluator.name in _EVALUATORS and not replace:
-    raise ValueError(f"evaluator {evaluator.name!r} is already registered")
-  _EVALUATORS[evaluator.name] = evaluator
-  return evaluator
+  return _EVALUATORS.register(evaluator.name, evaluator, replace=replace)
 
 
 def unregister_evaluator(name: str):
-  _EVALUATORS.pop(name, None)
-
-
-def _discover():
-  global _discovered
-  if not _discovered:
-    _discovered = True
-    import aigc_jax.evaluation.evaluators as package
-    for module in pkgutil.iter_modules(package.__path__):
-      importlib.import_module(f"{package.__name__}.{module.name}")
+  _EVALUATORS.unregister(name)
 
 
 def known_evaluators() -> list:
-  _discover()
-  return sorted(_EVALUATORS)
+  return _EVALUATORS.names()
 
 
 def get_evaluator(name: str) -> Evaluator:
-  _discover()
-  if name not in _EVALUATORS:
+  evaluator = _EVALUATORS.get(name)
+  if evaluator is None:
     raise UserError(f"unknown eval.metrics entry {name!r}; choose from {known_evaluators()}")
-  return _EVALUATORS[name]
+  return evaluator
 
 
 def family_media(config: ConfigDict, family) -> tuple:
@@ -111,8 +96,8 @@ def check_eval_config(config: ConfigDict, family):
   media = family_media(config, family)
   wrong = [ev.name for ev in evaluators if not applies(ev, media)]
   if wrong:
-    usable = [n for n in known_evaluators() if applies(_EVALUATORS[n], media)]
-    raise UserError(f"eval.metrics {wrong} score {sorted({m for n in wrong for m in _EVALUATORS[n].media})}, and "
+    usable = [n for n in known_evaluators() if applies(get_evaluator(n), media)]
+    raise UserError(f"eval.metrics {wrong} score {sorted({m for n in wrong for m in get_evaluator(n).media})}, and "
                     f"family {config.family!r} on {config.data.name} makes {list(media)}; metrics that apply: "
                     f"{usable} (e.g. --config.eval.metrics=\"('eval_step',)\")")
   if any(ev.needs_samples for ev in evaluators) and (e.num_samples < 2 or e.batch_size < 1):

@@ -26,7 +26,7 @@ from aigc_jax.data import text
 from aigc_jax.errors import UserError
 from aigc_jax.families import Family
 from aigc_jax.models.transformer import GPT
-from aigc_jax.parallel import DATA_AXIS, example_keys, keys_for_ids
+from aigc_jax.parallel import DATA_AXIS, example_keys, keys_for_ids, masked_mean
 
 
 def default_config() -> ConfigDict:
@@ -213,8 +213,7 @@ def build(config: ConfigDict):
     """Mean next-token loss (nats), perplexity and bits per char/byte; `batch['mask']` marks real rows."""
     del rng
     losses_B = jnp.mean(token_losses(state["params"], batch["tokens"]), axis=-1)
-    mask_B = batch.get("mask", jnp.ones_like(losses_B))
-    loss = jax.lax.psum(jnp.sum(losses_B * mask_B), DATA_AXIS) / jax.lax.psum(jnp.sum(mask_B), DATA_AXIS)
+    loss = masked_mean(losses_B, batch, losses_B.shape[0])
     return {"loss": loss, "perplexity": jnp.exp(loss), unit: loss / math.log(2)}
 
   def sample(state, rng, ids_B, cached=True):

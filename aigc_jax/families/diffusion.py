@@ -24,7 +24,7 @@ from aigc_jax.families import Family
 from aigc_jax.families.diffusion_lib import likelihood, objectives, samplers
 from aigc_jax.families.diffusion_lib.schedules import make_schedule, q_sample
 from aigc_jax.models.unet import UNet
-from aigc_jax.parallel import DATA_AXIS, example_keys, keys_for_ids
+from aigc_jax.parallel import DATA_AXIS, example_keys, keys_for_ids, masked_mean
 
 
 def default_config() -> ConfigDict:
@@ -160,10 +160,8 @@ def make_family(config: ConfigDict) -> Family:
     parts = likelihood.bound_bpd(lambda x, t_B: apply(params, x, t_B, null_B), x0, example_keys(rng, x0.shape[0]),
                                  variance=dif.variance, clip_denoised=dif.clip_denoised, **process)
     # Masked global means: rows with batch['mask'] == 0 pad the last batch of a split and must not count.
-    mask_B = batch.get("mask", jnp.ones((x0.shape[0],), jnp.float32))
-    count = jax.lax.psum(jnp.sum(mask_B), DATA_AXIS)
     per_example = jax.tree.map(lambda v: jnp.mean(v.reshape(x0.shape[0], -1), axis=1), parts)
-    return jax.tree.map(lambda v: jax.lax.psum(jnp.sum(v * mask_B), DATA_AXIS) / count, per_example)
+    return masked_mean(per_example, batch, x0.shape[0])
 
   timesteps = samplers.sampling_timesteps(dif.num_timesteps, config.sample.steps)
   grid_columns = math.ceil(math.sqrt(config.sample.num))  # media.images.image_grid's default layout

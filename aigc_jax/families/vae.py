@@ -26,7 +26,7 @@ from aigc_jax.errors import UserError
 from aigc_jax.families import Family
 from aigc_jax.media import images as image_media
 from aigc_jax.models.vae import ConvVAE, MLPVAE
-from aigc_jax.parallel import DATA_AXIS, example_keys, keys_for_ids
+from aigc_jax.parallel import DATA_AXIS, example_keys, keys_for_ids, masked_mean
 
 LIKELIHOODS = ("bernoulli", "logistic", "gaussian")
 BINARIZE = ("dynamic", "threshold", "none")
@@ -253,9 +253,7 @@ def make_family(config: ConfigDict) -> Family:
     neg_elbo = kl - jnp.mean(lpx, axis=1)  # analytic KL, reconstruction averaged over the k samples
     iwae_nll = -(jax.nn.logsumexp(lpx + lratio, axis=1) - math.log(k))
     per_example = {"neg_elbo": neg_elbo, "iwae_nll": iwae_nll, "kl": kl}
-    mask = batch.get("mask", jnp.ones(x.shape[0]))
-    count = jax.lax.psum(jnp.sum(mask), DATA_AXIS)
-    metrics = {n: jax.lax.psum(jnp.sum(v * mask), DATA_AXIS) / count for n, v in per_example.items()}
+    metrics = masked_mean(per_example, batch, x.shape[0])
     metrics["neg_elbo_bits_per_dim"] = metrics["neg_elbo"] / (num_dims * math.log(2))
     metrics["iwae_nll_bits_per_dim"] = metrics["iwae_nll"] / (num_dims * math.log(2))
     return metrics

@@ -22,7 +22,7 @@ from aigc_jax.errors import UserError
 from aigc_jax.evaluation.image_quality import psnr, ssim
 from aigc_jax.families import Family
 from aigc_jax.models.vqvae import VQVAE
-from aigc_jax.parallel import DATA_AXIS
+from aigc_jax.parallel import DATA_AXIS, masked_mean
 
 CODEBOOK_UPDATES = ("loss", "ema")
 
@@ -158,9 +158,8 @@ def make_family(config: ConfigDict) -> Family:
     per_example = {"mse": jnp.mean((recon - x) ** 2, axis=(1, 2, 3)), "psnr": psnr(recon, x)}
     if min(x.shape[1:3]) >= 11:  # SSIM's 11x11 window must fit
       per_example["ssim"] = ssim(recon, x)
+    metrics = masked_mean(per_example, batch, x.shape[0])
     mask = batch.get("mask", jnp.ones(x.shape[0]))
-    count = jax.lax.psum(jnp.sum(mask), DATA_AXIS)
-    metrics = {k: jax.lax.psum(jnp.sum(v * mask), DATA_AXIS) / count for k, v in per_example.items()}
     weights = jnp.broadcast_to(mask[:, None, None], idx.shape).reshape(-1)
     counts = jax.lax.psum(jnp.zeros(m.num_codes).at[idx.reshape(-1)].add(weights), DATA_AXIS)
     metrics.update(code_usage_stats(counts))
