@@ -26,6 +26,7 @@ def experiment_config(name, preset="cpu"):
 
 def tiny_vae(k=10, chunk=None):
   c = experiment_config("vae")
+  c.data.name = "digits"
   c.data.image_size = 8  # the digits' native size: no resizing
   c.model.hidden = (64, 64)
   c.model.latent_dim = 4
