@@ -1,6 +1,5 @@
 """The training loop and the checkpoint-reading modes. Knows the family contract, no family's math."""
 import os
-import signal
 import time
 
 import jax
@@ -16,6 +15,7 @@ from aigc_jax.errors import UserError
 from aigc_jax.evaluation import runner
 from aigc_jax.families import get_family
 from aigc_jax.media.tensorboard import create_writer
+from aigc_jax.preemption import Preemption
 # Re-exported: tests, benches and notebooks reach these through the trainer.
 from aigc_jax.runtime import (abstract_state, check_config, init_state, load_latest, make_sampler,  # noqa: F401
                               prepare_workdir, run_keys, step_rng)
@@ -36,28 +36,6 @@ def _all_finite(tree):
 
 def _nonfinite(metrics: dict):
   return sorted(k for k, v in metrics.items() if not np.all(np.isfinite(v)))
-
-
-class _Preemption:
-  """SIGTERM sets a flag; the loop saves and exits cleanly at the next step boundary."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = None
-
-  def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread (e.g. inside a notebook worker): no handler
-      self._previous = None
-    return self
-
-  def _handle(self, signum, frame):
-    self.requested = True
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
 
 
 def train_and_evaluate(config: ConfigDict, workdir: str, experiment: str = ""):
@@ -111,7 +89,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str, experiment: str = ""):
     ckpt.save(step, state, {"batches_consumed": iterator.batches_consumed}, config_dict, force=True)
 
   try:
-    with _Preemption() as preemption:
+    with Preemption() as preemption:
       step = start_step
       while step < config.num_train_steps:
         batch = parallel.shard_batch(_next_train_batch(iterator, family.batches_per_step), mesh)
