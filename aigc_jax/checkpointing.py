@@ -2,10 +2,16 @@
 
 Async saves, keep N, resume from the latest. Only finite states are saved (the trainer checks), so the
 latest checkpoint is always a good one. Before restoring, the saved state tree is compared with the one the
-run expects, so a checkpoint of another layout or config fails with one line naming what differs.
+run expects, so a checkpoint of another layout or config fails with one line naming what differs. A step
+whose files cannot be read raises `CorruptCheckpoint`; `move_aside` puts it next to the checkpoints (never
+deleted) so the run can fall back to an earlier one (runtime.restore_latest).
 """
+import gc
 import json
+import logging as std_logging
 import os
+import sys
+import time
 
 import jax
 import numpy as np
@@ -75,8 +81,69 @@ def check_state_fits(saved: dict, expected: dict, where: str):
         "differs from the one that wrote it (e.g. a model width); run with that config, or use a fresh --workdir")
 
 
+class CorruptCheckpoint(UserError):
+  """The files of one checkpoint step cannot be read (truncated, garbled, half-copied)."""
+
+
 def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+def corrupt_dir(workdir_or_ckpt_dir: str) -> str:
+  """Where unreadable steps are moved: beside checkpoints/, so orbax never lists them as steps."""
+  return os.path.join(os.path.dirname(workdir_or_ckpt_dir.rstrip("/")), "checkpoints_corrupt")
+
+
+def _is_closed_loop_error(exc) -> bool:
+  return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+
+def _is_failed_orbax_read(unraisable) -> bool:
+  """A read coroutine of orbax whose exception nobody retrieved (the restore had already failed)."""
+  code = getattr(unraisable.object, "cr_code", None)
+  return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+
+
+def _silence_failed_read_leftovers():
+  """A failed orbax restore leaves work behind: read coroutines and futures whose exceptions nobody
+  retrieved (Python prints "Exception ignored in ..." or asyncio's "Future exception was never retrieved"
+  when they are collected, possibly at exit), and tensorstore reads in flight that finish after orbax closed
+  its event loop ("Event loop is closed", printed by tensorstore's threads through sys.excepthook). The
+  restore error itself is reported in one line (CorruptCheckpoint), so these echoes are dropped: the hooks
+  below pass everything else on to the previous hooks. Installed once, before the first read."""
+  if getattr(sys.excepthook, "aigc_jax_drops_failed_reads", False):
+    return
+  previous_except, previous_unraisable = sys.excepthook, sys.unraisablehook
+
+  def excepthook(exc_type, exc, tb):
+    if not _is_closed_loop_error(exc):
+      previous_except(exc_type, exc, tb)
+
+  def unraisablehook(unraisable):
+    if not (_is_closed_loop_error(unraisable.exc_value) or _is_failed_orbax_read(unraisable)):
+      previous_unraisable(unraisable)
+
+  excepthook.aigc_jax_drops_failed_reads = True
+  sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
+
+
+def _read(fn):
+  """(fn(), None), or (None, its error's first line) if the checkpoint's files cannot be read."""
+  _silence_failed_read_leftovers()
+  try:
+    return fn(), None
+  except Exception as e:  # pylint: disable=broad-except  # truncated or garbled files
+    failure = _first_line(e)
+  # Futures whose exceptions nobody retrieved: asyncio logs each one when it is collected.
+  std_logging.getLogger("asyncio").setLevel(std_logging.CRITICAL)
+  gc.collect()
+  return None, failure
+
+
+def _first_line(e: Exception) -> str:
+  lines = str(e).strip().splitlines()
+  first = lines[0].split(" See full TensorStore details")[0] if lines else ""  # then a multi-line spec dump
+  return f"{type(e).__name__}: {first[:200]}"
 
 
 class Checkpointer:
@@ -108,6 +175,14 @@ class Checkpointer:
             config=ocp.args.JsonSave(json.loads(json.dumps(config_dict, default=str)))),
         force=force)
 
+  def saved_config(self, step: int) -> dict:
+    """The config snapshot saved with `step` (a plain dict; tuples became lists). CorruptCheckpoint if unreadable."""
+    config, failure = _read(lambda: self._manager.restore(
+        step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config)
+    if failure is not None:
+      raise CorruptCheckpoint(f"cannot read the config snapshot of checkpoint {self.path(step)} ({failure})")
+    return config
+
   def saved_state_leaves(self, step: int):
     """{path: metadata with .shape and .dtype} of the saved state at `step`; None if it cannot be read (the
     restore then reports the problem)."""
@@ -127,18 +202,28 @@ class Checkpointer:
     saved = self.saved_state_leaves(step)
     if saved is not None:
       check_state_fits(saved, leaves_by_path(target), self.path(step))
-    try:
-      restored = self._manager.restore(
-          step,
-          args=ocp.args.Composite(
-              state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore(),
-              config=ocp.args.JsonRestore()))
-    except Exception as e:  # corrupt or incompatible files: say which checkpoint and what to do
-      raise UserError(
-          f"cannot restore checkpoint {self.path(step)} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-          "it may be corrupt or from a different config: delete that step folder to fall back to an earlier "
-          "one, or use a fresh --workdir") from None
+    restored, failure = _read(lambda: self._manager.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore(), config=ocp.args.JsonRestore())))
+    if failure is not None:
+      raise CorruptCheckpoint(f"cannot read checkpoint {self.path(step)} ({failure})")
     return restored.state, restored.data, restored.config
+
+  def move_aside(self, step: int) -> str:
+    """Moves an unreadable step out of checkpoints/ (never deletes it); returns where it went."""
+    target_root = corrupt_dir(self.directory)
+    os.makedirs(target_root, exist_ok=True)
+    target = os.path.join(target_root, str(step))
+    if os.path.exists(target):
+      target = f"{target}.{time.strftime('%Y%m%d-%H%M%S')}"
+    os.replace(self.path(step), target)
+    self._manager.reload()
+    return target
+
+  def reload(self):
+    """Re-reads the step list (after another process moved a step)."""
+    self._manager.reload()
 
   def wait(self):
     self._manager.wait_until_finished()

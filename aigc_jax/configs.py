@@ -4,6 +4,8 @@ import os
 
 import ml_collections
 
+from aigc_jax.errors import UserError
+
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -54,6 +56,34 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.classifier_steps = 600
   c.eval.cache_dir = ""           # "" = <workdir>/eval/cache; share one across runs to reuse reference stats
   return c
+
+
+# Integer keys count or size something and must be >= 1, except seeds (any integer) and keys whose last
+# name is one of these, where 0 means "off", "none" or "the default".
+ZERO_MEANS_OFF = ("every_steps", "sample_every_steps", "num_classes", "warmup_steps", "steps", "top_k",
+                  "steps_per_epoch", "num_downsamples", "num_residual_blocks")
+
+
+def _int_items(config, prefix=""):
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from _int_items(value, f"{prefix}{key}.")
+    elif isinstance(value, int) and not isinstance(value, bool):
+      yield f"{prefix}{key}", value
+
+
+def check_sizes(config: ml_collections.ConfigDict):
+  """A one-line UserError for a size or count below its minimum (batch, image size, channels, steps, widths,
+  sample and eval counts), before any JAX work: a 0 batch or image size would otherwise end in a traceback."""
+  for key, value in _int_items(config):
+    name = key.rsplit(".", 1)[-1]
+    if name == "seed" or name.endswith("_seed"):
+      continue
+    lowest = 0 if name in ZERO_MEANS_OFF else 1
+    if value < lowest:
+      meaning = " (0 turns it off)" if lowest == 0 else ""
+      raise UserError(f"config.{key} must be >= {lowest}{meaning}, got {value}; set --config.{key} to a "
+                      f"{'non-negative' if lowest == 0 else 'positive'} integer")
 
 
 def lock(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -139,7 +139,10 @@ def _main(argv):
     from aigc_jax import data
     from aigc_jax import parallel  # after flag parsing: importing jax is slow
 
+    from aigc_jax.configs import check_sizes
+
     logging.set_verbosity(logging.WARNING)
+    check_sizes(FLAGS.config)  # a 0 batch or image size fails here, before any JAX work
     # A data.* key set by hand that the chosen source does not read would be silently ignored.
     data.check_set_keys(FLAGS.config.data, [key for key, _ in _overrides(sys.argv[1:])])
     parallel.maybe_initialize_distributed()

@@ -2,6 +2,7 @@
 restored state, and the data-parallel sampler. The trainer and the evaluation runner both build on this module;
 it imports neither, so imports flow one way: main -> trainer -> evaluation.runner -> runtime.
 """
+import json
 import os
 
 import jax
@@ -11,9 +12,17 @@ from ml_collections import ConfigDict
 
 from aigc_jax import data as data_lib
 from aigc_jax import parallel
-from aigc_jax.checkpointing import Checkpointer
+from aigc_jax.configs import check_sizes
+from aigc_jax.checkpointing import Checkpointer, CorruptCheckpoint, check_state_fits, leaves_by_path
 from aigc_jax.errors import UserError
-from aigc_jax.families import Family
+from aigc_jax.families import Family, get_family
+from aigc_jax.workdir_lock import WorkdirLock
+
+# Keys that may change when a run resumes (how long it trains, how often it logs, saves, samples and
+# evaluates, what it samples, where TFDS keeps its files): listed at start, never an error. Any other change
+# is a warning (the run no longer equals an uninterrupted one), or an error if it changes the state's shapes.
+RESUMABLE_KEYS = ("num_train_steps", "log_every_steps", "checkpoint_every_steps", "sample_every_steps",
+                  "keep_checkpoints", "sample.", "eval.", "data.data_dir")
 
 
 def prepare_workdir(workdir: str):
@@ -22,7 +31,26 @@ def prepare_workdir(workdir: str):
   os.makedirs(workdir, exist_ok=True)
 
 
+def lock_workdir(workdir: str, log=print):
+  """Process 0 takes the workdir's run lock (workdir_lock.py); every process learns the verdict, so a refused
+  job stops on all its hosts. Returns the lock on process 0, None elsewhere."""
+  lock, error = None, ""
+  if jax.process_index() == 0:
+    try:
+      lock = WorkdirLock(workdir, log=log).acquire()
+    except UserError as e:
+      error = str(e)
+  if jax.process_count() > 1:
+    ok = int(multihost_utils.broadcast_one_to_all(np.int32(0 if error else 1)))
+    if not ok and not error:
+      error = "process 0 could not take the run lock of this workdir (its error says who holds it); stop the other run or use another --workdir"
+  if error:
+    raise UserError(error)
+  return lock
+
+
 def check_config(config: ConfigDict):
+  check_sizes(config)
   n = jax.device_count()
   if config.batch_size % n:
     raise UserError(f"batch_size {config.batch_size} is not divisible by the {n} devices; set "
@@ -56,18 +84,156 @@ def abstract_state(family: Family, config: ConfigDict):
   return jax.eval_shape(family.init, jax.random.key(0), data_lib.example_batch(config))
 
 
-def load_latest(config: ConfigDict, workdir: str, family: Family, mesh):
-  """(state, step, data_state) of the latest checkpoint in workdir; a UserError if there is none."""
+def load_latest(config: ConfigDict, workdir: str, family: Family, mesh, log=print):
+  """(state, step, data_state) of the latest readable checkpoint in workdir; a UserError if there is none."""
   ckpt_dir = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(ckpt_dir):
     raise UserError(f"no checkpoint in {ckpt_dir}; train first (--mode=train) or point --workdir at a run")
   ckpt = Checkpointer(workdir, create=False)
-  step = ckpt.latest_step()
-  if step is None:
+  try:
+    restored = restore_latest(ckpt, config, family, mesh, log)
+  finally:
+    ckpt.close()
+  if restored is None:
     raise UserError(f"no checkpoint in {ckpt_dir}; train first (--mode=train) or point --workdir at a run")
-  state, data_state, _ = ckpt.restore(step, abstract_state(family, config), mesh)
-  ckpt.close()
+  state, step, data_state, _ = restored
   return state, step, data_state
+
+
+def restore_latest(ckpt: Checkpointer, config: ConfigDict, family: Family, mesh, log=print):
+  """(state, step, data_state, changes) of the newest checkpoint that restores, or None if there is none.
+
+  Before restoring, the config snapshot of the checkpoint is compared with `config` (`check_resume_config`).
+  A step whose files cannot be read is moved aside (never deleted) with a warning and the next older one is
+  tried; if none can be read, a one-line error.
+  """
+  abstract = abstract_state(family, config)
+  moved = []
+  while (step := ckpt.latest_step()) is not None:
+    try:
+      changes = check_resume_config(ckpt, step, config, abstract)
+      state, data_state, _ = ckpt.restore(step, abstract, mesh)
+      return state, step, data_state, changes
+    except CorruptCheckpoint as e:
+      where = _move_aside(ckpt, step)
+      moved.append(where)
+      log(f"warning: {e}; moved it to {where} (kept, not deleted); trying the previous checkpoint")
+  if moved:
+    raise UserError(f"no checkpoint in {ckpt.directory} can be read (moved aside: {', '.join(moved)}); restore "
+                    "the files from a copy, or use a fresh --workdir")
+  return None
+
+
+def _move_aside(ckpt: Checkpointer, step: int) -> str:
+  """Process 0 moves the step; every process then re-reads the step list (shared storage)."""
+  where = ""
+  if jax.process_index() == 0:
+    where = ckpt.move_aside(step)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f"aigc_jax_move_aside_{step}")
+    ckpt.reload()
+  return where or f"checkpoints_corrupt/{step}"
+
+
+def _json_flat(d: dict, prefix="") -> dict:
+  """{dotted key: value} of a config as its checkpoint snapshot stores it (JSON: tuples are lists)."""
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_json_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def config_changes(saved: dict, config: ConfigDict) -> dict:
+  """{key: (saved value, new value)} for keys present in both that differ."""
+  new = _json_flat(json.loads(json.dumps(config.to_dict(), default=str)))
+  old = _json_flat(saved or {})
+  return {k: (old[k], new[k]) for k in sorted(new.keys() & old.keys()) if old[k] != new[k]}
+
+
+def is_resumable(key: str) -> bool:
+  return any(key == p or (p.endswith(".") and key.startswith(p)) for p in RESUMABLE_KEYS)
+
+
+def _signature(config: ConfigDict) -> dict:
+  return {p: (tuple(x.shape), str(x.dtype)) for p, x in
+          leaves_by_path(abstract_state(get_family(config), config)).items()}
+
+
+def _with_value(config: ConfigDict, key: str, value):
+  """A copy of config with `key` set back to `value` (its JSON form), or None if it cannot be set."""
+  copy = ConfigDict(config.to_dict())
+  *parents, name = key.split(".")
+  node = copy
+  for p in parents:
+    node = node[p]
+  if isinstance(node[name], tuple) and isinstance(value, list):
+    value = tuple(value)
+  try:
+    node[name] = value
+  except Exception:  # pylint: disable=broad-except  # a type the JSON snapshot cannot give back
+    return None
+  return copy
+
+
+def shape_changing_keys(config: ConfigDict, changes: dict) -> list:
+  """The changed keys that, set back alone, change the shapes of the run state."""
+  new = _signature(config)
+  out = []
+  for key, (old_value, _) in changes.items():
+    reverted = _with_value(config, key, old_value)
+    try:
+      if reverted is not None and _signature(reverted) != new:
+        out.append(key)
+    except Exception:  # pylint: disable=broad-except  # the old value is invalid with the new config
+      out.append(key)
+  return out
+
+
+def _listing(changes: dict, keys) -> str:
+  return ", ".join(f"{k} {changes[k][0]!r} -> {changes[k][1]!r}" for k in keys)
+
+
+def check_resume_config(ckpt: Checkpointer, step: int, config: ConfigDict, abstract) -> dict:
+  """Compares the checkpoint's config snapshot with `config` before restoring. Returns {key: (old, new)} of
+  the changes; a one-line UserError naming the keys if the changes alter the state's shapes."""
+  changes = config_changes(ckpt.saved_config(step), config)
+  saved_leaves = ckpt.saved_state_leaves(step)
+  if saved_leaves is None:
+    return changes  # unreadable metadata: the restore reports it as a corrupt checkpoint
+  try:
+    check_state_fits(saved_leaves, leaves_by_path(abstract), ckpt.path(step))
+  except UserError:
+    candidates = {k: v for k, v in changes.items() if not is_resumable(k)}
+    if not candidates:
+      raise  # same config, other layout: the code that wrote it differs
+    keys = shape_changing_keys(config, candidates) or sorted(candidates)
+    revert = " ".join(f"--config.{k}={_cli_value(candidates[k][0])}" for k in keys)
+    raise UserError(f"config changed since checkpoint {ckpt.path(step)} was written and the change alters the "
+                    f"shapes of the run state: {_listing(changes, keys)}; to resume that run set them back "
+                    f"({revert}), or use a fresh --workdir to train the new config from scratch") from None
+  return changes
+
+
+def describe_changes(changes: dict) -> list:
+  """Lines for the console: allowed changes, then changes that make the run differ from an uninterrupted one."""
+  free = [k for k in changes if is_resumable(k)]
+  other = [k for k in changes if not is_resumable(k)]
+  lines = []
+  if free:
+    lines.append(f"resuming with changed settings: {_listing(changes, free)}")
+  if other:
+    lines.append(f"warning: resuming with a changed config: {_listing(changes, other)}; the run will differ from "
+                 "an uninterrupted one (set them back to resume it exactly)")
+  return lines
+
+
+def _cli_value(value) -> str:
+  if isinstance(value, (list, tuple)):
+    return '"' + repr(tuple(value)) + '"'
+  return str(value)
 
 
 def make_sampler(family: Family, mesh):

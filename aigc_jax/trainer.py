@@ -9,7 +9,7 @@ from absl import logging
 from ml_collections import ConfigDict
 
 from aigc_jax import data as data_lib
-from aigc_jax import console, media, parallel
+from aigc_jax import console, media, parallel, runtime
 from aigc_jax.checkpointing import Checkpointer
 from aigc_jax.errors import UserError
 from aigc_jax.evaluation import runner
@@ -46,23 +46,36 @@ def train_and_evaluate(config: ConfigDict, workdir: str, experiment: str = ""):
   family = get_family(config)
   if config.eval.every_steps:  # a bad eval setting fails now, not after the first eval.every_steps steps
     runner.check_eval_config(config, family)
+  lock = runtime.lock_workdir(workdir)  # one training run per workdir
+  try:
+    return _train(config, workdir, family, experiment)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _train(config: ConfigDict, workdir: str, family, experiment: str):
   mesh = parallel.make_mesh()
   ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
+  try:
+    restored = runtime.restore_latest(ckpt, config, family, mesh)
+  except BaseException:
+    ckpt.close()
+    raise
   writer = create_writer(workdir, just_logging=jax.process_index() > 0)
-
-  start_step = ckpt.latest_step()
-  if start_step is None:
+  if restored is None:
     start_step, data_state = 0, {"batches_consumed": 0}
     state = init_state(family, config, mesh)
     writer.write_hparams({k: v for k, v in flatten(config.to_dict()).items()})
   else:
-    state, data_state, saved_config = ckpt.restore(start_step, abstract_state(family, config), mesh)
-    changed = {k for k, v in flatten(config.to_dict()).items() if flatten(saved_config).get(k, v) != v}
-    logging.info("Resuming from %s%s", ckpt.path(start_step), f" (config changed: {sorted(changed)})" if changed else "")
+    state, start_step, data_state, changes = restored
     print(f"Resuming from step {start_step} ({ckpt.path(start_step)})", flush=True)
+    for line in runtime.describe_changes(changes):
+      print(line, flush=True)
   if start_step >= config.num_train_steps:
     print(f"Already trained {start_step} >= num_train_steps={config.num_train_steps} steps; nothing to do.")
     ckpt.close()
+    writer.close()
     return state
 
   iterator = data_lib.make_train_iterator(config, start_batch=data_state["batches_consumed"])

@@ -104,6 +104,11 @@ def runs(tmp_path_factory):
     # SIGTERM once the training loop is running (a step line was printed).
     assert wait_for(lambda: re.search(r"^step 20/", read(tmp / "termed.log"), re.M), procs["termed"]), \
         read(tmp / "termed.log")
+    # A second training run on the workdir "termed" is training in: refused at once, naming the first.
+    second = start(termed, tmp / "second.log", num_train_steps=10 ** 6)
+    out["second_rc"] = second.wait(120)
+    out["termed_alive_after_second"] = procs["termed"].poll() is None
+    out["termed_pid"] = procs["termed"].pid
     procs["termed"].send_signal(signal.SIGTERM)
     out["termed_rc"] = procs["termed"].wait(120)
     out["plain_rc"] = procs["plain"].wait(300)
@@ -125,6 +130,8 @@ def test_sigkill_and_restart_is_bit_identical_to_uninterrupted(runs):
   resumed_from = int(re.search(r"Resuming from step (\d+)", read(tmp / "resumed.log")).group(1))
   assert resumed_from in runs["steps_at_kill"] or resumed_from > max(runs["steps_at_kill"])
   assert 0 < resumed_from < NUM_STEPS
+  assert "took over a stale run lock (pid" in read(tmp / "resumed.log")  # the killed run's lock: dead pid
+  assert not os.path.exists(os.path.join(runs["dirs"]["killed"], "run.lock"))  # released at the end
   assert finished_steps(runs["dirs"]["plain"])[-1] == finished_steps(runs["dirs"]["killed"])[-1] == NUM_STEPS
   plain, plain_data = restore(runs["dirs"]["plain"], NUM_STEPS)
   resumed, resumed_data = restore(runs["dirs"]["killed"], NUM_STEPS)
@@ -150,6 +157,16 @@ def test_sigterm_saves_current_step_and_exits_zero(runs):
   state, data_state = restore(runs["dirs"]["termed"], saved)
   assert int(state["step"]) == saved and data_state == {"batches_consumed": saved}
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state["generator"]["params"]))
+
+
+def test_second_training_run_on_a_running_workdir_is_refused(runs):
+  second = read(runs["tmp"] / "second.log")
+  assert runs["second_rc"] == 2, second
+  assert runs["termed_alive_after_second"]  # the first run was not disturbed
+  first_pid = re.search(r"pid (\d+) on host", second)
+  assert first_pid and "another run is training in this workdir" in second, second
+  assert int(first_pid.group(1)) == runs["termed_pid"]
+  assert "step 1/" not in second  # refused before training
 
 
 def save_state(workdir, state, step=1):

@@ -55,6 +55,26 @@ def workdir_with_checkpoint(tmp, name):
   return d
 
 
+def workdir_locked_by(tmp, name, pid):
+  """A workdir whose run lock names a live process on this host (written as a running trainer writes it)."""
+  import json
+  import socket
+  d = workdir_with_notes(tmp, name)
+  (d / "run.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": pid, "start_time": time.time(),
+                                          "started": "just now", "token": "held-by-the-test"}))
+  return d
+
+
+def workdir_with_corrupt_checkpoint(tmp, name):
+  """workdir_with_checkpoint whose only step has every array file truncated to 10 bytes."""
+  d = workdir_with_checkpoint(tmp, name)
+  for root, _, files in os.walk(d / "checkpoints" / "1" / "state"):
+    if os.path.basename(root) == "d":
+      for f in files:
+        os.truncate(os.path.join(root, f), 10)
+  return d
+
+
 def cases(tmp):
   """name -> (argv, env); built with their files on disk."""
   a_file = tmp / "a_file"
@@ -72,6 +92,17 @@ def cases(tmp):
       "checkpoint_other_width": ([cfg, f"--workdir={workdir_with_checkpoint(tmp, 'checkpoint_other_width')}",
                                   "--mode=sample", *[a for a in TINY if "g_width" not in a],
                                   "--config.model.g_width=16"], env()),
+      # Resuming training with a wider generator: the changed key, the value to set back, a fresh workdir.
+      "resume_other_width": ([cfg, f"--workdir={workdir_with_checkpoint(tmp, 'resume_other_width')}",
+                              *[a for a in TINY if "g_width" not in a], "--config.model.g_width=16",
+                              "--config.optimizer.learning_rate=0.001"], env()),
+      "corrupt_only_checkpoint": ([cfg, f"--workdir={workdir_with_corrupt_checkpoint(tmp, 'corrupt_only_checkpoint')}",
+                                   "--mode=eval", *TINY], env()),
+      "workdir_locked": ([cfg, f"--workdir={workdir_locked_by(tmp, 'workdir_locked', os.getpid())}", *TINY], env()),
+      "batch_size_zero": ([cfg, wd("batch_size_zero"), *TINY, "--config.batch_size=0"], env()),
+      "image_size_zero": ([cfg, wd("image_size_zero"), *TINY, "--config.data.image_size=0"], env()),
+      "dcgan_image_size_30": ([cfg, wd("dcgan_image_size_30"), *TINY, "--config.data.image_size=30"], env()),
+      "sample_num_negative": ([cfg, wd("sample_num_negative"), "--mode=sample", "--config.sample.num=-3"], env()),
       "workdir_is_file": ([cfg, f"--workdir={a_file}"], env()),
       "batch_not_divisible": ([cfg, wd("batch_not_divisible"), *TINY, "--config.batch_size=12"], env(devices=8)),
       # Adam moves every generator weight by ~1e30 in step 1 (still finite, so checkpoint 1 is good); step 2's
@@ -154,11 +185,11 @@ def test_sample_without_checkpoint(results):
   assert not (tmp / "sample_no_checkpoint" / "samples").exists()
 
 
-def test_checkpoint_of_another_config_names_the_differing_shapes(results):
+def test_checkpoint_of_another_config_names_the_changed_keys(results):
   tmp, done = results
   line = the_error_line(done["checkpoint_other_width"])
-  assert "does not fit this run's state" in line and "saved (8,) float32 vs expected (16,) float32" in line
-  assert "fresh --workdir" in line
+  assert "config changed since checkpoint" in line and "model.g_width 8 -> 16" in line
+  assert "--config.model.g_width=8" in line and "fresh --workdir" in line
   assert (tmp / "checkpoint_other_width" / "notes.txt").read_text() == SENTINEL
   assert os.listdir(tmp / "checkpoint_other_width" / "checkpoints" / "1")  # nothing deleted
   assert not (tmp / "checkpoint_other_width" / "samples").exists()
@@ -188,3 +219,49 @@ def test_nan_loss_stops_and_names_last_good_checkpoint(results):
   assert f"last good checkpoint: {ckpt_dir / str(steps[-1])}" in line
   assert (tmp / "nan_loss" / "notes.txt").read_text() == SENTINEL
   assert not re.search(rf"^step {steps[-1] + 1}/", done["nan_loss"][1], re.M)  # the bad step was not logged
+
+
+def test_resume_with_a_shape_changing_key_names_it_and_both_remedies(results):
+  tmp, done = results
+  line = the_error_line(done["resume_other_width"])
+  assert "config changed since checkpoint" in line and "alters the shapes" in line
+  assert "model.g_width 8 -> 16" in line and "--config.model.g_width=8" in line and "fresh --workdir" in line
+  assert "learning_rate" not in line  # changed too, but it does not change any shape
+  assert (tmp / "resume_other_width" / "notes.txt").read_text() == SENTINEL
+  assert sorted(os.listdir(tmp / "resume_other_width" / "checkpoints")) == ["1"]
+  assert not [n for n in os.listdir(tmp / "resume_other_width") if n.startswith("events.")]
+
+
+def test_unreadable_only_checkpoint_is_moved_aside_and_one_line_without_traceback_noise(results):
+  tmp, done = results
+  line = the_error_line(done["corrupt_only_checkpoint"])  # also: no "Exception ignored", no asyncio dump
+  rc, stdout, stderr = done["corrupt_only_checkpoint"]
+  assert "Exception ignored" not in stderr + stdout and "Future exception" not in stderr + stdout
+  assert "no checkpoint" in line and "can be read" in line and "checkpoints_corrupt/1" in line
+  assert "moved it to" in stdout  # the warning for the step it moved
+  kept = tmp / "corrupt_only_checkpoint" / "checkpoints_corrupt" / "1"
+  assert (kept / "state").is_dir() and not (tmp / "corrupt_only_checkpoint" / "checkpoints" / "1").exists()
+
+
+def test_second_run_in_a_locked_workdir_is_refused(results):
+  tmp, done = results
+  line = the_error_line(done["workdir_locked"])
+  assert f"pid {os.getpid()} on host" in line and "another run is training" in line and "--workdir" in line
+  assert "held-by-the-test" in (tmp / "workdir_locked" / "run.lock").read_text()  # the holder's lock untouched
+  assert_notes_kept(tmp, "workdir_locked")
+
+
+@pytest.mark.parametrize("name,key", [("batch_size_zero", "batch_size"), ("image_size_zero", "data.image_size"),
+                                      ("sample_num_negative", "sample.num")])
+def test_sizes_and_counts_below_one_name_the_key(results, name, key):
+  tmp, done = results
+  line = the_error_line(done[name])
+  assert f"config.{key} must be >= 1" in line and f"--config.{key}" in line
+  assert_notes_kept(tmp, name)
+
+
+def test_dcgan_image_size_it_cannot_build(results):
+  tmp, done = results
+  line = the_error_line(done["dcgan_image_size_30"])
+  assert "got 30" in line and "--config.data.image_size" in line
+  assert_notes_kept(tmp, "dcgan_image_size_30")

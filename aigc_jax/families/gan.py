@@ -11,7 +11,7 @@ from ml_collections import ConfigDict
 from aigc_jax import configs, optim
 from aigc_jax.errors import UserError
 from aigc_jax.families import Family
-from aigc_jax.models.dcgan import DCGANDiscriminator, DCGANGenerator
+from aigc_jax.models.dcgan import DCGANDiscriminator, DCGANGenerator, num_resolution_steps
 from aigc_jax.models.gan_mlp import MaxoutDiscriminator, MLPGenerator
 from aigc_jax.parallel import DATA_AXIS, example_keys, keys_for_ids
 
@@ -49,6 +49,10 @@ def build_models(config: ConfigDict, axis_name=DATA_AXIS):
     g = MLPGenerator((d.image_size, d.image_size, d.channels), tuple(m.g_hidden), dtype=dtype)
     disc = MaxoutDiscriminator(tuple(m.d_hidden), m.d_pieces, m.d_input_dropout, m.d_hidden_dropout, dtype=dtype)
   elif m.arch == "dcgan":
+    try:
+      num_resolution_steps(d.image_size)
+    except ValueError as e:
+      raise UserError(f"{e} (data.image_size); set --config.data.image_size to 8, 16, 32, 64, ...") from None
     g = DCGANGenerator(d.image_size, d.channels, m.g_width, axis_name=axis_name, dtype=dtype)
     disc = DCGANDiscriminator(d.image_size, m.d_width, axis_name=axis_name, dtype=dtype)
   else:
