@@ -44,8 +44,17 @@ class EvalContext:
 @dataclasses.dataclass(frozen=True)
 class Evaluator:
   """`start(ctx)` runs before any sampling (so bad input fails in seconds) and returns a running object with
-  `consume(samples: dict)` (called per chunk of generated outputs, keyed by medium, when `needs_samples`)
-  and `finish() -> (values: dict, protocol sections: {section name: dict})`."""
+  `finish() -> (values: dict, protocol sections: {section name: dict})` and, when `needs_samples`, a way to take
+  each chunk of generated outputs (a dict keyed by medium):
+
+  - `record(samples) -> {name: numpy array}` (what the chunk contributes, e.g. its backbone features; at least
+    one array) and `absorb(record)` (add it to the running state): the runner calls `absorb(record(chunk))`,
+    saves each record to disk, and after a SIGTERM or a kill absorbs the saved records instead of generating
+    those chunks again (evaluation/partial.py). Running objects with the same `record_key` attribute (default:
+    the evaluator's name) share their running state: the runner records and absorbs through one of them, so
+    shared work (FID/KID/IS/PR's features) is done and saved once. Absorbing saved records must give the same
+    state as absorbing fresh ones;
+  - or only `consume(samples)`: still correct, but then the evaluation saves nothing and cannot resume."""
   name: str
   media: Sequence[str]              # media it scores; () = any (e.g. the family's own likelihood)
   start: Callable[[EvalContext], Any]

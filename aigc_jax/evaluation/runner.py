@@ -4,6 +4,9 @@ The card (workdir/eval/<step>.json) carries every number together with the proto
 (backbone and weights hash, sample counts, reference split, resize, quantisation, seed, step, checkpoint),
 because FIDs computed under different protocols are not comparable. TensorBoard gets the same numbers as
 `eval/<metric>` scalars next to the training curves.
+
+Generation goes chunk by chunk, and what each chunk contributes is saved as it goes (evaluation/partial.py), so an
+evaluation stopped by SIGTERM or a kill resumes at the first missing chunk and ends with the same numbers.
 """
 import json
 import math
@@ -16,31 +19,86 @@ from ml_collections import ConfigDict
 
 from aigc_jax import parallel, runtime
 from aigc_jax.checkpointing import checkpoint_dir
+from aigc_jax.evaluation.partial import ChunkStore, any_process
 from aigc_jax.evaluation.registry import EvalContext, check_eval_config, get_evaluator  # noqa: F401
 from aigc_jax.families import get_family
 from aigc_jax.media.tensorboard import create_writer
+from aigc_jax.preemption import Preemption
 
 
 def cache_dir_for(config: ConfigDict, workdir: str) -> str:
   return config.eval.cache_dir or os.path.join(workdir, "eval", "cache")
 
 
-def _generate(config, family, mesh, state, consumers) -> dict:
-  """Generates eval.num_samples samples in chunks of eval.batch_size, handing each chunk (a dict keyed by
-  medium) to every consumer; only what the consumers keep stays in memory, so the sample count is not
-  bounded by device or host memory. Sample i is fold_in(key(eval.seed), i) whatever the chunking
-  (runtime.make_sampler's offset)."""
+class EvaluationStopped(Exception):
+  """A stop request (SIGTERM during --mode=eval) ended the evaluation before its chunk `done` + 1 of `total`;
+  chunks 1..done are saved in `saved_in` (None when an evaluator cannot resume, so nothing was saved)."""
+
+  def __init__(self, done: int, total: int, saved_in):
+    self.done, self.total, self.saved_in = done, total, saved_in
+    where = (f"saved in {saved_in}; rerun the same command to resume" if saved_in else
+             "nothing saved, an evaluator cannot resume; rerun the same command to start over")
+    super().__init__(f"SIGTERM: evaluation stopped after chunk {done}/{total} ({where})")
+
+
+def chunk_size(config: ConfigDict, mesh) -> int:
+  return max(mesh.devices.size, config.eval.batch_size)  # eval.batch_size, at least one sample per device
+
+
+def chunks_of(config: ConfigDict, mesh) -> list:
+  """[(offset, count)] of the chunks an evaluation generates."""
+  size, n = chunk_size(config, mesh), config.eval.num_samples
+  return [(offset, min(size, n - offset)) for offset in range(0, n, size)]
+
+
+def _split(sampling) -> tuple:
+  """({record key: the running object that records and absorbs for every evaluator sharing that key},
+  [(name, running object with only `consume`)]) of the [(evaluator, running object)] that need samples."""
+  recorders, consumers = {}, []
+  for ev, r in sampling:
+    if callable(getattr(r, "record", None)) and callable(getattr(r, "absorb", None)):
+      recorders.setdefault(getattr(r, "record_key", ev.name), r)
+    else:
+      consumers.append((ev.name, r))
+  return recorders, consumers
+
+
+def _generate(config, family, mesh, state, recorders, consumers, store, log=print, stop=None) -> dict:
+  """Generates eval.num_samples samples in chunks of eval.batch_size; each evaluator takes what it needs from a
+  chunk (`absorb(record(chunk))`, or `consume(chunk)`), so only that stays in memory and the sample count is
+  not bounded by device or host memory. Sample i is fold_in(key(eval.seed), i) whatever the chunking
+  (runtime.make_sampler's offset). With a `store`, chunks already on disk are absorbed instead of generated,
+  and each new chunk's records are saved; `stop()` true (on any process) ends it between chunks."""
   e = config.eval
   sampler = runtime.make_sampler(family, mesh)
   key = jax.random.key(e.seed)
-  chunk = max(mesh.devices.size, e.batch_size)
-  num_chunks = 0
-  for offset in range(0, e.num_samples, chunk):
-    out = sampler(state, key, min(chunk, e.num_samples - offset), offset=offset)
-    for consumer in consumers:
-      consumer.consume(out)
-    num_chunks += 1
-  return {"batch_size": chunk, "chunks": num_chunks}
+  chunks = chunks_of(config, mesh)
+  done, count = 0, 0
+  if store is not None:
+    done = store.readable(log)
+    for k in range(done):
+      records = store.load(k)
+      for record_key, r in recorders.items():
+        r.absorb(records[record_key])
+      count += chunks[k][1]
+    if done:
+      log(f"resuming evaluation: {done}/{len(chunks)} chunks already done ({store.directory})")
+  for k in range(done, len(chunks)):
+    if stop is not None and any_process(stop()):
+      raise EvaluationStopped(k, len(chunks), store.directory if store is not None else None)
+    offset, num = chunks[k]
+    out = sampler(state, key, num, offset=offset)
+    records = {}
+    for record_key, r in recorders.items():
+      records[record_key] = r.record(out)
+      r.absorb(records[record_key])
+    for _, r in consumers:
+      r.consume(out)
+    count += len(next(iter(out.values())))
+    if store is not None:
+      store.save(k, records)
+  return {"batch_size": chunk_size(config, mesh), "chunks": len(chunks), "resumed_chunks": done,
+          "resumable": store is not None, "num_generated": count}
 
 
 def _checkpoint_of(workdir, step):
@@ -49,8 +107,11 @@ def _checkpoint_of(workdir, step):
 
 
 def evaluate_state(config: ConfigDict, workdir: str, family, mesh, state, step: int, checkpoint: str = "",
-                   writer=None, log=print) -> dict:
-  """Computes the configured metrics for `state`, writes workdir/eval/<step>.json and scalars; returns the card."""
+                   writer=None, log=print, stop=None) -> dict:
+  """Computes the configured metrics for `state`, writes workdir/eval/<step>.json and scalars; returns the card.
+
+  Resumes from the chunks a stopped or killed evaluation of the same protocol saved; `stop()` true between two
+  chunks raises EvaluationStopped (no card is written)."""
   check_eval_config(config, family)
   start_time = time.time()
   e = config.eval
@@ -58,13 +119,18 @@ def evaluate_state(config: ConfigDict, workdir: str, family, mesh, state, step: 
   evaluators = [get_evaluator(name) for name in e.metrics]
   # Every evaluator starts (loads weights, reference splits...) before sampling: a typo costs seconds.
   running = [ev.start(ctx) for ev in evaluators]
-  sampling = [r for ev, r in zip(evaluators, running) if ev.needs_samples]
-  generation, num_generated = None, 0
+  sampling = [(ev, r) for ev, r in zip(evaluators, running) if ev.needs_samples]
+  generation, num_generated, store = None, 0, None
   sample_time = time.time()
   if sampling:
-    counter = _Counter()
-    generation = _generate(config, family, mesh, state, [counter] + sampling)
-    num_generated = counter.count
+    recorders, consumers = _split(sampling)
+    if consumers:
+      log(f"eval.metrics {[name for name, _ in consumers]} only consume samples (no record/absorb): this evaluation "
+          "saves no chunks and cannot resume; every chunk is generated")
+    else:
+      store = ChunkStore(workdir, config, step, chunk_size(config, mesh), chunks_of(config, mesh), recorders)
+    generation = _generate(config, family, mesh, state, recorders, consumers, store, log, stop)
+    num_generated = generation.pop("num_generated")
   sample_time = time.time() - sample_time
   values, protocol = {}, {}
   for r in running:
@@ -98,6 +164,8 @@ def evaluate_state(config: ConfigDict, workdir: str, family, mesh, state, step: 
       json.dump(card, f, indent=1, default=_json_default)
     os.replace(path + ".tmp", path)
     card["path"] = path
+    if store is not None:
+      store.remove()
     log(f"eval step {step}: " + " | ".join(f"{k} {v:.4g}" if _is_number(v) else f"{k} {v}" for k, v in values.items())
         + f" -> {path}")
   if writer is not None:
@@ -105,15 +173,6 @@ def evaluate_state(config: ConfigDict, workdir: str, family, mesh, state, step: 
     writer.write_scalars(step, scalars)
     writer.flush()
   return card
-
-
-class _Counter:
-
-  def __init__(self):
-    self.count = 0
-
-  def consume(self, samples):
-    self.count += len(next(iter(samples.values())))
 
 
 def _is_number(v):
@@ -129,7 +188,8 @@ def _json_default(x):
 
 
 def evaluate(config: ConfigDict, workdir: str) -> dict:
-  """--mode=eval: evaluates the latest checkpoint in workdir."""
+  """--mode=eval: evaluates the latest checkpoint in workdir. SIGTERM stops it after the current chunk (saved);
+  the same command then resumes. Returns the card, or None when stopped."""
   runtime.check_config(config)
   family = get_family(config)
   check_eval_config(config, family)
@@ -137,7 +197,12 @@ def evaluate(config: ConfigDict, workdir: str) -> dict:
   state, step, _ = runtime.load_latest(config, workdir, family, mesh)
   writer = create_writer(workdir, just_logging=jax.process_index() > 0)
   try:
-    return evaluate_state(config, workdir, family, mesh, state, step,
-                          checkpoint=os.path.join(checkpoint_dir(workdir), str(step)), writer=writer)
+    with Preemption() as preemption:
+      return evaluate_state(config, workdir, family, mesh, state, step,
+                            checkpoint=os.path.join(checkpoint_dir(workdir), str(step)), writer=writer,
+                            stop=lambda: preemption.requested)
+  except EvaluationStopped as stopped:  # a clean exit (status 0): the saved chunks are the progress
+    print(stopped, flush=True)
+    return None
   finally:
     writer.close()

@@ -46,32 +46,51 @@ class Features:
     ctx.note("resize", info["resize"])
     ctx.note("quantization", QUANTIZATION if e.quantize else "none (float samples)")
 
-  def consume(self, samples: dict):
-    if samples is self._last_chunk:  # another of the four already extracted this chunk
-      return
-    self._last_chunk = samples
+  def record(self, samples: dict) -> dict:
+    """What one chunk contributes, saved once for all four metrics: its backbone features (and IS logits)."""
     e = self.config.eval
     images = images_of(samples, self.config)
     x = np.asarray(media.get_medium("images").quantize(images), np.float32) if e.quantize else images
     out = self.extract(x)
-    self.count += len(images)
-    self.stats.update(out["features"])
-    room = e.max_pairwise_samples - sum(len(f) for f in self.kept_features)
-    if room > 0:
-      self.kept_features.append(out["features"][:room])
+    record = {"features": np.asarray(out["features"], np.float32)}
     if "is" in self.wanted:
-      self.kept_logits.append(out["logits"])
+      record["logits"] = np.asarray(out["logits"], np.float32)
+    return record
+
+  def absorb(self, record: dict):
+    features = record["features"]
+    self.count += len(features)
+    self.stats.update(features)
+    room = self.config.eval.max_pairwise_samples - sum(len(f) for f in self.kept_features)
+    if room > 0:
+      self.kept_features.append(features[:room])
+    if "is" in self.wanted:
+      self.kept_logits.append(record["logits"])
+
+  def consume(self, samples: dict):
+    if samples is self._last_chunk:  # another of the four already extracted this chunk
+      return
+    self._last_chunk = samples
+    self.absorb(self.record(samples))
 
   def fake_features(self):
     return np.concatenate(self.kept_features)
 
 
 class _Running:
-  """Adapts one metric's `finish(features)` to the evaluator protocol."""
+  """Adapts one metric's `finish(features)` to the evaluator protocol. The four share one record key, so the
+  runner extracts, saves and absorbs each chunk's features once for all of them."""
+  record_key = "features"
 
   def __init__(self, ctx, name, finish):
     self.features = ctx.shared("features", lambda: Features(ctx))
     self._name, self._finish = name, finish
+
+  def record(self, samples):
+    return self.features.record(samples)
+
+  def absorb(self, record):
+    self.features.absorb(record)
 
   def consume(self, samples):
     self.features.consume(samples)

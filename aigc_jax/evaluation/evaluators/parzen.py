@@ -24,9 +24,15 @@ class _Parzen:
     ctx.note("num_reference", len(self.test), weak=True)
     ctx.note("reference_split", e.parzen_split, weak=True)
 
-  def consume(self, samples):
+  def record(self, samples):
     images = images_of(samples, self.config)  # the raw samples, not quantised, as Goodfellow et al. fit them
-    self.pixels.append(((images + 1.0) / 2.0).reshape(len(images), -1))
+    return {"pixels": ((images + 1.0) / 2.0).reshape(len(images), -1).astype(np.float32)}
+
+  def absorb(self, record):
+    self.pixels.append(record["pixels"])
+
+  def consume(self, samples):
+    self.absorb(self.record(samples))
 
   def finish(self):
     e = self.config.eval
