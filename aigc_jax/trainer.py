@@ -72,7 +72,11 @@ def _train(config: ConfigDict, workdir: str, family, experiment: str):
     print(f"Resuming from step {start_step} ({ckpt.path(start_step)})", flush=True)
     for line in runtime.describe_changes(changes):
       print(line, flush=True)
-  if start_step >= config.num_train_steps:
+  every = config.eval.every_steps
+  # Preempted during the eval of the step it saved: finish that eval first (its saved chunks resume it).
+  unfinished_eval = bool(every and start_step and start_step % every == 0 and
+                         not os.path.exists(os.path.join(workdir, "eval", f"{start_step}.json")))
+  if start_step >= config.num_train_steps and not unfinished_eval:
     print(f"Already trained {start_step} >= num_train_steps={config.num_train_steps} steps; nothing to do.")
     ckpt.close()
     writer.close()
@@ -103,7 +107,19 @@ def _train(config: ConfigDict, workdir: str, family, experiment: str):
 
   try:
     with Preemption() as preemption:
+
+      def evaluate(step, state):
+        """The in-training eval; SIGTERM stops it between chunks (they are saved, the rerun resumes it)."""
+        try:
+          runner.evaluate_state(config, workdir, family, mesh, state, step, writer=writer,
+                                checkpoint=ckpt.path(step) if ckpt.latest_step() == step else "",
+                                stop=lambda: preemption.requested)
+        except runner.EvaluationStopped as stopped:
+          print(stopped, flush=True)
+
       step = start_step
+      if unfinished_eval:
+        evaluate(start_step, state)
       while step < config.num_train_steps:
         batch = parallel.shard_batch(_next_train_batch(iterator, family.batches_per_step), mesh)
         state, metrics = step_fn(state, batch, jax.random.fold_in(train_key, step))
@@ -136,9 +152,8 @@ def _train(config: ConfigDict, workdir: str, family, experiment: str):
             sample_paths = media.write_samples(samples, os.path.join(workdir, "samples"), step)
         if step % config.checkpoint_every_steps == 0 or is_last:
           save(step, state)
-        if config.eval.every_steps and step % config.eval.every_steps == 0:
-          runner.evaluate_state(config, workdir, family, mesh, state, step, writer=writer,
-                                checkpoint=ckpt.path(step) if ckpt.latest_step() == step else "")
+        if every and step % every == 0:
+          evaluate(step, state)
         if preemption.requested:
           save(step, state)
           print(f"SIGTERM: saved checkpoint at step {step}; exiting.", flush=True)

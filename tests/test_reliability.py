@@ -3,6 +3,7 @@ checkpoint. The CLI-level cases (exit status, one line on stderr) are in test_cl
 test_checkpointing.py; these check the mechanisms in-process."""
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from aigc_jax import trainer
 from aigc_jax.checkpointing import Checkpointer
 from aigc_jax.configs import load_experiment
 from aigc_jax.errors import UserError
+from aigc_jax.evaluation import registry as evaluators
 from aigc_jax.workdir_lock import LOCK_NAME, WorkdirLock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -174,3 +176,44 @@ def test_resume_lists_allowed_changes_and_warns_about_the_rest(tmp_path, capsys)
   assert "model.z_dim 16 -> 12" in message and "--config.model.z_dim=16" in message and "seed" not in message
   assert steps_in(tmp_path) == [1, 2, 3]  # nothing written, nothing removed
   assert not (tmp_path / LOCK_NAME).exists()  # the refused run released its lock
+
+
+class _SigtermProbe:
+  """An evaluator that counts samples and, in the first run only, sends this process SIGTERM while it records
+  the second chunk (the way a scheduler preempts a long in-training evaluation)."""
+  fire = True
+
+  def __init__(self, ctx):
+    self.count, self.calls = 0, 0
+
+  def record(self, samples):
+    self.calls += 1
+    if self.calls == 2 and _SigtermProbe.fire:
+      _SigtermProbe.fire = False
+      os.kill(os.getpid(), signal.SIGTERM)
+    return {"n": np.asarray([len(samples["images"])])}
+
+  def absorb(self, record):
+    self.count += int(record["n"][0])
+
+  def finish(self):
+    return {"probe_count": self.count}, {}
+
+
+def test_sigterm_during_in_training_eval_saves_and_the_rerun_finishes_that_eval(tmp_path, capsys):
+  evaluators.register_evaluator(evaluators.Evaluator(name="sigterm_probe", media=(), start=_SigtermProbe))
+  try:
+    config = tiny_config(num_train_steps=2, **{"eval.every_steps": 2, "eval.metrics": ("sigterm_probe",),
+                                               "eval.num_samples": 32, "eval.batch_size": 8})
+    trainer.train_and_evaluate(config, str(tmp_path))
+    out = capsys.readouterr().out
+    assert "SIGTERM: evaluation stopped after chunk 2/4" in out and "SIGTERM: saved checkpoint at step 2" in out
+    assert not (tmp_path / "eval" / "2.json").exists() and steps_in(tmp_path) == [1, 2]
+    trainer.train_and_evaluate(config, str(tmp_path))  # all steps trained, but the eval of step 2 is not done
+    out = capsys.readouterr().out
+    assert "resuming evaluation: 2/4 chunks already done" in out and "Already trained" not in out
+    card = json.loads((tmp_path / "eval" / "2.json").read_text())
+    assert card["metrics"]["probe_count"] == 32 and card["sampling"]["resumed_chunks"] == 2
+    assert steps_in(tmp_path) == [1, 2]
+  finally:
+    evaluators.unregister_evaluator("sigterm_probe")
