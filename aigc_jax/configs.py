@@ -92,10 +92,34 @@ def lock(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return config
 
 
-def load_experiment(path: str, preset: str = "") -> ml_collections.ConfigDict:
-  """get_config(preset) of an experiment file, as `--config=path[:preset]` would load it (tests, benches)."""
+def flat_dict(d: dict, prefix: str = "") -> dict:
+  """{"model.width": 128, ...} of a nested dict (a config's to_dict())."""
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(flat_dict(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def override(config: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
+  """Sets {"model.width": 64, ...} in place, as `--config.model.width=64` would (notebooks, tests, benches)."""
+  for dotted, value in overrides.items():
+    *parents, leaf = dotted.split(".")
+    node = config
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def load_experiment(path: str, preset: str = "", overrides: dict = None) -> ml_collections.ConfigDict:
+  """get_config(preset) of an experiment file, as `--config=path[:preset]` would load it, with `overrides`
+  ({"dotted.key": value}) set as `--config.<key>=` flags would (tests, benches, notebooks)."""
   name = "_aigc_jax_experiment_" + os.path.splitext(os.path.basename(path))[0]
   spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config(preset) if preset else module.get_config()
+  config = module.get_config(preset) if preset else module.get_config()
+  return override(config, overrides or {})

@@ -12,7 +12,7 @@ from ml_collections import ConfigDict
 
 from aigc_jax import data as data_lib
 from aigc_jax import parallel
-from aigc_jax.configs import check_sizes
+from aigc_jax.configs import check_sizes, flat_dict
 from aigc_jax.checkpointing import Checkpointer, CorruptCheckpoint, check_state_fits, leaves_by_path
 from aigc_jax.errors import UserError
 from aigc_jax.families import Family, get_family
@@ -135,21 +135,10 @@ def _move_aside(ckpt: Checkpointer, step: int) -> str:
   return where or f"checkpoints_corrupt/{step}"
 
 
-def _json_flat(d: dict, prefix="") -> dict:
-  """{dotted key: value} of a config as its checkpoint snapshot stores it (JSON: tuples are lists)."""
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_json_flat(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
 def config_changes(saved: dict, config: ConfigDict) -> dict:
   """{key: (saved value, new value)} for keys present in both that differ."""
-  new = _json_flat(json.loads(json.dumps(config.to_dict(), default=str)))
-  old = _json_flat(saved or {})
+  new = flat_dict(json.loads(json.dumps(config.to_dict(), default=str)))
+  old = flat_dict(saved or {})
   return {k: (old[k], new[k]) for k in sorted(new.keys() & old.keys()) if old[k] != new[k]}
 
 

@@ -11,6 +11,7 @@ from ml_collections import ConfigDict
 from aigc_jax import data as data_lib
 from aigc_jax import console, media, parallel, runtime
 from aigc_jax.checkpointing import Checkpointer
+from aigc_jax.configs import flat_dict
 from aigc_jax.errors import UserError
 from aigc_jax.evaluation import runner
 from aigc_jax.families import get_family
@@ -175,14 +176,9 @@ def _eta(steps_left, rate):
   return f"{secs // 3600}h{secs % 3600 // 60:02d}m" if secs >= 3600 else f"{secs // 60}m{secs % 60:02d}s"
 
 
-def flatten(d: dict, prefix="") -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
-  return out
+def flatten(d: dict) -> dict:
+  """Flat config for TensorBoard's hparams: scalars as they are, anything else as its string."""
+  return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat_dict(d).items()}
 
 
 def sample(config: ConfigDict, workdir: str):

@@ -57,14 +57,7 @@ def wait_for(predicate, proc, timeout=240):
 
 
 def tiny_config():
-  config = load_experiment(os.path.join(ROOT, "experiments", "dcgan.py"), "cpu")
-  for key, value in TINY.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+  return load_experiment(os.path.join(ROOT, "experiments", "dcgan.py"), "cpu", TINY)
 
 
 def restore(workdir, step):

@@ -47,14 +47,7 @@ main.run()
 
 
 def tiny_config(**overrides):
-  config = load_experiment(os.path.join(ROOT, "experiments", "dcgan.py"), "cpu")
-  for key, value in {**TINY, **overrides}.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+  return load_experiment(os.path.join(ROOT, "experiments", "dcgan.py"), "cpu", {**TINY, **overrides})
 
 
 def partial_dirs(workdir):

@@ -327,14 +327,7 @@ def test_preprocess_resizes_like_pytorch_fid():
 
 
 def experiment_config(name, preset="cpu", **overrides):
-  config = load_experiment(os.path.join(ROOT, "experiments", f"{name}.py"), preset)
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+  return load_experiment(os.path.join(ROOT, "experiments", f"{name}.py"), preset, overrides)
 
 
 def test_classifier_backbone_real_vs_real_fid_is_small(tmp_path):

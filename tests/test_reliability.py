@@ -105,14 +105,7 @@ TINY = {"model.g_width": 8, "model.d_width": 8, "model.z_dim": 16, "data.image_s
 
 
 def tiny_config(**overrides):
-  config = load_experiment(os.path.join(ROOT, "experiments", "dcgan.py"), "cpu")
-  for key, value in {**TINY, **overrides}.items():
-    *parents, leaf = key.split(".")
-    node = config
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+  return load_experiment(os.path.join(ROOT, "experiments", "dcgan.py"), "cpu", {**TINY, **overrides})
 
 
 def params(workdir, step):
