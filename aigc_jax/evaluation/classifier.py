@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import time
+import uuid
 
 import flax.linen as nn
 import jax
@@ -157,8 +158,11 @@ def load_or_train(config: ConfigDict, cache_dir: str, log=print):
     raw = serialization.to_bytes(params)
     os.makedirs(cache_dir, exist_ok=True)
     for target, payload, mode in ((path, raw, "wb"), (meta_path, json.dumps(info, indent=1), "w")):
-      with open(target + ".tmp", mode) as f:
+      # A temporary name of its own: every process of a multi-host job (and any run sharing the cache) writes
+      # the same bytes; a shared ".tmp" let one rename another's half-written file and then crash.
+      tmp = f"{target}.{uuid.uuid4().hex}.tmp"
+      with open(tmp, mode) as f:
         f.write(payload)
-      os.replace(target + ".tmp", target)
+      os.replace(tmp, target)
   info = {**info, "weights_sha256": hashlib.sha256(raw).hexdigest(), "cache_path": path}
   return model, params, info

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import re
+import uuid
 
 import numpy as np
 from ml_collections import ConfigDict
@@ -65,7 +66,7 @@ def reference_stats(config: ConfigDict, split: str, backbone, extract, cache_dir
   mu, cov = stats.mean_and_cov()
   out = {"mu": mu, "cov": cov, "features": np.concatenate(kept).astype(np.float32), "count": stats.count}
   os.makedirs(cache_dir, exist_ok=True)
-  tmp = path + ".tmp.npz"
+  tmp = f"{path}.{uuid.uuid4().hex}.tmp.npz"  # a name per writer: every process of a multi-host job writes
   np.savez(tmp, key=json.dumps(key), **out)
   os.replace(tmp, path)
   return {**out, "cache_path": path, "cached": False}

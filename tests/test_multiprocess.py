@@ -1,0 +1,409 @@
+"""Two processes on localhost, started as README's "Multi-host" section starts a hand-rolled cluster
+(JAX_COORDINATOR_ADDRESS=localhost:<free port>, JAX_NUM_PROCESSES=2, JAX_PROCESS_ID=0/1; one CPU device each,
+gloo collectives between them), against one process with two forced CPU devices (the same global batch and
+device count):
+
+- a run trained by 2 processes, SIGKILLed (both), resumed by 2 processes, SIGKILLed again, resumed by 1 process
+  (2 devices), SIGKILLed, resumed by 2 processes to the end: every checkpoint it wrote is bit-identical to the
+  uninterrupted 1-process run's checkpoint of the same step, and so are the samples it writes while training;
+- --mode=sample and --mode=eval from 2 processes exit 0, and only process 0 writes samples/, eval/ and event
+  files (every file a process opens for writing is recorded by an audit hook);
+- each process's iterator yields rows p*B/n..(p+1)*B/n-1 of every global batch.
+
+Compared bit for bit, not with allclose: each device runs the same per-device program on the same rows with
+the same keys (parallel.example_keys folds in the global example index), and the only arithmetic across devices
+is the pmean of two values, (a + b) / 2, which is the same in either order and whether gloo (between processes)
+or XLA's in-process all-reduce does it. So any difference is a bug (a wrong row slice, key or restore), not
+rounding.
+
+Speed (process start-up and compilation are the cost): every run shares one module fixture; the preset is
+experiments/dcgan.py:cpu at tiny widths on 64 random 8x8 images in an .npz (no scikit-learn import per
+process); subprocesses run without TensorFlow (only the clu event writer would import it; the TensorFlow-free
+writer is gated on the process index the same way) and share a persistent compilation cache (JAX writes it from single
+processes and process 0 only, so process 1 still compiles); eval is the Parzen log-likelihood (no classifier to
+train; the eval caches' writers are checked in-process, last test).
+"""
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import types
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import Mesh
+from ml_collections import ConfigDict
+
+from aigc_jax import data as data_lib
+from aigc_jax import media, parallel, runtime
+from aigc_jax.checkpointing import Checkpointer
+from aigc_jax.configs import load_experiment
+from aigc_jax.data import pipeline, text
+from aigc_jax.data.images import ImageSet
+from aigc_jax.evaluation import reference as reference_lib
+from aigc_jax.families import get_family
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_STEPS, EVERY = 100, 10
+TINY = {"model.g_width": 8, "model.d_width": 8, "model.z_dim": 16, "data.image_size": 8, "data.name": "npz",
+        "batch_size": 8, "sample_every_steps": 50, "keep_checkpoints": 100, "num_train_steps": NUM_STEPS,
+        "checkpoint_every_steps": EVERY, "log_every_steps": EVERY, "sample.num": 8,
+        "eval.metrics": ("parzen",), "eval.num_samples": 16, "eval.batch_size": 8}
+# Stages of the interrupted run: processes, then whether it is SIGKILLed after its first new checkpoint.
+STAGES = (("2 processes", 2, True), ("2 processes again", 2, True), ("1 process", 1, True),
+          ("2 processes to the end", 2, False))
+TIMEOUT = 240
+
+# Run in each subprocess: hide TensorFlow, record every file opened for writing (or renamed into place) under
+# the test's directory, then the CLI exactly as `python -m aigc_jax.main` runs it.
+LAUNCHER = r"""
+import importlib.machinery, os, sys, threading
+
+class _NoTensorFlow(importlib.machinery.PathFinder):
+  @classmethod
+  def find_spec(cls, name, path=None, target=None):
+    return None if name.split(".")[0] == "tensorflow" else super().find_spec(name, path, target)
+sys.meta_path[:] = [_NoTensorFlow if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
+
+_root = os.environ["MP_AUDIT_ROOT"]
+_log = open(os.environ["MP_AUDIT_LOG"], "a", buffering=1)
+_lock = threading.Lock()
+_WRITING = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+
+def _audit(event, args):
+  if event == "open":
+    path, mode, flags = args
+    writing = bool(flags & _WRITING) if mode is None else any(c in mode for c in "wax+")
+  elif event == "os.rename":  # os.rename and os.replace
+    path, writing = args[1], True
+  else:
+    return
+  if writing and isinstance(path, (str, bytes, os.PathLike)):
+    path = os.path.abspath(os.fsdecode(path))
+    if path.startswith(_root):
+      with _lock:
+        _log.write(path + "\n")
+sys.addaudithook(_audit)
+
+sys.argv[0] = "aigc_jax.main"
+from aigc_jax.main import run
+run()
+"""
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+class Job:
+  """One CLI invocation: 1 process with 2 forced CPU devices, or 2 processes with 1 CPU device each."""
+
+  def __init__(self, tmp, name, workdir, num_processes, mode="train"):
+    overrides = {**TINY, "data.path": data_path(tmp), "eval.metrics": "('parzen',)"}
+    self.name, self.workdir, self.procs, self.logs, self.audits = name, str(workdir), [], [], []
+    port = free_port()
+    for pid in range(num_processes):
+      env = {k: v for k, v in os.environ.items()
+             if not k.startswith(("JAX_COORDINATOR", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_", "OMPI_"))}
+      flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", "")).strip()
+      env.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
+                 PYTHONPATH=os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")])),
+                 XLA_FLAGS=flags if num_processes > 1 else f"{flags} --xla_force_host_platform_device_count=2",
+                 JAX_COMPILATION_CACHE_DIR=str(tmp / "jax_cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", MP_AUDIT_ROOT=str(tmp),
+                 MP_AUDIT_LOG=str(tmp / f"{name}.{pid}.writes"))
+      if num_processes > 1:
+        env.update(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES=str(num_processes),
+                   JAX_PROCESS_ID=str(pid))
+      args = [sys.executable, "-c", LAUNCHER, "--config=experiments/dcgan.py:cpu", f"--workdir={workdir}",
+              f"--mode={mode}"] + [f"--config.{k}={v}" for k, v in overrides.items()]
+      self.logs.append(tmp / f"{name}.{pid}.log")
+      self.audits.append(tmp / f"{name}.{pid}.writes")
+      with open(self.logs[-1], "w") as log:
+        self.procs.append(subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
+
+  def failed(self):
+    return any(p.poll() not in (None, 0) for p in self.procs)
+
+  def done(self):
+    return all(p.poll() is not None for p in self.procs)
+
+  def kill(self):
+    for p in self.procs:
+      if p.poll() is None:
+        p.send_signal(signal.SIGKILL)
+    return [p.wait(60) for p in self.procs]
+
+  def wait(self, timeout=TIMEOUT):
+    """Return codes; a process that fails takes the others down with it (they would wait on it)."""
+    deadline = time.time() + timeout
+    while not self.done() and not self.failed() and time.time() < deadline:
+      time.sleep(0.05)
+    return self.kill()
+
+  def log(self, pid=0):
+    with open(self.logs[pid]) as f:
+      return f.read()
+
+  def tails(self):
+    return "\n".join(f"--- {self.name}, process {pid} (last lines) ---\n" + "\n".join(self.log(pid).splitlines()[-25:])
+                     for pid in range(len(self.procs)))
+
+  def writes(self, pid):
+    """Files process `pid` opened for writing under its workdir, relative to it."""
+    with open(self.audits[pid]) as f:
+      paths = set(f.read().split())
+    return sorted(os.path.relpath(p, self.workdir) for p in paths if p.startswith(self.workdir + os.sep))
+
+
+def finished_steps(workdir):
+  d = os.path.join(workdir, "checkpoints")
+  return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if os.path.isdir(d) else []
+
+
+def wait_for(predicate, job, timeout=TIMEOUT):
+  deadline = time.time() + timeout
+  while time.time() < deadline and not job.done() and not job.failed():
+    if predicate():
+      return True
+    time.sleep(0.02)
+  return predicate()
+
+
+def data_path(tmp):
+  """64 random 8x8 grey images with labels (every split of the npz source reads the same array)."""
+  path = os.path.join(tmp, "images.npz")
+  if not os.path.exists(path):
+    rng = np.random.default_rng(0)
+    np.savez(path, images=rng.integers(0, 256, (64, 8, 8, 1), dtype=np.uint8),
+             labels=rng.integers(0, 10, 64).astype(np.int32))
+  return path
+
+
+def tiny_config(tmp):
+  config = load_experiment(os.path.join(ROOT, "experiments", "dcgan.py"), "cpu")
+  for key, value in {**TINY, "data.path": data_path(tmp)}.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def restore(tmp, workdir, step, devices=1):
+  config = tiny_config(tmp)
+  mesh = Mesh(np.asarray(jax.devices()[:devices]), (parallel.DATA_AXIS,))
+  ckpt = Checkpointer(workdir, create=False)
+  try:
+    state, data_state, _ = ckpt.restore(step, runtime.abstract_state(get_family(config), config), mesh)
+  finally:
+    ckpt.close()
+  return state, data_state
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp("multiproc")
+  reference, chain, served = tmp / "reference", tmp / "chain", tmp / "served"
+  jobs = {}
+  out = {"tmp": tmp, "reference": str(reference), "chain": str(chain), "served": str(served), "jobs": jobs,
+         "stages": []}
+  try:
+    jobs["reference"] = Job(tmp, "reference", reference, 1)
+    for i, (name, num_processes, killed) in enumerate(STAGES):
+      before = finished_steps(str(chain))
+      job = jobs[name] = Job(tmp, f"stage{i}", chain, num_processes)
+      if killed:  # SIGKILL every process once a new checkpoint is committed: mid-run, maybe mid-save
+        assert wait_for(lambda: finished_steps(str(chain))[-1:] > before[-1:], job), job.tails()
+        rcs = job.kill()
+      else:
+        rcs = job.wait()
+      new = sorted(set(finished_steps(str(chain))) - set(before))
+      out["stages"].append({"name": name, "job": job, "rcs": rcs, "before": before, "wrote": new,
+                            "killed": killed})
+      if i == 1:  # sample and eval from 2 processes, on a copy of the run as 2 processes left it
+        shutil.copytree(chain, served)
+        jobs["sample"] = Job(tmp, "sample", served, 2, mode="sample")
+        jobs["eval"] = Job(tmp, "eval", served, 2, mode="eval")
+    for name in ("reference", "sample", "eval"):
+      out[f"{name}_rcs"] = jobs[name].wait()
+  finally:
+    for job in jobs.values():
+      job.kill()
+  return out
+
+
+def test_sigkill_both_and_resume_on_any_process_count_is_bit_identical_to_one_process(runs):
+  """2 -> (SIGKILL) -> 2 -> (SIGKILL) -> 1 -> (SIGKILL) -> 2 processes: every checkpoint of that run equals the
+  uninterrupted 1-process (2-device) run's checkpoint of the same step, bit for bit, whoever wrote it and
+  whatever process count wrote the checkpoint it resumed from."""
+  assert runs["reference_rcs"] == [0], runs["jobs"]["reference"].tails()
+  assert finished_steps(runs["reference"])[-1] == NUM_STEPS
+  written_by = {}
+  for i, stage in enumerate(runs["stages"]):
+    job, tails = stage["job"], stage["job"].tails()
+    if stage["killed"]:
+      assert stage["wrote"] and max(stage["wrote"]) < NUM_STEPS, f"the kill landed after training\n{tails}"
+      assert stage["rcs"] == [-signal.SIGKILL] * len(job.procs), tails
+    else:
+      assert stage["rcs"] == [0] * len(job.procs), tails
+      assert stage["wrote"][-1] == NUM_STEPS, tails
+    if i:  # every process of a resumed stage restarts from the latest checkpoint of the stage before it
+      for pid in range(len(job.procs)):
+        assert f"Resuming from step {stage['before'][-1]} " in job.log(pid), tails
+    written_by.update({step: stage["name"] for step in stage["wrote"]})
+  assert sorted(written_by) == finished_steps(runs["chain"])
+  for step, writer in sorted(written_by.items()):
+    expected, expected_data = restore(runs["tmp"], runs["reference"], step)
+    got, got_data = restore(runs["tmp"], runs["chain"], step)
+    assert got_data == expected_data == {"batches_consumed": step}
+    assert jax.tree.structure(got) == jax.tree.structure(expected)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(jax.device_get(got)),
+                            jax.tree.leaves(jax.device_get(expected))):
+      np.testing.assert_array_equal(a, b, err_msg=f"step {step} (written by {writer}): {jax.tree_util.keystr(path)}")
+
+
+def test_sample_and_eval_from_two_processes_with_one_writer(runs):
+  """Both processes exit 0; process 0 writes samples/, eval/<step>.json and the event files, process 1
+  writes nothing outside checkpoints/ (in training, sampling or evaluation); the samples are the 1-process ones."""
+  jobs, served = runs["jobs"], runs["served"]
+  for name in ("sample", "eval"):
+    assert runs[f"{name}_rcs"] == [0, 0], jobs[name].tails()
+  step = finished_steps(served)[-1]
+  sample_writes, eval_writes = jobs["sample"].writes(0), jobs["eval"].writes(0)
+  assert {f"samples/{step}.png", f"samples/{step}.npz"} <= set(sample_writes), sample_writes
+  assert f"eval/{step}.json" in eval_writes and any(p.startswith("events.out.tfevents") for p in eval_writes)
+  assert {f"{step}.npz", f"{step}.png"} <= set(os.listdir(os.path.join(served, "samples")))
+  assert sorted(os.listdir(os.path.join(served, "eval"))) == [f"{step}.json"]
+  for stage in runs["stages"]:
+    if len(stage["job"].procs) > 1:
+      assert any(p.startswith("events.out.tfevents") for p in stage["job"].writes(0)), stage["name"]
+  for job in [s["job"] for s in runs["stages"]] + [jobs["sample"], jobs["eval"]]:
+    if len(job.procs) > 1:
+      outside = [p for p in job.writes(1) if not p.startswith("checkpoints" + os.sep)]  # orbax: each its part
+      assert not outside, f"{job.name}: process 1 wrote {outside}"
+  # Only process 0 of each train stage and of eval wrote an event file.
+  events = [f for f in os.listdir(runs["chain"]) if f.startswith("events.out.tfevents")]
+  assert len(events) == len(runs["stages"]), events
+  # Samples written while training (every sample_every_steps, by the last stage's process 0) are the 1-process
+  # run's.
+  written = sorted(os.listdir(os.path.join(runs["chain"], "samples")))
+  assert written == sorted(os.listdir(os.path.join(runs["reference"], "samples"))) == ["100.npz", "100.png",
+                                                                                        "50.npz", "50.png"]
+  assert {"samples/50.png", "samples/100.npz"} <= set(runs["stages"][-1]["job"].writes(0))
+  for name in ("50.npz", "100.npz"):
+    with np.load(os.path.join(runs["chain"], "samples", name)) as got, \
+         np.load(os.path.join(runs["reference"], "samples", name)) as expected:
+      np.testing.assert_array_equal(got["images"], expected["images"], err_msg=name)
+
+  with open(os.path.join(served, "eval", f"{step}.json")) as f:
+    card = json.load(f)
+  assert card["step"] == step and card["num_generated"] == 16 and card["devices"] == "2 x cpu"
+  assert np.isfinite(card["metrics"]["parzen_ll"]), card["metrics"]
+  assert re.search(rf"eval step {step}: parzen\S* \S+ .*-> ", jobs["eval"].log(0)), jobs["eval"].tails()
+
+  # The samples equal those of one process with two devices from the same checkpoint.
+  config = tiny_config(runs["tmp"])
+  mesh = Mesh(np.asarray(jax.devices()[:2]), (parallel.DATA_AXIS,))
+  state, _ = restore(runs["tmp"], served, step, devices=2)
+  samples = runtime.make_sampler(get_family(config), mesh)(state, jax.random.key(config.sample.seed),
+                                                           config.sample.num)
+  expected = {}
+  for medium in media.media_in(samples):
+    expected.update(medium.npz_arrays(samples))
+  with np.load(os.path.join(served, "samples", f"{step}.npz")) as npz:
+    assert sorted(npz.keys()) == sorted(expected)
+    for key, value in expected.items():
+      np.testing.assert_array_equal(npz[key], value, err_msg=key)
+
+
+def _two_hosts_and_one(make, num_batches):
+  """[(host 0 batch, host 1 batch, 1-host batch)] for the first `num_batches` global batches."""
+  one, hosts = make(0, 1), [make(p, 2) for p in range(2)]
+  return [(hosts[0].batch_at(b), hosts[1].batch_at(b), one.batch_at(b)) for b in range(num_batches)]
+
+
+def _check_slices(triples, global_batch):
+  half = global_batch // 2
+  for b, (h0, h1, whole) in enumerate(triples):
+    for key, value in whole.items():
+      assert len(value) == global_batch and len(h0[key]) == len(h1[key]) == half
+      np.testing.assert_array_equal(h0[key], value[:half], err_msg=f"batch {b} {key}: process 0")
+      np.testing.assert_array_equal(h1[key], value[half:], err_msg=f"batch {b} {key}: process 1")
+      np.testing.assert_array_equal(np.concatenate([h0[key], h1[key]]), value)
+
+
+def test_each_process_reads_its_own_rows_of_every_global_batch(monkeypatch, tmp_path):
+  """Process p of n gets rows p*B/n..(p+1)*B/n-1 of global batch b (images with random flips across
+  epoch boundaries, text windows), and the iterator factories pass jax.process_index/process_count through."""
+  rng = np.random.default_rng(0)
+  image_set = ImageSet(rng.integers(0, 256, (13, 4, 4, 1), dtype=np.uint8), rng.integers(0, 3, 13).astype(np.int32), 3)
+  make = lambda p, n: pipeline.BatchIterator(image_set, 8, seed=3, random_flip=True, process_index=p,
+                                             process_count=n, prefetch=0)
+  _check_slices(_two_hosts_and_one(make, 5), 8)  # 40 positions over 13 images: four epochs
+  # The prefetching iterator yields the same as batch_at, from any start.
+  resumed = pipeline.BatchIterator(image_set, 8, seed=3, random_flip=True, process_index=1, process_count=2,
+                                   start_batch=3)
+  try:
+    for b in (3, 4):
+      np.testing.assert_array_equal(next(resumed)["image"], make(1, 2).batch_at(b)["image"])
+  finally:
+    resumed.close()
+
+  tokens = rng.integers(0, 50, 300).astype(np.int32)
+  make_text = lambda p, n: text.TextBatchIterator(tokens, 16, 8, seed=3, process_index=p, process_count=n)
+  _check_slices(_two_hosts_and_one(make_text, 3), 8)
+
+  # Through the factories the trainer uses, with the process index and count jax reports.
+  config = tiny_config(tmp_path)
+  text_config = ConfigDict({"model": {"block_size": 16}, "batch_size": 8, "seed": 3})
+  factories = {
+      "images": lambda: data_lib.make_train_iterator(config),
+      "text": lambda: text.make_iterator(text_config, tokens),
+  }
+  for factory in factories.values():
+    made = {}
+    for p, n in ((0, 1), (0, 2), (1, 2)):
+      monkeypatch.setattr(jax, "process_index", lambda p=p: p)
+      monkeypatch.setattr(jax, "process_count", lambda n=n: n)
+      made[(p, n)] = factory()
+    monkeypatch.undo()
+    try:
+      _check_slices([tuple(made[k].batch_at(b) for k in ((0, 2), (1, 2), (0, 1))) for b in range(3)], 8)
+    finally:
+      for it in made.values():
+        it.close()
+
+
+def test_processes_writing_one_eval_cache_do_not_clobber_each_other(tmp_path, monkeypatch):
+  """Every process of a multi-host eval computes the same reference statistics (and classifier) and installs
+  them in the shared cache. With one shared temporary name, a second writer finishing while the first was
+  between its write and its rename moved the first one's file away: the first then crashed (FileNotFoundError)
+  and its peer hung in the next collective. Here the other process runs entirely inside that window."""
+  config = tiny_config(tmp_path)
+  backbone = types.SimpleNamespace(name="pixels", info={"feature_dim": 3, "weights_sha256": "none", "resize": "none"})
+  extract = lambda x: {"features": np.asarray(x, np.float64).reshape(len(x), -1)[:, :3]}
+  replace, others = os.replace, []
+
+  def replace_after_another_writer(src, dst):
+    if not others:  # the first rename waits for another process's whole write
+      others.append(None)
+      others[0] = reference_lib.reference_stats(config, "train", backbone, extract, str(tmp_path), log=id)
+    replace(src, dst)
+
+  monkeypatch.setattr(os, "replace", replace_after_another_writer)
+  mine = reference_lib.reference_stats(config, "train", backbone, extract, str(tmp_path), log=id)
+  monkeypatch.undo()
+  again = reference_lib.reference_stats(config, "train", backbone, extract, str(tmp_path), log=id)
+  assert not mine["cached"] and not others[0]["cached"] and again["cached"]
+  np.testing.assert_array_equal(again["cov"], mine["cov"])
+  assert [f for f in os.listdir(tmp_path) if f.startswith("ref-")] == [os.path.basename(mine["cache_path"])]
