@@ -10,6 +10,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
@@ -91,3 +92,18 @@ def masked_mean(per_example, batch, batch_size: int):
 def keys_for_ids(key, ids_B):
   """One key per example id (sampling: sample i always gets fold_in(key, i))."""
   return jax.vmap(lambda i: jax.random.fold_in(key, i))(ids_B)
+
+
+def min_over_processes(n: int) -> int:
+  """The smallest of every process's `n` (all processes get the same answer)."""
+  if jax.process_count() == 1:
+    return int(n)
+  return int(np.min(multihost_utils.process_allgather(np.int32(n))))
+
+
+def any_process(flag: bool) -> bool:
+  """True on every process if it is true on any: a SIGTERM that reached one host stops all of them at the
+  same step (each process has its own signal flag; a host that stopped alone would hang its peers)."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  return bool(np.any(multihost_utils.process_allgather(np.int32(bool(flag)))))

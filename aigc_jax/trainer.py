@@ -155,7 +155,7 @@ def _train(config: ConfigDict, workdir: str, family, experiment: str):
           save(step, state)
         if every and step % every == 0:
           evaluate(step, state)
-        if preemption.requested:
+        if parallel.any_process(preemption.requested):  # every process stops at the same step
           save(step, state)
           print(f"SIGTERM: saved checkpoint at step {step}; exiting.", flush=True)
           break

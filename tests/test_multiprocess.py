@@ -106,8 +106,8 @@ def free_port() -> int:
 class Job:
   """One CLI invocation: 1 process with 2 forced CPU devices, or 2 processes with 1 CPU device each."""
 
-  def __init__(self, tmp, name, workdir, num_processes, mode="train"):
-    overrides = {**TINY, "data.path": data_path(tmp), "eval.metrics": "('parzen',)"}
+  def __init__(self, tmp, name, workdir, num_processes, mode="train", **extra):
+    overrides = {**TINY, "data.path": data_path(tmp), "eval.metrics": "('parzen',)", **extra}
     self.name, self.workdir, self.procs, self.logs, self.audits = name, str(workdir), [], [], []
     port = free_port()
     for pid in range(num_processes):
@@ -234,7 +234,14 @@ def runs(tmp_path_factory):
         shutil.copytree(chain, served)
         jobs["sample"] = Job(tmp, "sample", served, 2, mode="sample")
         jobs["eval"] = Job(tmp, "eval", served, 2, mode="eval")
-    for name in ("reference", "sample", "eval"):
+    # SIGTERM to process 1 only (a scheduler's signals need not reach every host at once): both must stop
+    # at the same step, save it and exit 0, not leave process 0 waiting in the next step's all-reduce.
+    termed = jobs["termed"] = Job(tmp, "termed", tmp / "termed", 2, num_train_steps=10 ** 6,
+                                  checkpoint_every_steps=10 ** 6, log_every_steps=5, sample_every_steps=0)
+    assert wait_for(lambda: re.search(r"^step 10/", termed.log(0), re.M), termed), termed.tails()
+    termed.procs[1].send_signal(signal.SIGTERM)
+    out["termed"] = str(tmp / "termed")
+    for name in ("reference", "sample", "eval", "termed"):
       out[f"{name}_rcs"] = jobs[name].wait()
   finally:
     for job in jobs.values():
@@ -270,6 +277,14 @@ def test_sigkill_both_and_resume_on_any_process_count_is_bit_identical_to_one_pr
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(jax.device_get(got)),
                             jax.tree.leaves(jax.device_get(expected))):
       np.testing.assert_array_equal(a, b, err_msg=f"step {step} (written by {writer}): {jax.tree_util.keystr(path)}")
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_step(runs):
+  job = runs["jobs"]["termed"]
+  assert runs["termed_rcs"] == [0, 0], job.tails()
+  saved = [re.search(r"SIGTERM: saved checkpoint at step (\d+)", job.log(pid)) for pid in (0, 1)]
+  assert saved[0] and saved[1] and saved[0].group(1) == saved[1].group(1), job.tails()
+  assert finished_steps(runs["termed"]) == [int(saved[0].group(1))]
 
 
 def test_sample_and_eval_from_two_processes_with_one_writer(runs):

@@ -16,7 +16,8 @@ import shutil
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
+
+from aigc_jax import parallel
 
 FORMAT = 1
 # Keys that pace or tidy the training loop: they change neither the state at a step nor what an evaluation makes.
@@ -36,19 +37,6 @@ def protocol_hash(config, step: int, chunk_size: int, record_keys) -> str:
   blob = json.dumps({"format": FORMAT, "step": int(step), "chunk_size": int(chunk_size),
                      "records": sorted(record_keys), "config": d}, sort_keys=True, default=repr)
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def min_over_processes(n: int) -> int:
-  if jax.process_count() == 1:
-    return int(n)
-  return int(np.min(multihost_utils.process_allgather(np.int32(n))))
-
-
-def any_process(flag: bool) -> bool:
-  """True on every process if it is true on any (so all processes stop after the same chunk)."""
-  if jax.process_count() == 1:
-    return bool(flag)
-  return bool(np.any(multihost_utils.process_allgather(np.int32(bool(flag)))))
 
 
 class ChunkStore:
@@ -112,7 +100,7 @@ class ChunkStore:
             f"{k + 1}..{len(self.chunks)} of {len(self.chunks)} are generated again")
         break
       done += 1
-    return min_over_processes(done)
+    return parallel.min_over_processes(done)
 
   def remove(self):
     if jax.process_index() != 0:

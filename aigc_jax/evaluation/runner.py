@@ -19,7 +19,7 @@ from ml_collections import ConfigDict
 
 from aigc_jax import parallel, runtime
 from aigc_jax.checkpointing import checkpoint_dir
-from aigc_jax.evaluation.partial import ChunkStore, any_process
+from aigc_jax.evaluation.partial import ChunkStore
 from aigc_jax.evaluation.registry import EvalContext, check_eval_config, get_evaluator  # noqa: F401
 from aigc_jax.families import get_family
 from aigc_jax.media.tensorboard import create_writer
@@ -84,7 +84,7 @@ def _generate(config, family, mesh, state, recorders, consumers, store, log=prin
     if done:
       log(f"resuming evaluation: {done}/{len(chunks)} chunks already done ({store.directory})")
   for k in range(done, len(chunks)):
-    if stop is not None and any_process(stop()):
+    if stop is not None and parallel.any_process(stop()):
       raise EvaluationStopped(k, len(chunks), store.directory if store is not None else None)
     offset, num = chunks[k]
     out = sampler(state, key, num, offset=offset)
