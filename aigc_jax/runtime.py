@@ -43,7 +43,8 @@ def lock_workdir(workdir: str, log=print):
   if jax.process_count() > 1:
     ok = int(multihost_utils.broadcast_one_to_all(np.int32(0 if error else 1)))
     if not ok and not error:
-      error = "process 0 could not take the run lock of this workdir (its error says who holds it); stop the other run or use another --workdir"
+      error = ("process 0 could not take the run lock of this workdir (its error says who holds it); stop the "
+               "other run or use another --workdir")
   if error:
     raise UserError(error)
   return lock
@@ -201,7 +202,7 @@ def check_resume_config(ckpt: Checkpointer, step: int, config: ConfigDict, abstr
     keys = shape_changing_keys(config, candidates) or sorted(candidates)
     revert = " ".join(f"--config.{k}={_cli_value(candidates[k][0])}" for k in keys)
     raise UserError(f"config changed since checkpoint {ckpt.path(step)} was written and the change alters the "
-                    f"shapes of the run state: {_listing(changes, keys)}; to resume that run set them back "
+                    f"shapes of the run state: {_listing(changes, keys)}; to continue from it, set them back "
                     f"({revert}), or use a fresh --workdir to train the new config from scratch") from None
   return changes
 

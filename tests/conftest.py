@@ -3,7 +3,23 @@
 Must run before jax is imported anywhere.
 """
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+# One persistent XLA compilation cache per test session, shared by both pytest-xdist workers and every
+# subprocess a test starts (they inherit the environment): many tests compile the same tiny train steps.
+_RUN_ID = os.environ.get("PYTEST_XDIST_TESTRUNUID") or str(os.getpid())
+_CACHE = os.path.join(tempfile.gettempdir(), f"aigc_jax_tests_xla_cache_{_RUN_ID}")
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+
+def pytest_unconfigure(config):
+  if not hasattr(config, "workerinput"):  # the controller (or a run without xdist), after every worker ended
+    shutil.rmtree(_CACHE, ignore_errors=True)

@@ -102,7 +102,6 @@ def cases(tmp):
       "batch_size_zero": ([cfg, wd("batch_size_zero"), *TINY, "--config.batch_size=0"], env()),
       "image_size_zero": ([cfg, wd("image_size_zero"), *TINY, "--config.data.image_size=0"], env()),
       "dcgan_image_size_30": ([cfg, wd("dcgan_image_size_30"), *TINY, "--config.data.image_size=30"], env()),
-      "sample_num_negative": ([cfg, wd("sample_num_negative"), "--mode=sample", "--config.sample.num=-3"], env()),
       "workdir_is_file": ([cfg, f"--workdir={a_file}"], env()),
       "batch_not_divisible": ([cfg, wd("batch_not_divisible"), *TINY, "--config.batch_size=12"], env(devices=8)),
       # Adam moves every generator weight by ~1e30 in step 1 (still finite, so checkpoint 1 is good); step 2's
@@ -251,8 +250,7 @@ def test_second_run_in_a_locked_workdir_is_refused(results):
   assert_notes_kept(tmp, "workdir_locked")
 
 
-@pytest.mark.parametrize("name,key", [("batch_size_zero", "batch_size"), ("image_size_zero", "data.image_size"),
-                                      ("sample_num_negative", "sample.num")])
+@pytest.mark.parametrize("name,key", [("batch_size_zero", "batch_size"), ("image_size_zero", "data.image_size")])
 def test_sizes_and_counts_below_one_name_the_key(results, name, key):
   tmp, done = results
   line = the_error_line(done[name])

@@ -3,6 +3,7 @@ checkpoint. The CLI-level cases (exit status, one line on stderr) are in test_cl
 test_checkpointing.py; these check the mechanisms in-process."""
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -210,3 +211,13 @@ def test_sigterm_during_in_training_eval_saves_and_the_rerun_finishes_that_eval(
     assert steps_in(tmp_path) == [1, 2]
   finally:
     evaluators.unregister_evaluator("sigterm_probe")
+
+
+def test_sizes_and_counts_are_checked_before_any_jax_work():
+  from aigc_jax.configs import check_sizes
+  check_sizes(tiny_config(**{"sample_every_steps": 0, "eval.every_steps": 0}))  # 0 = off: allowed
+  for key, value, lowest in (("sample.num", -3, 1), ("eval.num_samples", 0, 1), ("model.g_width", 0, 1),
+                             ("sample_every_steps", -1, 0), ("data.channels", 0, 1)):
+    with pytest.raises(UserError, match=rf"config\.{re.escape(key)} must be >= {lowest}.*, got {value}; set --config"):
+      check_sizes(tiny_config(**{key: value}))
+  check_sizes(tiny_config(seed=-5))  # seeds are any integer
