@@ -18,6 +18,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.sample_every_steps = 500     # 0 disables sample grids during training
   c.keep_checkpoints = 3
   c.dtype = "float32"            # compute dtype: float32 | bfloat16 (params stay float32)
+  c.num_devices = 0              # devices to split the batch over; 0 = all (on CPU: the most that divide it)
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "digits"         # digits | npz | image_folder | a TFDS image dataset (mnist, cifar10, ...)
@@ -60,7 +61,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 # Integer keys count or size something and must be >= 1, except seeds (any integer) and keys whose last
 # name is one of these, where 0 means "off", "none" or "the default".
-ZERO_MEANS_OFF = ("every_steps", "sample_every_steps", "num_classes", "warmup_steps", "steps", "top_k",
+ZERO_MEANS_OFF = ("num_devices", "every_steps", "sample_every_steps", "num_classes", "warmup_steps", "steps", "top_k",
                   "steps_per_epoch", "num_downsamples", "num_residual_blocks")
 
 

@@ -24,8 +24,9 @@ def _command(experiment: str, workdir: str, mode: str = "") -> str:
   return " ".join(shlex.quote(a) for a in argv) + (f" --mode={mode}" if mode else "")
 
 
-def start(config, *, experiment: str, data_description: str, state, workdir: str, start_step: int, log=print):
-  n_dev, n_proc = jax.device_count(), jax.process_count()
+def start(config, *, experiment: str, data_description: str, state, workdir: str, start_step: int, mesh=None,
+          log=print):
+  n_dev, n_proc = (mesh.devices.size if mesh is not None else jax.device_count()), jax.process_count()
   kind = jax.devices()[0].device_kind
   per_device = config.batch_size // max(n_dev, 1)
   resume = f" (resuming from step {start_step})" if start_step else ""
@@ -34,12 +35,21 @@ def start(config, *, experiment: str, data_description: str, state, workdir: str
       f"  data        {data_description}",
       f"  model       {count_params(state):,} trainable parameters",
       f"  devices     {n_dev} x {kind} in {n_proc} process{'es' if n_proc > 1 else ''}; global batch "
-      f"{config.batch_size} ({per_device} per device)",
+      f"{config.batch_size} ({per_device} per device){_device_rule(config, n_dev)}",
       f"  steps       {start_step} -> {config.num_train_steps}{resume}",
       f"  workdir     {os.path.abspath(workdir)}",
   ]
   log("\n".join(lines))
   sys.stdout.flush()
+
+
+def _device_rule(config, n_dev: int) -> str:
+  """Why this many devices, when the automatic CPU rule chose fewer than there are."""
+  available = jax.device_count()
+  if config.get("num_devices", 0) or n_dev == available or jax.default_backend() != "cpu":
+    return ""
+  return (f"; {n_dev} of {available} CPU devices: the most that divide the batch "
+          "(--config.num_devices to choose)")
 
 
 def finish(config, *, experiment: str, workdir: str, step: int, sample_paths, checkpoint: str, log=print):

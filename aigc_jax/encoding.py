@@ -46,7 +46,7 @@ def encode(config: ConfigDict, workdir: str):
     raise UserError(f"family {config.family!r} has no discrete codes; --mode=encode needs a family with "
                     "`encode` (e.g. vqvae)")
   runtime.check_config(config)
-  mesh = parallel.make_mesh()
+  mesh = parallel.make_mesh(config)
   state, step, _ = runtime.load_latest(config, workdir, family, mesh)
   image_set = data_lib.load_image_set(config.data)
   encode_chunk = make_encoder(family, mesh)

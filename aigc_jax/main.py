@@ -139,6 +139,8 @@ def _main(argv):
     from aigc_jax import data
     from aigc_jax import parallel  # after flag parsing: importing jax is slow
 
+    parallel.default_host_devices()  # one CPU device per core; before JAX starts its backends
+
     from aigc_jax.configs import check_sizes
 
     logging.set_verbosity(logging.WARNING)

@@ -13,6 +13,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from aigc_jax.errors import UserError
+
 DATA_AXIS = "data"
 
 
@@ -31,8 +33,42 @@ def maybe_initialize_distributed():
     jax.distributed.initialize()
 
 
-def make_mesh() -> Mesh:
-  return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
+def default_host_devices() -> int:
+  """One XLA:CPU device per core unless XLA_FLAGS already sets a count (then 0). Called by the CLI before
+  JAX starts its backends: XLA:CPU runs a program on one device with a thread pool that leaves cores idle
+  in our steps, and splitting the batch over one device per core measured 1.2-1.6x faster on 2 cores
+  (bench/RESULTS.md). Only the host platform is affected; GPU/TPU runs keep their devices."""
+  flags = os.environ.get("XLA_FLAGS", "")
+  if "xla_force_host_platform_device_count" in flags:
+    return 0
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+  os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={cores}".strip()
+  return cores
+
+
+def mesh_size(batch_size: int, num_devices: int = 0) -> int:
+  """Devices a run uses. `num_devices` > 0: exactly that many. 0 (auto): every device, except on CPU in one
+  process, where it is the largest count not above the device count that divides the global batch, so any
+  batch runs, and computes the same thing as on one device (per-example keys; only the order of the
+  final float sums differs)."""
+  available = jax.device_count()
+  if num_devices > available:
+    raise UserError(f"num_devices {num_devices}, but there are {available} devices; set --config.num_devices to "
+                    f"at most {available} (0 = automatic)")
+  if num_devices and jax.process_count() > 1 and num_devices != available:
+    raise UserError(f"num_devices {num_devices} in a {jax.process_count()}-process job, which uses all "
+                    f"{available} devices; set --config.num_devices=0")
+  if num_devices:
+    return num_devices
+  if jax.default_backend() == "cpu" and jax.process_count() == 1:
+    return max(d for d in range(1, available + 1) if batch_size % d == 0)
+  return available
+
+
+def make_mesh(config=None) -> Mesh:
+  """A 1-D mesh named `data` over the devices a run uses (`mesh_size`); every device without a config."""
+  n = jax.device_count() if config is None else mesh_size(config.batch_size, config.get("num_devices", 0))
+  return Mesh(np.asarray(jax.devices()[:n]), (DATA_AXIS,))
 
 
 def replicate(tree, mesh: Mesh):

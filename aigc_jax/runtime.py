@@ -52,15 +52,10 @@ def lock_workdir(workdir: str, log=print):
 
 def check_config(config: ConfigDict):
   check_sizes(config)
-  n = jax.device_count()
+  n = parallel.mesh_size(config.batch_size, config.get("num_devices", 0))
   if config.batch_size % n:
     raise UserError(f"batch_size {config.batch_size} is not divisible by the {n} devices; set "
                     f"--config.batch_size to a multiple of {n}")
-  for key in ("num_train_steps", "log_every_steps", "checkpoint_every_steps"):
-    if config[key] < 1:
-      raise UserError(f"{key} must be >= 1, got {config[key]}")
-  if config.sample.num < 1:
-    raise UserError(f"sample.num must be >= 1, got {config.sample.num}")
 
 
 def run_keys(config: ConfigDict):

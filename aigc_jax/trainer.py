@@ -56,7 +56,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str, experiment: str = ""):
 
 
 def _train(config: ConfigDict, workdir: str, family, experiment: str):
-  mesh = parallel.make_mesh()
+  mesh = parallel.make_mesh(config)
   ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
   try:
     restored = runtime.restore_latest(ckpt, config, family, mesh)
@@ -90,7 +90,7 @@ def _train(config: ConfigDict, workdir: str, family, experiment: str):
   chief = jax.process_index() == 0
   if chief:
     console.start(config, experiment=experiment, data_description=iterator.description, state=state,
-                  workdir=workdir, start_step=start_step)
+                  workdir=workdir, start_step=start_step, mesh=mesh)
   sample_paths = []
   pending, last_log, last_log_time = [], start_step, time.time()
   config_dict = config.to_dict()
@@ -185,7 +185,7 @@ def sample(config: ConfigDict, workdir: str):
   """Loads the latest checkpoint and writes samples/<step>.png and samples/<step>.npz."""
   check_config(config)
   family = get_family(config)
-  mesh = parallel.make_mesh()
+  mesh = parallel.make_mesh(config)
   state, step, _ = load_latest(config, workdir, family, mesh)
   samples = make_sampler(family, mesh)(state, jax.random.key(config.sample.seed), config.sample.num)
   paths = []

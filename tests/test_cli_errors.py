@@ -103,7 +103,8 @@ def cases(tmp):
       "image_size_zero": ([cfg, wd("image_size_zero"), *TINY, "--config.data.image_size=0"], env()),
       "dcgan_image_size_30": ([cfg, wd("dcgan_image_size_30"), *TINY, "--config.data.image_size=30"], env()),
       "workdir_is_file": ([cfg, f"--workdir={a_file}"], env()),
-      "batch_not_divisible": ([cfg, wd("batch_not_divisible"), *TINY, "--config.batch_size=12"], env(devices=8)),
+      "batch_not_divisible": ([cfg, wd("batch_not_divisible"), *TINY, "--config.batch_size=12",
+                              "--config.num_devices=8"], env(devices=8)),
       # Adam moves every generator weight by ~1e30 in step 1 (still finite, so checkpoint 1 is good); step 2's
       # batch-norm statistics overflow to NaN.
       "nan_loss": ([cfg, wd("nan_loss"), *TINY, "--config.optimizer.g_learning_rate=1e30",

@@ -108,3 +108,33 @@ def test_same_seed_bit_identical_params():
   c, _ = run_steps(config, jax.devices(), 3)
   assert not all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a["generator"]["params"]),
                                                        jax.tree.leaves(c["generator"]["params"])))
+
+
+def test_default_host_devices_is_one_per_core_unless_xla_flags_sets_a_count(monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+  cores = parallel.default_host_devices()
+  assert cores >= 1 and os.environ["XLA_FLAGS"] == (
+      f"--xla_cpu_enable_fast_math=false --xla_force_host_platform_device_count={cores}")
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=3")
+  assert parallel.default_host_devices() == 0 and os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=3"
+
+
+def test_mesh_size_on_cpu_is_the_most_devices_that_divide_the_batch():
+  assert jax.device_count() == 8  # tests/conftest.py
+  assert [parallel.mesh_size(b) for b in (8, 16, 12, 9, 7, 1)] == [8, 8, 6, 3, 7, 1]
+  assert parallel.mesh_size(12, num_devices=4) == 4
+  with pytest.raises(trainer.UserError, match="num_devices 9, but there are 8 devices"):
+    parallel.mesh_size(8, num_devices=9)
+
+
+def test_a_batch_the_devices_do_not_divide_trains_as_on_one_device(tmp_path):
+  """Batch 12 on 8 CPU devices runs on 6 of them (the automatic rule) and ends where 1 device ends: the same
+  per-example keys, only the order of the final float sums differs (allclose, not bit-identical)."""
+  final = {}
+  for name, num_devices in (("auto", 0), ("one", 1)):
+    config = tiny_dcgan()
+    config.batch_size, config.num_train_steps, config.num_devices = 12, 3, num_devices
+    config.sample_every_steps, config.log_every_steps, config.checkpoint_every_steps = 0, 3, 3
+    assert parallel.make_mesh(config).devices.size == (6 if name == "auto" else 1)
+    final[name] = jax.device_get(trainer.train_and_evaluate(config, str(tmp_path / name)))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5), final["auto"], final["one"])

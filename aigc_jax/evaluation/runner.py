@@ -155,7 +155,7 @@ def evaluate_state(config: ConfigDict, workdir: str, family, mesh, state, step: 
       "sampling": {"use_ema": config.sample.get("use_ema", None), **(generation or {})},
       "protocol": protocol,
       "wall_seconds": {"total": round(time.time() - start_time, 2), "generate_and_extract": round(sample_time, 2)},
-      "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+      "devices": f"{mesh.devices.size} x {jax.devices()[0].device_kind}",
   }
   if jax.process_index() == 0:
     path = os.path.join(workdir, "eval", f"{step}.json")
@@ -193,7 +193,7 @@ def evaluate(config: ConfigDict, workdir: str) -> dict:
   runtime.check_config(config)
   family = get_family(config)
   check_eval_config(config, family)
-  mesh = parallel.make_mesh()
+  mesh = parallel.make_mesh(config)
   state, step, _ = runtime.load_latest(config, workdir, family, mesh)
   writer = create_writer(workdir, just_logging=jax.process_index() > 0)
   try:
