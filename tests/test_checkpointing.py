@@ -29,7 +29,8 @@ NUM_STEPS, EVERY = 600, 100
 def cli_env():
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
   # One device per subprocess: faster to start, and the run state does not depend on the device count.
-  env["XLA_FLAGS"] = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", "")).strip()
+  flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", "")).strip()
+  env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count=1".strip()  # not the CLI's one per core
   return env
 
 

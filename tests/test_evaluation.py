@@ -453,7 +453,8 @@ def test_eval_bad_input_is_one_line_user_error(trained_gan):
 def test_cli_eval_errors_are_one_line(trained_gan, tmp_path):
   _, workdir = trained_gan
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
-  env["XLA_FLAGS"] = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", "")).strip()
+  flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", "")).strip()
+  env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count=1".strip()  # not the CLI's one per core
   base = [sys.executable, "-m", "aigc_jax.main", "--config=experiments/dcgan.py:cpu", f"--workdir={workdir}",
           "--mode=eval"] + [f"--config.{k}={v}" for k, v in TINY_GAN.items() if not k.startswith("eval.metrics")]
   runs = {

@@ -116,7 +116,8 @@ class Job:
       flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", "")).strip()
       env.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
                  PYTHONPATH=os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")])),
-                 XLA_FLAGS=flags if num_processes > 1 else f"{flags} --xla_force_host_platform_device_count=2",
+                 # Explicit: the CLI's default is one CPU device per core.
+                 XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count={1 if num_processes > 1 else 2}",
                  JAX_COMPILATION_CACHE_DIR=str(tmp / "jax_cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                  JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", MP_AUDIT_ROOT=str(tmp),
                  MP_AUDIT_LOG=str(tmp / f"{name}.{pid}.writes"))
