@@ -190,14 +190,7 @@ def data_path(tmp):
 
 
 def tiny_config(tmp):
-  config = load_experiment(os.path.join(ROOT, "experiments", "dcgan.py"), "cpu")
-  for key, value in {**TINY, "data.path": data_path(tmp)}.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+  return load_experiment(os.path.join(ROOT, "experiments", "dcgan.py"), "cpu", {**TINY, "data.path": data_path(tmp)})
 
 
 def restore(tmp, workdir, step, devices=1):
