@@ -140,6 +140,7 @@ def _main(argv):
     from aigc_jax import parallel  # after flag parsing: importing jax is slow
 
     parallel.default_host_devices()  # one CPU device per core; before JAX starts its backends
+    parallel.enable_compilation_cache()
 
     from aigc_jax.configs import check_sizes
 

@@ -46,6 +46,23 @@ def default_host_devices() -> int:
   return cores
 
 
+def enable_compilation_cache() -> str:
+  """The CLI's persistent XLA compilation cache: a rerun, a resume or another mode of the same preset loads
+  its compiled steps instead of compiling them again. `$JAX_COMPILATION_CACHE_DIR` wins (empty: off); the
+  default is `$XDG_CACHE_HOME/aigc_jax/xla` (~/.cache/...). Programs that compile in under a second are not
+  cached (JAX's default threshold). Returns the directory, or "" when off."""
+  if "JAX_COMPILATION_CACHE_DIR" in os.environ:
+    return os.environ["JAX_COMPILATION_CACHE_DIR"]
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  directory = os.path.join(base, "aigc_jax", "xla")
+  try:
+    os.makedirs(directory, exist_ok=True)
+  except OSError:  # a read-only home: run without the cache
+    return ""
+  jax.config.update("jax_compilation_cache_dir", directory)
+  return directory
+
+
 def mesh_size(batch_size: int, num_devices: int = 0) -> int:
   """Devices a run uses. `num_devices` > 0: exactly that many. 0 (auto): every device, except on CPU in one
   process, where it is the largest count not above the device count that divides the global batch, so any

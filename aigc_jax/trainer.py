@@ -121,11 +121,14 @@ def _train(config: ConfigDict, workdir: str, family, experiment: str):
       step = start_step
       if unfinished_eval:
         evaluate(start_step, state)
+      first_step_time = time.time()
       while step < config.num_train_steps:
         batch = parallel.shard_batch(_next_train_batch(iterator, family.batches_per_step), mesh)
         state, metrics = step_fn(state, batch, jax.random.fold_in(train_key, step))
-        if block:
+        if block or step == start_step:
           jax.block_until_ready(metrics)
+        if step == start_step and chief:  # compilation (or a load from the compilation cache) plus one step
+          print(f"first step: {time.time() - first_step_time:.1f} s (compile + run)", flush=True)
         pending.append(metrics)
         step += 1
         is_last = step == config.num_train_steps

@@ -138,3 +138,17 @@ def test_a_batch_the_devices_do_not_divide_trains_as_on_one_device(tmp_path):
     assert parallel.make_mesh(config).devices.size == (6 if name == "auto" else 1)
     final[name] = jax.device_get(trainer.train_and_evaluate(config, str(tmp_path / name)))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5), final["auto"], final["one"])
+
+
+def test_compilation_cache_defaults_to_the_user_cache_dir_unless_the_environment_says(monkeypatch, tmp_path):
+  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "")
+  assert parallel.enable_compilation_cache() == ""  # empty: off, and the config is left alone
+  monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+  before = jax.config.jax_compilation_cache_dir
+  try:
+    assert parallel.enable_compilation_cache() == str(tmp_path / "aigc_jax" / "xla")
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "aigc_jax" / "xla")
+    assert (tmp_path / "aigc_jax" / "xla").is_dir()
+  finally:
+    jax.config.update("jax_compilation_cache_dir", before)
