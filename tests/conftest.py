@@ -23,3 +23,15 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 def pytest_unconfigure(config):
   if not hasattr(config, "workerinput"):  # the controller (or a run without xdist), after every worker ended
     shutil.rmtree(_CACHE, ignore_errors=True)
+
+
+# pytest-xdist (--dist loadfile) hands whole files to the two workers in collection order. Starting with the
+# longest files keeps the last minutes from being one worker finishing a long file while the other idles.
+_LONGEST_FIRST = ("test_multiprocess.py", "test_vqvae.py", "test_checkpointing.py", "test_cli_errors.py",
+                  "test_golden.py", "test_diffusion.py", "test_tf_free.py", "test_evaluation.py", "test_colab.py",
+                  "test_eval_resume.py", "test_vae.py", "test_autoregressive.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+  rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(os.path.basename(str(item.fspath)), len(rank)))  # stable: keeps order within a file
