@@ -12,7 +12,7 @@ from ml_collections import ConfigDict
 
 from aigc_jax import data as data_lib
 from aigc_jax import parallel
-from aigc_jax.configs import check_sizes, flat_dict
+from aigc_jax.configs import check_sizes, flat_dict, override
 from aigc_jax.checkpointing import Checkpointer, CorruptCheckpoint, check_state_fits, leaves_by_path
 from aigc_jax.errors import UserError
 from aigc_jax.families import Family, get_family
@@ -149,18 +149,13 @@ def _signature(config: ConfigDict) -> dict:
 
 def _with_value(config: ConfigDict, key: str, value):
   """A copy of config with `key` set back to `value` (its JSON form), or None if it cannot be set."""
-  copy = ConfigDict(config.to_dict())
-  *parents, name = key.split(".")
-  node = copy
-  for p in parents:
-    node = node[p]
-  if isinstance(node[name], tuple) and isinstance(value, list):
+  current = flat_dict(config.to_dict())[key]
+  if isinstance(current, tuple) and isinstance(value, list):
     value = tuple(value)
   try:
-    node[name] = value
+    return override(ConfigDict(config.to_dict()), {key: value})
   except Exception:  # pylint: disable=broad-except  # a type the JSON snapshot cannot give back
     return None
-  return copy
 
 
 def shape_changing_keys(config: ConfigDict, changes: dict) -> list:

@@ -9,7 +9,7 @@ from jax.sharding import Mesh
 
 from aigc_jax import data as data_lib
 from aigc_jax import media, parallel, trainer
-from aigc_jax.configs import load_experiment
+from aigc_jax.configs import load_experiment, override
 from aigc_jax.data import text
 from aigc_jax.errors import UserError
 from aigc_jax.families import autoregressive as ar
@@ -25,13 +25,7 @@ def gpt_config(path, **overrides):
   c.batch_size, c.model.block_size, c.model.num_layers, c.model.num_heads, c.model.width = 8, 16, 2, 2, 32
   c.sample.num, c.sample.max_new_tokens = 2, 24
   c.optimizer.warmup_steps, c.optimizer.decay_steps = 10, 300
-  for k, v in overrides.items():
-    node = c
-    *parents, leaf = k.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = v
-  return c
+  return override(c, overrides)
 
 
 @pytest.fixture(scope="module")
