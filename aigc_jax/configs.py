@@ -36,6 +36,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.sample.num = 100
   c.sample.seed = 0
   c.sample.use_ema = True
+  c.sample.label = -1            # class-conditional families: sample this class; -1 = every class in turn
 
   # Sample-quality evaluation (--mode=eval, and every eval.every_steps while training); aigc_jax/evaluation.
   c.eval = ml_collections.ConfigDict()
@@ -80,11 +81,11 @@ def check_sizes(config: ml_collections.ConfigDict):
     name = key.rsplit(".", 1)[-1]
     if name == "seed" or name.endswith("_seed"):
       continue
-    lowest = 0 if name in ZERO_MEANS_OFF else 1
+    lowest = -1 if name == "label" else 0 if name in ZERO_MEANS_OFF else 1
     if value < lowest:
-      meaning = " (0 turns it off)" if lowest == 0 else ""
-      raise UserError(f"config.{key} must be >= {lowest}{meaning}, got {value}; set --config.{key} to a "
-                      f"{'non-negative' if lowest == 0 else 'positive'} integer")
+      meaning = {0: " (0 turns it off)", -1: " (-1 = every class in turn)"}.get(lowest, "")
+      raise UserError(f"config.{key} must be >= {lowest}{meaning}, got {value}; set --config.{key} to an "
+                      f"integer >= {lowest}")
 
 
 def lock(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -164,6 +164,9 @@ def test_guidance_scale_0_is_the_unconditional_model_and_rows_are_classes():
   out = jax.jit(lambda ids: family.sample(state, jax.random.key(0), ids))(jnp.arange(4))
   assert out["images"].shape == (4, 8, 8, 1) and np.all(np.abs(out["images"]) <= 1)
   np.testing.assert_array_equal(out["labels"], [0, 0, 1, 1])  # 2 grid columns for 4 samples
+  config.unlock().sample.label = 7
+  out = jax.jit(lambda ids: get_family(config).sample(state, jax.random.key(0), ids))(jnp.arange(4))
+  np.testing.assert_array_equal(out["labels"], [7, 7, 7, 7])
 
 
 def one_device_run(config, num_steps):
@@ -201,8 +204,14 @@ def test_bound_bits_per_dim_is_finite_and_drops_during_training():
     (dict(sample__sampler="euler"), "unknown sample.sampler"),
     (dict(sample__guidance_scale=3.0), "needs a class-conditional model"),
     (dict(diffusion__prediction="score"), "unknown diffusion.prediction"),
+    (dict(sample__label=3), "needs a class-conditional model"),
 ])
 def test_bad_sampler_settings_are_one_line_user_errors(overrides, message):
   with pytest.raises(UserError, match=message) as info:
     get_family(tiny_config("cpu", **overrides))
   assert "\n" not in str(info.value)
+
+
+def test_sample_label_out_of_range_is_a_one_line_error():
+  with pytest.raises(UserError, match=r"sample.label=10 is out of range for a model of 10 classes.*0..9"):
+    get_family(tiny_config("cpu_cond", sample__label=10))

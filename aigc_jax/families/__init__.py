@@ -67,6 +67,27 @@ def available_families():
   return sorted(modules | set(_REGISTERED))
 
 
+def sample_labels(config: ConfigDict, ids_B, num_classes: int, columns: int):
+  """Class labels of samples `ids_B` for a class-conditional family: `sample.label` when it is set, otherwise
+  each grid row of `columns` samples one class in turn (row r shows class r mod num_classes)."""
+  import jax.numpy as jnp
+  label = config.sample.label
+  if label >= 0:
+    return jnp.full(ids_B.shape, label, jnp.int32)
+  return ((ids_B // columns) % max(num_classes, 1)).astype(jnp.int32)
+
+
+def check_sample_label(config: ConfigDict, num_classes: int):
+  """One-line error for a `sample.label` the model cannot produce."""
+  label = config.sample.label
+  if label >= 0 and not num_classes:
+    raise UserError(f"sample.label={label} needs a class-conditional model (model.num_classes > 0); "
+                    "leave sample.label at -1")
+  if label >= num_classes and num_classes:
+    raise UserError(f"sample.label={label} is out of range for a model of {num_classes} classes; set "
+                    f"--config.sample.label to 0..{num_classes - 1} (or -1 for every class in turn)")
+
+
 def get_family(config: ConfigDict) -> Family:
   name = config.family
   if name in _REGISTERED:

@@ -24,7 +24,7 @@ from ml_collections import ConfigDict
 from aigc_jax import configs, optim, parallel
 from aigc_jax.data import text
 from aigc_jax.errors import UserError
-from aigc_jax.families import Family
+from aigc_jax.families import Family, check_sample_label
 from aigc_jax.models.transformer import GPT
 from aigc_jax.parallel import DATA_AXIS, example_keys, keys_for_ids, masked_mean
 
@@ -174,6 +174,7 @@ def build(config: ConfigDict):
   """The family plus the pieces tests and bench/ reach for (model, tokenizer, generate, encoded prompt)."""
   m, s = config.model, config.sample
   check_sampling(s)
+  check_sample_label(config, 0)
   tokenizer = text.make_tokenizer(config.data)
   vocab_table = tokenizer.table()
   model = build_model(config, tokenizer.vocab_size)

@@ -20,7 +20,7 @@ from ml_collections import ConfigDict
 
 from aigc_jax import configs, optim
 from aigc_jax.errors import UserError
-from aigc_jax.families import Family
+from aigc_jax.families import Family, check_sample_label, sample_labels
 from aigc_jax.families.diffusion_lib import likelihood, objectives, samplers
 from aigc_jax.families.diffusion_lib.schedules import make_schedule, q_sample
 from aigc_jax.models.unet import UNet
@@ -100,6 +100,7 @@ def make_family(config: ConfigDict) -> Family:
   if dif.label_dropout and not m.num_classes:
     raise UserError("diffusion.label_dropout > 0 needs a class-conditional model; set model.num_classes")
   check_sampling(config)
+  check_sample_label(config, m.num_classes)
   schedule = make_schedule(dif.schedule, dif.num_timesteps, dif.beta_start, dif.beta_end)
   schedule.model_log_variance(dif.variance)  # validates the name now rather than at the first eval
   model = build_model(config)
@@ -172,7 +173,7 @@ def make_family(config: ConfigDict) -> Family:
     keys_Bx2 = jax.vmap(jax.random.split)(keys_for_ids(rng, ids_B))
     image_shape = (config.data.image_size, config.data.image_size, config.data.channels)
     x_T = jax.vmap(lambda k: jax.random.normal(k, image_shape))(keys_Bx2[:, 0])
-    labels_B = (ids_B // grid_columns) % max(m.num_classes, 1)
+    labels_B = sample_labels(config, ids_B, m.num_classes, grid_columns)
     denoise = samplers.guided(lambda x, t_B, y_B: apply(params, x, t_B, y_B), labels_B, null_label,
                               s.guidance_scale)
     if s.sampler == "ddpm":

@@ -10,7 +10,7 @@ from ml_collections import ConfigDict
 
 from aigc_jax import configs, optim
 from aigc_jax.errors import UserError
-from aigc_jax.families import Family
+from aigc_jax.families import Family, check_sample_label
 from aigc_jax.models.dcgan import DCGANDiscriminator, DCGANGenerator, num_resolution_steps
 from aigc_jax.models.gan_mlp import MaxoutDiscriminator, MLPGenerator
 from aigc_jax.parallel import DATA_AXIS, example_keys, keys_for_ids
@@ -88,6 +88,7 @@ def nn_relu(x):
 
 def make_family(config: ConfigDict) -> Family:
   m = config.model
+  check_sample_label(config, 0)
   if m.loss not in LOSSES:
     raise UserError(f"unknown model.loss {m.loss!r}; use one of {LOSSES}")
   if m.d_steps < 1:

@@ -23,7 +23,7 @@ from ml_collections import ConfigDict
 from aigc_jax import data as data_lib
 from aigc_jax import configs, optim
 from aigc_jax.errors import UserError
-from aigc_jax.families import Family
+from aigc_jax.families import Family, check_sample_label
 from aigc_jax.media import images as image_media
 from aigc_jax.models.vae import ConvVAE, MLPVAE
 from aigc_jax.parallel import DATA_AXIS, example_keys, keys_for_ids, masked_mean
@@ -166,6 +166,7 @@ def build_model(config: ConfigDict):
 
 def make_family(config: ConfigDict) -> Family:
   m = config.model
+  check_sample_label(config, 0)
   if m.likelihood not in LIKELIHOODS:
     raise UserError(f"unknown model.likelihood {m.likelihood!r}; use one of {LIKELIHOODS}")
   if m.binarize not in BINARIZE:

@@ -20,7 +20,7 @@ from ml_collections import ConfigDict
 from aigc_jax import configs, optim
 from aigc_jax.errors import UserError
 from aigc_jax.evaluation.image_quality import psnr, ssim
-from aigc_jax.families import Family
+from aigc_jax.families import Family, check_sample_label
 from aigc_jax.models.vqvae import VQVAE
 from aigc_jax.parallel import DATA_AXIS, masked_mean
 
@@ -104,6 +104,7 @@ def _display_images(data_cfg_json: str, num: int):
 
 def make_family(config: ConfigDict) -> Family:
   check_config(config)
+  check_sample_label(config, 0)
   m = config.model
   ema = m.codebook_update == "ema"
   model = build_model(config)
