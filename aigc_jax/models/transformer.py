@@ -10,6 +10,9 @@ tokens at positions p..p+T-1 and returns the logits with the updated cache, so p
 and one-token steps (T = 1) are the same code. The cache is a plain pytree so it can ride in a
 `lax.scan` carry, which keeps the whole generation loop in one compiled program.
 
+`causal=False` on `CausalSelfAttention` / `Block` lets every token attend to every other (the bidirectional
+encoder of aigc_jax.models.maskgit reuses these blocks); the GPT is always causal.
+
 Names carry shapes: B batch, T new tokens, S cached context, D width, H heads, K head size, V vocabulary.
 """
 from typing import Optional
@@ -30,6 +33,7 @@ class CausalSelfAttention(nn.Module):
   num_layers: int = 1
   dtype: jnp.dtype = jnp.float32
   attention_impl: Optional[str] = None
+  causal: bool = True
 
   @nn.compact
   def __call__(self, x_BxTxD, train: bool, cache=None, cache_pos=None):
@@ -42,7 +46,7 @@ class CausalSelfAttention(nn.Module):
     q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = (a.reshape(b, t, h, d // h) for a in (q_BxTxD, k_BxTxD, v_BxTxD))
 
     if cache is None:
-      y_BxTxHxK = jax.nn.dot_product_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, is_causal=True,
+      y_BxTxHxK = jax.nn.dot_product_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, is_causal=self.causal,
                                                implementation=self.attention_impl)
       new_cache = None
     else:
@@ -90,12 +94,13 @@ class Block(nn.Module):
   num_layers: int = 1
   dtype: jnp.dtype = jnp.float32
   attention_impl: Optional[str] = None
+  causal: bool = True
 
   @nn.compact
   def __call__(self, x_BxTxD, train: bool, cache=None, cache_pos=None):
     norm = lambda name: nn.LayerNorm(epsilon=1e-5, use_bias=self.use_bias, dtype=self.dtype, name=name)
     a_BxTxD, new_cache = CausalSelfAttention(self.num_heads, self.dropout, self.use_bias, self.num_layers,
-                                             self.dtype, self.attention_impl, name="attn")(
+                                             self.dtype, self.attention_impl, self.causal, name="attn")(
                                                  norm("ln_1")(x_BxTxD), train, cache, cache_pos)
     x_BxTxD = x_BxTxD + a_BxTxD
     x_BxTxD = x_BxTxD + MLP(self.dropout, self.use_bias, self.num_layers, self.dtype, name="mlp")(
