@@ -25,12 +25,12 @@ def toy_decode(codes_Bxhxw):
   return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
 
 
-VQ = (toy_decode, {"num_codes": K, "grid_shape": (H, W), "num_classes": C})
+VQ = (toy_decode, {"num_codes": K, "grid": (H, W), "num_classes": C})
 
 
 def toy_config(**overrides):
   c = maskgit.default_config()
-  c.data.vq_workdir = "unused"
+  c.data.num_codes, c.data.grid_size = K, H
   c.batch_size = 8
   c.model.num_classes, c.model.num_layers, c.model.num_heads, c.model.width, c.model.dropout = C, 1, 2, 32, 0.0
   c.optimizer.learning_rate, c.optimizer.warmup_steps = 1e-2, 0
@@ -123,7 +123,7 @@ def check_schedule(built, codes, history, steps):
 def test_decoding_follows_the_schedule_and_never_remasks(trained):
   # Sampled codes and Gumbel-perturbed choices on sharp random weights; the trained test adds greedy cosine.
   built = build(**{"maskgit.mask_schedule": "linear", "sample.steps": 5})
-  codes, history = jax.jit(built.vq_parts().decode_tokens)(sharpened(trained.state0["params"]), jnp.arange(6) % C,
+  codes, history = jax.jit(built.decode_tokens)(sharpened(trained.state0["params"]), jnp.arange(6) % C,
                                                            parallel.keys_for_ids(jax.random.key(5), jnp.arange(6)))
   check_schedule(built, codes, history, 5)
 
@@ -137,9 +137,8 @@ def test_masked_counts_reference():
 
 def test_decode_is_one_compiled_loop():
   built = build(**{"sample.guidance_scale": 2.0, "maskgit.label_dropout": 0.1})
-  parts = built.vq_parts()
   params = jax.eval_shape(built.family.init, jax.random.key(0), toy_batch(0))["params"]  # tracing only
-  jaxpr = jax.make_jaxpr(parts.decode_tokens)(params, jnp.arange(2), parallel.keys_for_ids(
+  jaxpr = jax.make_jaxpr(built.decode_tokens)(params, jnp.arange(2), parallel.keys_for_ids(
       jax.random.key(0), jnp.arange(2))).jaxpr
   names = [e.primitive.name for e in jaxpr.eqns]
   assert names.count("scan") == 1 and "dot_general" not in names, names  # every model call inside the scan
@@ -182,7 +181,7 @@ def test_loss_falls_and_greedy_samples_draw_their_class(trained):
   for i, y in enumerate(labels):
     want = toy_decode(((y + np.add.outer(np.arange(H), np.arange(W))) % K)[None])[0]
     assert np.mean(np.all(np.isclose(out["images"][i], want), axis=-1)) > 0.75, (i, y)  # chance: 1/8
-  codes, history = jax.jit(built.vq_parts().decode_tokens)(state["params"], jnp.arange(C), parallel.keys_for_ids(
+  codes, history = jax.jit(built.decode_tokens)(state["params"], jnp.arange(C), parallel.keys_for_ids(
       jax.random.key(1), jnp.arange(C)))
   check_schedule(built, codes, history, 4)
 
@@ -204,11 +203,10 @@ def test_bad_settings_are_one_line_user_errors(overrides, message):
   assert "\n" not in str(e.value)
 
 
-def test_too_few_classes_and_wrong_grid_are_user_errors():
-  with pytest.raises(UserError, match="model.num_classes=3"):
-    maskgit.build(toy_config(), vq=(toy_decode, {**VQ[1], "num_classes": 10})).vq_parts()
-  built = build()
+def test_a_vq_run_of_another_grid_or_codebook_is_a_user_error():
+  built = maskgit.build(toy_config(), vq=(toy_decode, {"num_codes": K, "grid": (H + 1, W + 1)}))
+  params = jax.eval_shape(built.family.init, jax.random.key(0), toy_batch(0))
   with pytest.raises(UserError, match="data.vq_workdir"):
-    built.family.init(jax.random.key(0), {"codes": np.zeros((2, 3, 3), np.int32), "label": np.zeros(2, np.int32)})
-  with pytest.raises(UserError, match="data.vq_workdir"):
-    maskgit.make_family(toy_config(**{"data.vq_workdir": ""})).init(jax.random.key(0), toy_batch(0))
+    jax.eval_shape(built.family.sample, params, jax.random.key(0), jnp.arange(2))
+  with pytest.raises(UserError, match="data.vq_workdir"):  # no VQ run to decode with
+    jax.eval_shape(maskgit.make_family(toy_config()).sample, params, jax.random.key(0), jnp.arange(2))

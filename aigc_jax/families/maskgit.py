@@ -47,8 +47,10 @@ def default_config() -> ConfigDict:
   setting at a small width); experiments/maskgit.py overrides it."""
   c = configs.base_config()
   c.family = "maskgit"
-  c.data.name = "codes"            # code grids of a VQ run's --mode=encode
+  c.data.name = "codes"            # code grids of a VQ run's --mode=encode (data/sources/codes.py)
   c.data.vq_workdir = ""           # that VQ run's workdir (its decoder turns samples into images)
+  c.data.num_codes = 1024          # the VQ codebook size (the codes source checks it against the file)
+  c.data.grid_size = 16            # side of the square code grid, N = grid_size^2 tokens
   m = c.model
   m.num_classes = 0                # > 0: class-conditional (plus a null class)
   m.num_layers = 4
@@ -104,17 +106,27 @@ def check_config(config: ConfigDict):
   check_sample_label(config, m.num_classes)
 
 
-def vq_decoder(config: ConfigDict):
-  """(decode, info) of the VQ run that wrote the codes: decode(codes_Bxhxw) -> images in [-1, 1], info with
-  num_codes, grid shape and num_classes. The one place the family reaches the VQ model."""
-  if not config.data.vq_workdir:
-    raise UserError("maskgit needs the VQ run whose codes it models; set --config.data.vq_workdir")
+def _code_prior_lib():
   try:
     from aigc_jax.families import code_prior_lib
   except ImportError:
     raise UserError("the maskgit family needs aigc_jax.families.code_prior_lib (the codes data source), which "
                     "this checkout lacks; update aigc_jax") from None
-  return code_prior_lib.load_vq_decoder(config.data.vq_workdir)
+  return code_prior_lib
+
+
+def vq_decoder(config: ConfigDict):
+  """(decode, info) of the VQ run that wrote the codes: decode(codes_Bxhxw) -> images in [-1, 1] (jittable),
+  info with num_codes and grid. The one place the family reaches the VQ model; read on first sample."""
+  if not config.data.vq_workdir:
+    raise UserError("maskgit samples are decoded by the VQ run that wrote the codes; set --config.data.vq_workdir")
+  return _code_prior_lib().load_vq_decoder(config.data.vq_workdir)
+
+
+def check_codes(config: ConfigDict):
+  """The code file against the config (num_codes, grid, labels < model.num_classes, the VQ checkpoint)."""
+  if config.data.name == "codes" and config.data.vq_workdir:
+    _code_prior_lib().check_prior(config)
 
 
 def train_mask(key, n: int, gamma):
@@ -188,33 +200,38 @@ def make_decode(model: MaskGITTransformer, gamma, s: ConfigDict, seq_len: int):
   return decode
 
 
+def build_model(config: ConfigDict) -> MaskGITTransformer:
+  m, d = config.model, config.data
+  return MaskGITTransformer(num_codes=d.num_codes, num_classes=m.num_classes, seq_len=d.grid_size ** 2,
+                            num_layers=m.num_layers, num_heads=m.num_heads, width=m.width, dropout=m.dropout,
+                            dtype=optim.compute_dtype(config.dtype), attention_impl=m.attention_impl or None)
+
+
 def build(config: ConfigDict, vq=None):
-  """The family and its pieces (model, decode, ...). `vq` = (decode, info) stands in for `vq_decoder(config)`
-  (tests); otherwise the VQ run is read on first use, so building the family touches no files."""
+  """The family and its pieces (model, decode_tokens, ...). `vq` = (decode, info) stands in for
+  `vq_decoder(config)` and skips the code-file checks (tests); otherwise the code file is checked at `init` and
+  the VQ run read on the first `sample`, so building the family touches no files."""
   check_config(config)
   m, g, s = config.model, config.maskgit, config.sample
   gamma = SCHEDULES[g.mask_schedule]
   tx, schedule = optim.make_optimizer(config.optimizer)
+  model = build_model(config)
+  grid = (config.data.grid_size,) * 2
+  seq_len = grid[0] * grid[1]
+  decode_tokens = make_decode(model, gamma, s, seq_len)
   cache = {}
 
-  def vq_parts():
-    if "vq" not in cache:
+  def vq_decode(codes_Bxhxw):
+    if "decode" not in cache:
       decode_fn, info = vq if vq is not None else vq_decoder(config)
-      known = int(info.get("num_classes") or 0)
-      if m.num_classes and known > m.num_classes:
-        raise UserError(f"the codes carry {known} classes but model.num_classes={m.num_classes}; set "
-                        f"--config.model.num_classes={known}")
-      h, w = tuple(info["grid_shape"])
-      model = MaskGITTransformer(
-          num_codes=int(info["num_codes"]), num_classes=m.num_classes, seq_len=h * w, num_layers=m.num_layers,
-          num_heads=m.num_heads, width=m.width, dropout=m.dropout, dtype=optim.compute_dtype(config.dtype),
-          attention_impl=m.attention_impl or None)
-      cache["vq"] = types.SimpleNamespace(decode=decode_fn, grid=(h, w), model=model,
-                                          decode_tokens=make_decode(model, gamma, s, h * w))
-    return cache["vq"]
+      if int(info["num_codes"]) != config.data.num_codes or tuple(info["grid"]) != grid:
+        raise UserError(f"the VQ run decodes {tuple(info['grid'])} grids of {info['num_codes']} codes, but this "
+                        f"model is {grid} of {config.data.num_codes}; set --config.data.vq_workdir to the VQ run "
+                        "that wrote its codes")
+      cache["decode"] = decode_fn
+    return cache["decode"](codes_Bxhxw)
 
   def logits(params, tokens_BxN, labels_B, dropout_keys_B=None):
-    model = vq_parts().model
     if dropout_keys_B is None or not m.dropout:
       return model.apply({"params": params}, tokens_BxN, labels_B)
     # Per-example dropout masks: the same whatever the device count.
@@ -226,12 +243,10 @@ def build(config: ConfigDict, vq=None):
 
   def init(rng, example_batch):
     codes = example_batch["codes"]
-    parts = vq_parts()
-    if tuple(codes.shape[1:]) != parts.grid:
-      raise UserError(f"code grids are {tuple(codes.shape[1:])} but the VQ run's grid is {parts.grid}; set "
-                      "--config.data.vq_workdir to the run that wrote these codes")
+    if vq is None:
+      check_codes(config)
     b = codes.shape[0]
-    params = parts.model.init(rng, codes.reshape(b, -1), labels_of(example_batch, b))["params"]
+    params = model.init(rng, codes.reshape(b, -1), labels_of(example_batch, b))["params"]
     return {"step": jnp.zeros((), jnp.int32), **optim.init_train_state(params, tx, ema=False)}
 
   def token_losses(logits_BxNxK, targets_BxN, smoothing):
@@ -248,7 +263,7 @@ def build(config: ConfigDict, vq=None):
     keys = example_keys(rng, b)
     purpose = lambda p: jax.vmap(lambda k: jax.random.fold_in(k, p))(keys)
     mask_BxN = jax.vmap(lambda k: train_mask(k, n, gamma))(purpose(0))
-    inputs_BxN = jnp.where(mask_BxN, vq_parts().model.mask_id, targets_BxN)
+    inputs_BxN = jnp.where(mask_BxN, model.mask_id, targets_BxN)
     labels_B = labels_of(batch, b)
     if g.label_dropout:
       drop_B = jax.vmap(lambda k: jax.random.bernoulli(k, g.label_dropout))(purpose(1))
@@ -277,7 +292,7 @@ def build(config: ConfigDict, vq=None):
     b = codes.shape[0]
     targets_BxN = codes.reshape(b, -1).astype(jnp.int32)
     mask_BxN = jax.vmap(lambda k: fixed_mask(k, targets_BxN.shape[1], g.eval_mask_ratio))(example_keys(rng, b))
-    inputs_BxN = jnp.where(mask_BxN, vq_parts().model.mask_id, targets_BxN)
+    inputs_BxN = jnp.where(mask_BxN, model.mask_id, targets_BxN)
     logits_BxNxK = logits(state["params"], inputs_BxN, labels_of(batch, b))
     weights_BxN = mask_BxN.astype(jnp.float32)
     count_B = jnp.sum(weights_BxN, axis=1)
@@ -289,18 +304,17 @@ def build(config: ConfigDict, vq=None):
   grid_columns = math.ceil(math.sqrt(s.num))  # media.images.image_grid's default layout
 
   def sample(state, rng, ids_B):
-    parts = vq_parts()
     labels_B = sample_labels(config, ids_B, m.num_classes, grid_columns) if m.num_classes else \
         jnp.full(ids_B.shape, m.num_classes, jnp.int32)
-    codes_BxN, _ = parts.decode_tokens(state["params"], labels_B, keys_for_ids(rng, ids_B))
-    images = parts.decode(codes_BxN.reshape(-1, *parts.grid))
+    codes_BxN, _ = decode_tokens(state["params"], labels_B, keys_for_ids(rng, ids_B))
+    images = vq_decode(codes_BxN.reshape(-1, *grid))
     out = {"images": jnp.clip(images, -1.0, 1.0)}
     if m.num_classes:
       out["labels"] = labels_B
     return out
 
   family = Family(init=init, train_step=train_step, sample=sample, eval_step=eval_step, media=("images",))
-  return types.SimpleNamespace(family=family, vq_parts=vq_parts, logits=logits, gamma=gamma)
+  return types.SimpleNamespace(family=family, model=model, decode_tokens=decode_tokens, logits=logits, gamma=gamma)
 
 
 def make_family(config: ConfigDict) -> Family:
