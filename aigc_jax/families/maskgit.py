@@ -319,7 +319,8 @@ def build(config: ConfigDict, vq=None):
   family = Family(init=init, train_step=train_step, sample=sample, eval_step=eval_step, media=("images",))
   family = dataclasses.replace(family, evaluate_split=lambda state, mesh, split: evaluate_split(
       config, family, state, mesh, split))
-  return types.SimpleNamespace(family=family, model=model, decode_tokens=decode_tokens, logits=logits, gamma=gamma)
+  return types.SimpleNamespace(family=family, model=model, decode_tokens=decode_tokens, logits=logits, gamma=gamma,
+                               tx=tx)
 
 
 def make_family(config: ConfigDict) -> Family:
