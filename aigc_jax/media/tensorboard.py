@@ -126,6 +126,15 @@ def _strings(shape: tuple, values: list) -> tensor_pb2.TensorProto:
   return tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, tensor_shape=shape_proto, string_val=values)
 
 
+_SCALAR_METADATA = summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(
+    plugin_name="scalars"))
+
+
+def _float_scalar(v) -> tensor_pb2.TensorProto:
+  return tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, tensor_shape=tensor_shape_pb2.TensorShapeProto(),
+                                float_val=[float(np.asarray(v))])
+
+
 def _image_tensor(width: int, height: int, encoded: list) -> tensor_pb2.TensorProto:
   """The image plugin's tensor, as tf.summary.image writes it: [width, height, image 0, image 1, ...]."""
   return _strings((len(encoded) + 2,), [str(width).encode(), str(height).encode(), *encoded])
@@ -137,7 +146,7 @@ def _hparam_value(v):
 
 
 class EventFileMetricWriter:
-  """clu's MetricWriter methods without TensorFlow: scalars (simple_value), images and videos (PNG / GIF in
+  """clu's MetricWriter methods without TensorFlow: scalars (float tensors, scalars plugin), images and videos (PNG / GIF in
   the image plugin's tensor), audio (WAV, audio plugin), text (text plugin), histograms (HistogramProto),
   hparams (hparams plugin), raw tensors; every call also logged like clu's LoggingWriter.
   `logdir=None`: log only. Synchronous: each call is in the file (unflushed) when it returns."""
@@ -165,7 +174,9 @@ class EventFileMetricWriter:
   def write_scalars(self, step: int, scalars: Mapping[str, Any]):
     logging.info("[%d] %s", step, ", ".join(
         f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(scalars.items())))
-    self._summary(step, [summary_pb2.Summary.Value(tag=k, simple_value=float(np.asarray(v)))
+    # As tf.summary.scalar writes them in TF2 (and so clu): a float32 scalar tensor of the scalars plugin,
+    # so readers (EventAccumulator.Tensors, the notebooks) see one layout whichever writer ran.
+    self._summary(step, [summary_pb2.Summary.Value(tag=k, tensor=_float_scalar(v), metadata=_SCALAR_METADATA)
                          for k, v in scalars.items()])
 
   def write_images(self, step: int, images: Mapping[str, Any]):
