@@ -18,6 +18,7 @@ import functools
 import json
 
 import numpy as np
+from ml_collections import ConfigDict
 
 from aigc_jax import data as data_lib
 from aigc_jax import media
@@ -37,7 +38,6 @@ def model_classes(config) -> int:
 @functools.lru_cache(maxsize=8)
 def _data_classes(data_json: str) -> int:
   """Classes of the train split's labels (0: none). Cached: --mode=eval checks the config twice."""
-  from ml_collections import ConfigDict
   train = data_lib.load_image_set(ConfigDict(json.loads(data_json)), "train")
   return int(train.num_classes or 0) if train.labels is not None else 0
 
