@@ -3,8 +3,11 @@
   python -m aigc_jax.main --config=experiments/vqvae.py:cpu --workdir=runs/vqvae --mode=encode \
       [--config.data.split=test]
 writes <workdir>/codes/<split>_<step>.npz with `codes` (int32 [N, h, w], in image order), `labels` (int32 [N]
-or absent) and `step`: the data a prior over codes trains on.
+or absent) and its provenance: `step` (the checkpoint that encoded), `num_codes` (codebook size),
+`vq_workdir` (absolute path of this run's workdir) and `vq_config` (this run's config as JSON). The data
+source `codes` (data/sources/codes.py) reads it to train a prior over codes.
 """
+import json
 import os
 
 import jax
@@ -46,6 +49,10 @@ def encode(config: ConfigDict, workdir: str):
     raise UserError(f"family {config.family!r} has no discrete codes; --mode=encode needs a family with "
                     "`encode` (e.g. vqvae)")
   runtime.check_config(config)
+  num_codes = config.model.get("num_codes")
+  if not isinstance(num_codes, int):
+    raise UserError(f"family {config.family!r} has no model.num_codes (codebook size); --mode=encode records it "
+                    "in the code file, so the family's config needs it")
   mesh = parallel.make_mesh(config)
   state, step, _ = runtime.load_latest(config, workdir, family, mesh)
   image_set = data_lib.load_image_set(config.data)
@@ -61,7 +68,9 @@ def encode(config: ConfigDict, workdir: str):
   if jax.process_index() == 0:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     extra = {"labels": image_set.labels} if image_set.labels is not None else {}
-    np.savez_compressed(path + ".tmp.npz", codes=codes, step=np.int64(step), **extra)
+    vq_config = json.dumps(config.to_dict(), default=str, sort_keys=True)
+    np.savez_compressed(path + ".tmp.npz", codes=codes, step=np.int64(step), num_codes=np.int64(num_codes),
+                        vq_workdir=np.str_(os.path.abspath(workdir)), vq_config=np.str_(vq_config), **extra)
     os.replace(path + ".tmp.npz", path)
     print(f"wrote {path}: codes {codes.shape} ({len(codes)} images of {config.data.name}/{config.data.split})")
   return path

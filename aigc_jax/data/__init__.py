@@ -22,6 +22,8 @@ def load_split(data: ConfigDict, split: str = None) -> Any:
 def load_image_set(data: ConfigDict, split: str = None) -> ImageSet:
   """The whole split of an image source, uint8 NHWC at data.image_size (a one-line error for other media)."""
   source = get_source(data.name)
+  if source.image_set is not None:  # examples that stand for images of another dataset (VQ codes)
+    return source.image_set(data, split or data.split)
   if source.medium != "images":
     raise UserError(f"data source {data.name!r} holds {source.medium}, not images; this needs an image dataset "
                     "(set --config.data.name)")

@@ -27,7 +27,10 @@ class DataSource:
   make_iterator(config, loaded, start_batch) -> a resumable iterator of host-local batches with
       `batches_consumed`, `batch_at(i)` and `close()` (pipeline.BatchIterator, text.TextBatchIterator);
   example_batch(config, batch_size) -> zero arrays shaped like one batch, read without touching the data;
-  describe(loaded) -> a short human description for the console ("1,500 images 32x32x1").
+  describe(loaded) -> a short human description for the console ("1,500 images 32x32x1");
+  image_set(data_config, split) -> optional: the images a source of non-pixel examples stands for (the codes
+      source: the VQ run's own dataset), so `load_image_set` (FID/IS references, the classifier backbone)
+      reads real images for a model whose samples are images.
   """
   name: str
   medium: str                       # a key of aigc_jax.media: "images", "text", "audio", ...
@@ -38,6 +41,7 @@ class DataSource:
   splits: Sequence[str] = ()        # split names it knows; () = the loader checks (e.g. TFDS slicing syntax)
   describe: Callable[[Any], str] = lambda loaded: f"{len(loaded):,} examples"
   doc: str = ""                     # one line for listings and errors
+  image_set: Optional[Callable[[ConfigDict, str], Any]] = None
 
 
 _SOURCES = Registry("data source", "aigc_jax.data.sources")

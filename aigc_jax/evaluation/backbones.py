@@ -21,8 +21,9 @@ class Backbone:
   info: dict  # weights hash, feature dim, resize protocol... copied into the metric card
 
 
-def get_backbone(config: ConfigDict, cache_dir: str, log=print) -> Backbone:
-  kind = config.eval.backbone
+def get_backbone(config: ConfigDict, cache_dir: str, log=print, kind: str = "") -> Backbone:
+  """The backbone `kind` (default: eval.backbone)."""
+  kind = kind or config.eval.backbone
   if kind == "classifier":
     from aigc_jax.evaluation import classifier
     model, params, info = classifier.load_or_train(config, cache_dir, log)
@@ -48,6 +49,17 @@ def get_backbone(config: ConfigDict, cache_dir: str, log=print) -> Backbone:
         "resize": {"method": "bilinear, half-pixel centres, no antialias (pytorch-fid's F.interpolate)",
                    "size": [size, size], "grayscale": "repeated over RGB"}})
   raise UserError(f"unknown eval.backbone {kind!r}; use one of {BACKBONES}")
+
+
+def shared(ctx, kind: str = ""):
+  """(backbone, extract) of `kind` (default: eval.backbone), built once per evaluation through `ctx.shared`: FID/KID/
+  IS/PR's features and class_accuracy's predictions use one loaded (or trained) classifier and one compiled pass."""
+  kind = kind or ctx.config.eval.backbone
+
+  def build():
+    backbone = get_backbone(ctx.config, ctx.cache_dir, ctx.log, kind)
+    return backbone, make_extractor(backbone, ctx.mesh, ctx.config.eval.batch_size)
+  return ctx.shared(f"backbone:{kind}", build)
 
 
 def make_extractor(backbone: Backbone, mesh, batch_size: int):

@@ -9,6 +9,8 @@ close over the config (score_sde-style factories) and are pure:
                                                           sample i is the same whatever the device count
   eval_step(state, batch, rng) -> metrics   (optional)    likelihoods etc., pmean-ed like train_step
   encode(state, batch, rng) -> outputs      (optional)    per-example codes (e.g. VQ indices), [B, ...]
+  decode(state, codes) -> images            (optional)    encode's inverse: code grids -> float NHWC in [-1, 1]
+                                                          (priors over codes decode their samples with it)
   evaluate_split(state, mesh, split) -> metrics (optional)  the family's own whole-split evaluation, for data
                                                           that is not images (text); default: eval_step over
                                                           every image (aigc_jax.evaluation.likelihood)
@@ -37,6 +39,7 @@ class Family:
   sample: Callable[..., Any]
   eval_step: Optional[Callable[..., Any]] = None
   encode: Optional[Callable[..., Any]] = None
+  decode: Optional[Callable[..., Any]] = None
   evaluate_split: Optional[Callable[..., Any]] = None
   write_figures: Optional[Callable[..., Any]] = None
   # Batches of `config.batch_size` one train_step consumes (e.g. several critic steps per generator step);

@@ -25,6 +25,7 @@ from aigc_jax import configs, optim, parallel
 from aigc_jax.data import text
 from aigc_jax.errors import UserError
 from aigc_jax.families import Family, check_sample_label
+from aigc_jax.families.token_sampling_lib import check_sampling, filter_logits, pick_tokens  # noqa: F401
 from aigc_jax.models.transformer import GPT
 from aigc_jax.parallel import DATA_AXIS, example_keys, keys_for_ids, masked_mean
 
@@ -46,6 +47,12 @@ def default_config() -> ConfigDict:
   m.dropout = 0.2
   m.use_bias = False               # biases in linear layers and layer norms
   m.attention_impl = ""            # "" = JAX's choice | xla | cudnn (flash attention on NVIDIA GPUs)
+  # data.name = "codes": a DALL-E-style prior over a VQ run's code grids (families/code_prior_ar_lib.py).
+  c.data.vq_workdir = "runs/vqgan_cpu"  # the VQ run whose --mode=encode codes the prior models
+  c.data.num_codes = 512           # its codebook size (checked against the code file)
+  c.data.grid_size = 16            # side of its code grids (checked); model.block_size = grid_size ** 2
+  m.num_classes = 0                # codes: > 0 = a class token before the codes; 0 = unconditional
+  m.label_dropout = 0.0            # codes: probability of training with the null token (classifier-free guidance)
 
   c.optimizer = optim.optimizer_config(
       name="adamw", learning_rate=1e-3, min_learning_rate=1e-4, b2=0.99, weight_decay=0.1, schedule="cosine",
@@ -58,6 +65,7 @@ def default_config() -> ConfigDict:
   c.sample.temperature = 0.8       # 0 = greedy
   c.sample.top_k = 200             # 0 = off
   c.sample.top_p = 1.0             # 1 = off
+  c.sample.guidance_scale = 1.0    # codes: uncond + scale (cond - uncond); != 1 needs model.label_dropout > 0
   c.eval.metrics = ("eval_step",)  # loss, perplexity, bits/char on the validation split
   c.eval.reference_split = "validation"
   c.eval.text_batches = 200        # validation windows of batch_size per evaluation (nanoGPT's eval_iters)
@@ -73,15 +81,6 @@ def build_model(config: ConfigDict, vocab_size: int) -> GPT:
              attention_impl=m.attention_impl or None)
 
 
-def check_sampling(s: ConfigDict):
-  if not 0.0 < s.top_p <= 1.0:
-    raise UserError(f"sample.top_p must be in (0, 1], got {s.top_p}; use 1.0 to turn nucleus sampling off")
-  if s.temperature < 0:
-    raise UserError(f"sample.temperature must be >= 0 (0 = greedy), got {s.temperature}")
-  if s.top_k < 0 or s.max_new_tokens < 1:
-    raise UserError(f"sample.top_k must be >= 0 and sample.max_new_tokens >= 1, got {s.top_k}, {s.max_new_tokens}")
-
-
 def encode_prompt(tokenizer: text.Tokenizer, prompt: str, block_size: int) -> np.ndarray:
   """Prompt ids; an empty prompt starts from a newline (as nanoGPT does) or token 0."""
   if not prompt:
@@ -94,33 +93,11 @@ def encode_prompt(tokenizer: text.Tokenizer, prompt: str, block_size: int) -> np
   return ids
 
 
-def filter_logits(logits_BxV, temperature: float, top_k: int, top_p: float):
-  """Temperature, then top-k, then nucleus (top-p) filtering; removed tokens get -inf."""
-  logits_BxV = logits_BxV / temperature
-  if top_k and top_k < logits_BxV.shape[-1]:
-    kth_Bx1 = jax.lax.top_k(logits_BxV, top_k)[0][:, -1:]
-    logits_BxV = jnp.where(logits_BxV < kth_Bx1, -jnp.inf, logits_BxV)
-  if top_p < 1.0:
-    sorted_BxV = jnp.sort(logits_BxV, axis=-1)[:, ::-1]
-    probs_BxV = jax.nn.softmax(sorted_BxV, axis=-1)
-    # Keep the smallest prefix whose mass reaches top_p: a token stays if the mass before it is < top_p.
-    keep_BxV = jnp.cumsum(probs_BxV, axis=-1) - probs_BxV < top_p
-    cutoff_Bx1 = jnp.min(jnp.where(keep_BxV, sorted_BxV, jnp.inf), axis=-1, keepdims=True)
-    logits_BxV = jnp.where(logits_BxV < cutoff_Bx1, -jnp.inf, logits_BxV)
-  return logits_BxV
-
-
 def make_generate(model: GPT, s: ConfigDict):
   """generate(params, prompt_P, keys_B, max_new_tokens, cached) -> int32 [B, P + max_new_tokens]."""
   block = model.block_size
   keep = max(block // 2, 2)
-
-  def pick(logits_BxV, keys_B, n):
-    if s.temperature == 0:
-      return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
-    logits_BxV = filter_logits(logits_BxV, s.temperature, s.top_k, s.top_p)
-    step_keys = jax.vmap(lambda k: jax.random.fold_in(k, n))(keys_B)
-    return jax.vmap(jax.random.categorical)(step_keys, logits_BxV).astype(jnp.int32)
+  pick = lambda logits_BxV, keys_B, n: pick_tokens(logits_BxV, keys_B, n, s)
 
   def generate(params, prompt_P, keys_B, max_new_tokens: int, cached: bool = True):
     b, p = keys_B.shape[0], len(prompt_P)
@@ -175,6 +152,11 @@ def build(config: ConfigDict):
   m, s = config.model, config.sample
   check_sampling(s)
   check_sample_label(config, 0)
+  for key, value, off in (("model.num_classes", m.num_classes, 0), ("model.label_dropout", m.label_dropout, 0.0),
+                          ("sample.guidance_scale", s.guidance_scale, 1.0)):
+    if value != off:
+      raise UserError(f"{key}={value} applies to priors over VQ codes (data.name=codes), not to text; set "
+                      f"--config.{key}={off}")
   tokenizer = text.make_tokenizer(config.data)
   vocab_table = tokenizer.table()
   model = build_model(config, tokenizer.vocab_size)
@@ -230,6 +212,9 @@ def build(config: ConfigDict):
 
 
 def make_family(config: ConfigDict) -> Family:
+  if config.data.name == "codes":
+    from aigc_jax.families import code_prior_ar_lib
+    return code_prior_ar_lib.build(config).family
   return build(config).family
 
 

@@ -171,6 +171,10 @@ def make_family(config: ConfigDict) -> Family:
     _, idx = model.apply(variables(state), batch["image"], method=lambda mdl, x: mdl.quantize(mdl.encode(x)))
     return {"codes": idx.astype(jnp.int32)}
 
+  def decode(state, codes_Bxhxw):
+    """Code grids -> images, clipped to [-1, 1] like the reconstructions."""
+    return jnp.clip(model.apply(variables(state), codes_Bxhxw, method=VQVAE.decode_codes), -1.0, 1.0)
+
   def sample(state, rng, ids_B):
     del rng
     n = -(-config.sample.num // 2)
@@ -181,4 +185,5 @@ def make_family(config: ConfigDict) -> Family:
     recon, _ = reconstruct(state, x)
     return {"images": jnp.where((ids_B % 2 == 1)[:, None, None, None], recon, x)}
 
-  return Family(init=init, train_step=train_step, sample=sample, eval_step=eval_step, encode=encode)
+  return Family(init=init, train_step=train_step, sample=sample, eval_step=eval_step, encode=encode,
+                decode=decode)

@@ -29,8 +29,7 @@ class Features:
   def __init__(self, ctx: EvalContext):
     e = ctx.config.eval
     self.config, self.wanted = ctx.config, set(e.metrics)
-    self.backbone = backbones.get_backbone(ctx.config, ctx.cache_dir, ctx.log)
-    self.extract = backbones.make_extractor(self.backbone, ctx.mesh, e.batch_size)
+    self.backbone, self.extract = backbones.shared(ctx)  # the classifier may be class_accuracy's too
     self.ref = reference.reference_stats(ctx.config, e.reference_split, self.backbone, self.extract, ctx.cache_dir,
                                          ctx.log)
     self.stats = metrics.RunningStats(self.backbone.info["feature_dim"])

@@ -1,0 +1,143 @@
+"""class_accuracy: are class-conditional samples recognised as the class they were asked for?
+
+Each generated image goes, after the same quantisation as the other image metrics (eval.quantize), through the
+project's own classifier (evaluation/classifier.py: trained on data.name's train split and cached); its argmax
+is compared with the class the sample was generated for (the `labels` a class-conditional family's `sample`
+returns). When eval.backbone is the classifier, FID/KID/IS/PR and this metric share one loaded classifier and one
+compiled pass (`backbones.shared`), so it is trained at most once.
+
+The card gives the accuracy over all samples, per requested class (with counts; a class no sample asked for, as
+with sample.label=k, has count 0 and accuracy null), the lowest class, and the classifier's own accuracy on real
+test images: the level samples can be compared with (samples cannot be judged more recognisable than the judge
+can recognise real images).
+
+"Class-conditional" means `model.num_classes > 0`: the key every conditional family reads and the one
+`families.check_sample_label` checks, so `sample.label` and this metric agree on which models qualify.
+"""
+import functools
+import json
+
+import numpy as np
+from ml_collections import ConfigDict
+
+from aigc_jax import data as data_lib
+from aigc_jax import media
+from aigc_jax.errors import UserError
+from aigc_jax.evaluation import backbones
+from aigc_jax.evaluation.evaluators.features import QUANTIZATION, images_of
+from aigc_jax.evaluation.registry import EvalContext, Evaluator, register_evaluator
+
+NAME = "class_accuracy"
+
+
+def model_classes(config) -> int:
+  model = config.get("model", None)
+  return int(model.get("num_classes", 0) or 0) if model is not None else 0
+
+
+@functools.lru_cache(maxsize=8)
+def _data_classes(data_json: str) -> int:
+  """Classes of the train split's labels (0: none). Cached: --mode=eval checks the config twice."""
+  train = data_lib.load_image_set(ConfigDict(json.loads(data_json)), "train")
+  return int(train.num_classes or 0) if train.labels is not None else 0
+
+
+def _check_classes(config, data_classes: int):
+  k = model_classes(config)
+  if not data_classes:
+    raise UserError(f"{NAME} needs labelled data to train its classifier, and {config.data.name}'s train split has "
+                    f"no labels; use a labelled dataset or remove {NAME!r} from eval.metrics")
+  if k > data_classes:
+    raise UserError(f"model.num_classes={k}, but {config.data.name} has {data_classes} classes, so the classifier "
+                    f"cannot recognise classes {data_classes}..{k - 1}; set --config.model.num_classes={data_classes}")
+
+
+def check(config, family):
+  k = model_classes(config)
+  if k <= 0:
+    raise UserError(f"eval.metrics has {NAME!r}, which needs a class-conditional model, and family {config.family!r} "
+                    f"here is unconditional (model.num_classes={k}); set --config.model.num_classes or remove "
+                    f"{NAME!r} from eval.metrics")
+  _check_classes(config, _data_classes(json.dumps(config.data.to_dict(), sort_keys=True, default=repr)))
+
+
+def _requested(config, k: int) -> str:
+  label = config.sample.get("label", -1)
+  if label >= 0:
+    return (f"sample.label={label}: every sample asks for class {label}; the other {k - 1} classes have count 0 "
+            "and accuracy null (not measured, not zero)")
+  return "sample.label=-1: the family's own class schedule (diffusion: each grid row one class, in turn)"
+
+
+class ClassAccuracy:
+  record_key = NAME
+
+  def __init__(self, ctx: EvalContext):
+    config = ctx.config
+    self.config, self.num_classes = config, model_classes(config)
+    # Before any sampling: a missing label or a classifier that cannot train fails in seconds.
+    self.backbone, self.extract = backbones.shared(ctx, "classifier")
+    self.classifier_classes = int(self.backbone.info["num_classes"])
+    _check_classes(config, self.classifier_classes)
+    # confusion[requested, predicted]: a few ints per class, so resuming only re-adds counts (exact).
+    self.confusion = np.zeros((self.num_classes, self.classifier_classes), np.int64)
+    ctx.note("quantization", QUANTIZATION if config.eval.quantize else "none (float samples)", weak=True)
+
+  def record(self, samples: dict) -> dict:
+    if "labels" not in samples:
+      raise UserError(f"family {self.config.family!r} returns samples without 'labels' (the class each sample was "
+                      f"asked for), so {NAME} cannot score them; remove {NAME!r} from eval.metrics")
+    images = images_of(samples, self.config)
+    if self.config.eval.quantize:
+      images = np.asarray(media.get_medium("images").quantize(images), np.float32)
+    logits = self.extract(images)["logits"]
+    return {"predicted": np.argmax(logits, axis=-1).astype(np.int32),
+            "requested": np.asarray(samples["labels"], np.int32).reshape(-1)}
+
+  def absorb(self, record: dict):
+    requested, predicted = record["requested"], record["predicted"]
+    if requested.size and (requested.min() < 0 or requested.max() >= self.num_classes):
+      raise ValueError(f"sample labels {sorted(set(requested.tolist()))} outside 0..{self.num_classes - 1}")
+    np.add.at(self.confusion, (requested, predicted), 1)
+
+  def finish(self):
+    counts, correct = self.confusion.sum(1), np.diagonal(self.confusion)
+    per_class = []
+    for k in range(self.num_classes):
+      n, c = int(counts[k]), int(correct[k])
+      entry = {"class": k, "count": n, "correct": c, "accuracy": c / n if n else None}
+      wrong = self.confusion[k].copy()
+      wrong[k] = 0
+      if wrong.any():
+        entry["most_mistaken_for"] = {"class": int(wrong.argmax()), "count": int(wrong.max())}
+      per_class.append(entry)
+    asked = [e for e in per_class if e["count"]]
+    lowest = min(asked, key=lambda e: (e["accuracy"], e["class"]))
+    info = self.backbone.info
+    test_accuracy = info.get("test_accuracy")
+    classifier = {"name": self.backbone.name, "num_classes": self.classifier_classes,
+                  "test_accuracy": test_accuracy if test_accuracy is not None else "unknown (no labelled test split)",
+                  "train_accuracy": info.get("train_accuracy"), "training_steps": info.get("steps"),
+                  "recipe_version": info.get("version"), "weights_sha256": info.get("weights_sha256"),
+                  "cache_path": info.get("cache_path")}
+    section = {
+        "classifier": classifier,
+        "compare_with": (f"the classifier recognises {test_accuracy:.4f} of real {self.config.data.name} test images"
+                         if test_accuracy is not None else "no test accuracy of the classifier on real images"),
+        "prediction": "argmax of the classifier's logits on each generated image, vs the class it was generated for",
+        "quantization": QUANTIZATION if self.config.eval.quantize else "none (float samples)",
+        "num_samples": int(counts.sum()),
+        "num_classes": self.num_classes,
+        "classes_requested": len(asked),
+        "requested_labels": _requested(self.config, self.num_classes),
+        "mean_over_requested_classes": float(np.mean([e["accuracy"] for e in asked])),
+        "lowest_class": {k: lowest[k] for k in ("class", "accuracy", "count")},
+        "per_class": per_class,
+    }
+    values = {NAME: float(correct.sum() / counts.sum()), f"{NAME}_lowest": float(lowest["accuracy"])}
+    return values, {NAME: section}
+
+
+register_evaluator(Evaluator(
+    name=NAME, media=("images",), check=check, start=ClassAccuracy,
+    doc="share of class-conditional samples the dataset classifier recognises as their requested class, per class"))
