@@ -18,8 +18,9 @@ masked again.
 `eval_step` is NOT a likelihood (a masked model has none in closed form): it is the masked-token cross-entropy
 and accuracy at the fixed mask ratio `maskgit.eval_mask_ratio`, on the real labels.
 
-Data: code grids written by `--mode=encode` of a VQ model (data source `codes`, `data.vq_workdir`); samples
-are decoded to images by that VQ model (`vq_decoder`).
+Data: code grids written by `--mode=encode` of a VQ model (data source `codes`: `data.vq_workdir`,
+`data.num_codes`, `data.grid_size`); samples are decoded to images by the VQ checkpoint that wrote the codes
+(`vq_decoder`, restored when the family is built).
 """
 import dataclasses
 import math
@@ -34,7 +35,7 @@ from ml_collections import ConfigDict
 
 from aigc_jax import configs, optim, parallel
 from aigc_jax.errors import UserError
-from aigc_jax.families import Family, check_sample_label, sample_labels
+from aigc_jax.families import Family, check_sample_label, code_prior_lib, sample_labels
 from aigc_jax.models.maskgit import MaskGITTransformer
 from aigc_jax.parallel import DATA_AXIS, example_keys, keys_for_ids, masked_mean
 
@@ -109,27 +110,13 @@ def check_config(config: ConfigDict):
   check_sample_label(config, m.num_classes)
 
 
-def _code_prior_lib():
-  try:
-    from aigc_jax.families import code_prior_lib
-  except ImportError:
-    raise UserError("the maskgit family needs aigc_jax.families.code_prior_lib (the codes data source), which "
-                    "this checkout lacks; update aigc_jax") from None
-  return code_prior_lib
-
-
 def vq_decoder(config: ConfigDict):
   """(decode, info) of the VQ run that wrote the codes: decode(codes_Bxhxw) -> images in [-1, 1] (jittable),
   info with num_codes and grid. The one place the family reaches the VQ model; read on first sample."""
   if not config.data.vq_workdir:
     raise UserError("maskgit samples are decoded by the VQ run that wrote the codes; set --config.data.vq_workdir")
-  return _code_prior_lib().load_vq_decoder(config.data.vq_workdir)
-
-
-def check_codes(config: ConfigDict):
-  """The code file against the config (num_codes, grid, labels < model.num_classes, the VQ checkpoint)."""
-  if config.data.name == "codes" and config.data.vq_workdir:
-    _code_prior_lib().check_prior(config)
+  code_set = code_prior_lib.check_prior(config)  # the decoder of the very checkpoint that wrote the codes
+  return code_prior_lib.load_vq_decoder(config.data.vq_workdir, code_set.step)
 
 
 def train_mask(key, n: int, gamma):
@@ -212,8 +199,8 @@ def build_model(config: ConfigDict) -> MaskGITTransformer:
 
 def build(config: ConfigDict, vq=None):
   """The family and its pieces (model, decode_tokens, ...). `vq` = (decode, info) stands in for
-  `vq_decoder(config)` and skips the code-file checks (tests); otherwise the code file is checked at `init` and
-  the VQ run read on the first `sample`, so building the family touches no files."""
+  `vq_decoder(config)` (tests). Otherwise, with data.vq_workdir set, the code file is checked and the VQ run
+  restored now, not while `sample` is traced (orbax cannot restore inside a trace)."""
   check_config(config)
   m, g, s = config.model, config.maskgit, config.sample
   gamma = SCHEDULES[g.mask_schedule]
@@ -222,17 +209,16 @@ def build(config: ConfigDict, vq=None):
   grid = (config.data.grid_size,) * 2
   seq_len = grid[0] * grid[1]
   decode_tokens = make_decode(model, gamma, s, seq_len)
-  cache = {}
+  if vq is None and config.data.vq_workdir:
+    vq = vq_decoder(config)
 
   def vq_decode(codes_Bxhxw):
-    if "decode" not in cache:
-      decode_fn, info = vq if vq is not None else vq_decoder(config)
-      if int(info["num_codes"]) != config.data.num_codes or tuple(info["grid"]) != grid:
-        raise UserError(f"the VQ run decodes {tuple(info['grid'])} grids of {info['num_codes']} codes, but this "
-                        f"model is {grid} of {config.data.num_codes}; set --config.data.vq_workdir to the VQ run "
-                        "that wrote its codes")
-      cache["decode"] = decode_fn
-    return cache["decode"](codes_Bxhxw)
+    decode_fn, info = vq if vq is not None else vq_decoder(config)  # no workdir: vq_decoder's error
+    if int(info["num_codes"]) != config.data.num_codes or tuple(info["grid"]) != grid:
+      raise UserError(f"the VQ run decodes {tuple(info['grid'])} grids of {info['num_codes']} codes, but this "
+                      f"model is {grid} of {config.data.num_codes}; set --config.data.vq_workdir to the VQ run "
+                      "that wrote its codes")
+    return decode_fn(codes_Bxhxw)
 
   def logits(params, tokens_BxN, labels_B, dropout_keys_B=None):
     if dropout_keys_B is None or not m.dropout:
@@ -246,8 +232,6 @@ def build(config: ConfigDict, vq=None):
 
   def init(rng, example_batch):
     codes = example_batch["codes"]
-    if vq is None:
-      check_codes(config)
     b = codes.shape[0]
     params = model.init(rng, codes.reshape(b, -1), labels_of(example_batch, b))["params"]
     return {"step": jnp.zeros((), jnp.int32), **optim.init_train_state(params, tx, ema=False)}
