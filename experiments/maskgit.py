@@ -37,8 +37,9 @@ cross-entropy and accuracy at a fixed mask ratio (maskgit.eval_mask_ratio; NOT a
 samples decoded by the VQ run, the image metrics of eval.metrics.
 cpu: class-conditional over the 8x8 grids of 64 codes of experiments/vqgan.py:cpu (10 digit classes); a
 4-layer, width-128 transformer; batch 64, 2,000 steps; label dropout 0.1 so --config.sample.guidance_scale
-works; decoded with T = 8 steps. Not yet measured end to end (the codes source and the VQGAN preset were
-being written alongside this file).
+works; decoded with T = 8 steps. Wiring checked end to end (2026-11-26) on a 30-step experiments/vqvae.py:cpu
+run (--config.data.vq_workdir pointing at it): train, --mode=sample --config.sample.label=3, --mode=eval;
+the full cpu preset's time and numbers are not measured yet.
 """
 from aigc_jax.configs import lock
 from aigc_jax.families import maskgit

@@ -130,7 +130,7 @@ def check_schedule(built, codes, history, steps):
 
 
 def test_decoding_follows_the_schedule_and_never_remasks(trained):
-  # Sampled codes and Gumbel-perturbed choices on sharp random weights; the trained test adds greedy cosine.
+  # Sampled codes and Gumbel-perturbed choices on sharp random weights, the paper's cosine schedule.
   built = build(**{"sample.steps": 5})  # cosine
   codes, history = jax.jit(built.decode_tokens)(sharpened(trained.state0["params"]), jnp.arange(6) % C,
                                                            parallel.keys_for_ids(jax.random.key(5), jnp.arange(6)))
