@@ -12,6 +12,7 @@ from aigc_jax.families import available_families, get_family
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = {"gan.py": "gan", "dcgan.py": "gan", "ddpm.py": "diffusion", "vae.py": "vae", "vqvae.py": "vqvae",
+               "vqgan.py": "vqvae",
                "gpt.py": "autoregressive"}
 
 
