@@ -73,31 +73,34 @@ def test_discriminator_losses_match_closed_forms():
 
 
 def test_patch_discriminator_gives_one_logit_per_patch():
-  x = jnp.zeros((2, 16, 16, 1))
-  for norm in ("batch", "none"):
+  x = jax.ShapeDtypeStruct((2, 16, 16, 1), jnp.float32)
+  for norm in ("batch", "none"):  # shapes only: traced, never compiled
     disc = PatchDiscriminator(width=4, num_layers=2, norm=norm)
-    variables = disc.init(jax.random.key(0), x, train=False)
-    assert disc.apply(variables, x, train=False).shape == (2, 2, 2, 1)
+    variables = jax.eval_shape(lambda x_: disc.init(jax.random.key(0), x_, train=False), x)
+    assert jax.eval_shape(lambda v, x_: disc.apply(v, x_, train=False), variables, x).shape == (2, 2, 2, 1)
     assert ("batch_stats" in variables) == (norm == "batch")
 
 
 def test_perceptual_distance_is_zero_for_equal_images_and_grows_with_noise():
   model = DigitClassifier(num_classes=10)
   x = jax.random.uniform(jax.random.key(0), (4, 16, 16, 1), minval=-1, maxval=1)
-  variables = model.init(jax.random.key(1), x)
-  same = vqgan_lib.perceptual_distance(model, variables, x, x)
-  np.testing.assert_allclose(same, 0.0, atol=1e-6)
   noise = jax.random.normal(jax.random.key(2), x.shape)
-  small = vqgan_lib.perceptual_distance(model, variables, x, x + 0.05 * noise)
-  large = vqgan_lib.perceptual_distance(model, variables, x, x + 0.5 * noise)
+
+  @jax.jit
+  def distances(x):
+    variables = model.init(jax.random.key(1), x)
+    return [vqgan_lib.perceptual_distance(model, variables, x, x + s * noise) for s in (0.0, 0.05, 0.5)]
+
+  same, small, large = distances(x)
+  np.testing.assert_allclose(same, 0.0, atol=1e-6)
   assert small.shape == (4,) and bool(jnp.all(small > 0)) and bool(jnp.all(large > small))
 
 
 def test_l2_code_lookup_is_the_argmax_of_cosine_similarity():
   z = jax.random.normal(jax.random.key(0), (2, 4, 4, 8)) * jnp.linspace(0.1, 10.0, 8)  # norms differ a lot
   vq = VectorQuantizer(num_codes=32, code_dim=8, l2=True)
-  variables = vq.init(jax.random.key(1), z)
-  quantized, idx = vq.apply(variables, z)
+  variables = jax.jit(vq.init)(jax.random.key(1), z)
+  quantized, idx = jax.jit(vq.apply)(variables, z)
   codes = np.asarray(variables["params"]["embedding"])
   flat = np.asarray(z).reshape(-1, 8)
   cosine = (flat / np.linalg.norm(flat, axis=1, keepdims=True)) @ (codes / np.linalg.norm(codes, axis=1,
@@ -105,7 +108,7 @@ def test_l2_code_lookup_is_the_argmax_of_cosine_similarity():
   np.testing.assert_array_equal(np.asarray(idx).reshape(-1), np.argmax(cosine, axis=1))
   np.testing.assert_allclose(np.linalg.norm(np.asarray(quantized), axis=-1), 1.0, rtol=1e-5)
   # The plain lookup differs here (Euclidean distance prefers codes near the large-norm inputs' scale).
-  _, idx_l2sq = VectorQuantizer(num_codes=32, code_dim=8).apply(variables, z)
+  _, idx_l2sq = jax.jit(VectorQuantizer(num_codes=32, code_dim=8).apply)(variables, z)
   assert not np.array_equal(np.asarray(idx_l2sq), np.asarray(idx))
 
 
@@ -165,7 +168,7 @@ def test_a_step_with_dead_code_restarts_is_the_same_on_one_and_eight_devices(tmp
 def test_vqgan_steps_stay_finite_and_freeze_the_discriminator_before_disc_start(tmp_path, capsys):
   """Two steps on 8 devices with the perceptual loss (classifier trained into eval.cache_dir on first trace),
   a batch-norm discriminator and disc_start = 1."""
-  config = tiny_vqgan(tmp_path, **{"model.restart_dead_after": 1})
+  config = tiny_vqgan(tmp_path)
   history, state, initial_d, d_after_first = run_steps(config, meshes()[1], 2)
   assert "perceptual loss: digits classifier" in capsys.readouterr().out
   assert os.listdir(tmp_path / "cache")
