@@ -12,7 +12,8 @@ from aigc_jax.families import available_families, get_family
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = {"gan.py": "gan", "dcgan.py": "gan", "ddpm.py": "diffusion", "vae.py": "vae", "vqvae.py": "vqvae",
-               "gpt.py": "autoregressive", "dalle.py": "autoregressive", "maskgit.py": "maskgit"}
+               "vqgan.py": "vqvae", "gpt.py": "autoregressive", "dalle.py": "autoregressive",
+               "maskgit.py": "maskgit"}
 
 
 def test_every_family_module_has_an_experiment():

@@ -6,6 +6,14 @@ Gaussian decoder, i.e. MSE). Gradients pass the quantiser straight through (z_e 
 of the encoder outputs assigned to it (Appendix A), with counts and sums summed over every device so the
 update does not depend on how the batch is split.
 
+`model.variant='vqgan'` turns it into VQGAN (Esser, Rombach & Ommer, CVPR 2021): a PatchGAN discriminator
+(state["discriminator"], updated in the same step on this step's reconstructions) whose adversarial loss
+enters with the adaptive weight of the paper's eq. 7 from `model.disc_start` on; before that step the
+adversarial term is multiplied by 0 and the discriminator's update is discarded (its params, optimiser state
+and batch stats stay at their initial values). Options for either variant: an L1 pixel loss, an LPIPS-style
+perceptual loss on the project's own dataset classifier, unit-normalised codes (cosine lookup) and
+dead-code restarts (families/vqgan_lib.py).
+
 `sample` reconstructs data (there is no prior over codes here): even ids are inputs, odd ids their
 reconstructions, so a grid shows input/reconstruction pairs side by side. `encode` gives the code grid of
 each image (for `--mode=encode`, and to train a prior over codes later).
@@ -21,10 +29,14 @@ from aigc_jax import configs, optim
 from aigc_jax.errors import UserError
 from aigc_jax.evaluation.image_quality import psnr, ssim
 from aigc_jax.families import Family, check_sample_label
-from aigc_jax.models.vqvae import VQVAE
+from aigc_jax.families import vqgan_lib
+from aigc_jax.models.patch_discriminator import PatchDiscriminator, patch_grid_size
+from aigc_jax.models.vqvae import VQVAE, last_decoder_layer
 from aigc_jax.parallel import DATA_AXIS, masked_mean
 
 CODEBOOK_UPDATES = ("loss", "ema")
+VARIANTS = ("vqvae", "vqgan")
+PIXEL_LOSSES = ("mse", "l1")
 
 
 def default_config() -> ConfigDict:
@@ -43,6 +55,17 @@ def default_config() -> ConfigDict:
   m.codebook_update = "loss"       # loss (eq. 3) | ema (Appendix A)
   m.ema_decay = 0.99               # ema codebook: decay of the code statistics (not a parameter EMA)
   m.ema_epsilon = 1e-5             # ema codebook: Laplace smoothing of the code counts
+  m.l2_codes = False               # unit-normalise encoder outputs and codes, look up by cosine (ViT-VQGAN)
+  m.restart_dead_after = 0         # replace a code unused this many steps by a batch encoder output; 0 = never
+  m.pixel_loss = "mse"             # mse (eq. 3) | l1 (the VQGAN authors' code)
+  m.perceptual_weight = 0.0        # LPIPS-style loss on the data.name classifier's features (vqgan_lib); 0 = off
+  m.variant = "vqvae"              # vqvae | vqgan (adds the discriminator keys below)
+  m.disc_weight = 0.8              # vqgan: factor on the adaptive adversarial weight (authors' ImageNet config)
+  m.disc_start = 0                 # vqgan: first step with the adversarial loss and discriminator updates
+  m.disc_loss = "hinge"            # vqgan: hinge | vanilla (discriminator loss)
+  m.disc_layers = 3                # vqgan: stride-2 convolutions of the PatchGAN discriminator
+  m.disc_width = 64                # vqgan: channels of its first layer (doubling per layer, at most 8x)
+  m.disc_norm = "batch"            # vqgan: batch (authors' code; global-batch statistics) | none
 
   c.optimizer = optim.optimizer_config(learning_rate=2e-4)
   c.sample.num = 64                # 32 input/reconstruction pairs
@@ -56,7 +79,14 @@ def default_config() -> ConfigDict:
 def build_model(config: ConfigDict):
   m = config.model
   return VQVAE(config.data.channels, m.num_codes, m.code_dim, m.hidden, m.residual_hidden, m.num_residual_blocks,
-               m.num_downsamples, ema=m.codebook_update == "ema", dtype=optim.compute_dtype(config.dtype))
+               m.num_downsamples, ema=m.codebook_update == "ema", l2_codes=m.l2_codes,
+               dtype=optim.compute_dtype(config.dtype))
+
+
+def build_discriminator(config: ConfigDict, axis_name=DATA_AXIS):
+  m = config.model
+  return PatchDiscriminator(m.disc_width, m.disc_layers, m.disc_norm, axis_name=axis_name,
+                            dtype=optim.compute_dtype(config.dtype))
 
 
 def check_config(config: ConfigDict):
@@ -69,6 +99,13 @@ def check_config(config: ConfigDict):
   if config.data.image_size % factor:
     raise UserError(f"data.image_size {config.data.image_size} is not divisible by 2^model.num_downsamples = "
                     f"{factor}; change one of them")
+  if m.variant not in VARIANTS:
+    raise UserError(f"unknown model.variant {m.variant!r}; use one of {VARIANTS}")
+  if m.pixel_loss not in PIXEL_LOSSES:
+    raise UserError(f"unknown model.pixel_loss {m.pixel_loss!r}; use one of {PIXEL_LOSSES}")
+  if m.perceptual_weight < 0:
+    raise UserError(f"model.perceptual_weight={m.perceptual_weight} must be >= 0 (0 turns it off)")
+  vqgan_lib.check_vqgan_config(config, default_config(), patch_grid_size(config.data.image_size, m.disc_layers))
 
 
 def ema_codebook_update(codebook: dict, z_NxD, idx_N, decay: float, epsilon: float):
@@ -107,8 +144,13 @@ def make_family(config: ConfigDict) -> Family:
   check_sample_label(config, 0)
   m = config.model
   ema = m.codebook_update == "ema"
+  vqgan = m.variant == "vqgan"
+  restart = m.restart_dead_after > 0
   model = build_model(config)
   tx, schedule = optim.make_optimizer(config.optimizer)
+  discriminator, init_discriminator = build_discriminator(config), build_discriminator(config, axis_name=None)
+  last_name, last_layer = last_decoder_layer(config.data.channels, m.num_downsamples, model.dtype)
+  perceptual = {}  # the classifier, loaded when the train step is first traced
 
   def variables(state, params=None):
     v = {"params": state["params"] if params is None else params}
@@ -119,20 +161,98 @@ def make_family(config: ConfigDict) -> Family:
   def init(rng, example_batch):
     x = example_batch["image"]
     v = model.init(rng, x)
-    return {"step": jnp.zeros((), jnp.int32), **optim.init_train_state(v["params"], tx, ema=False),
-            "codebook": v.get("codebook", {})}
+    state = {"step": jnp.zeros((), jnp.int32), **optim.init_train_state(v["params"], tx, ema=False),
+             "codebook": v.get("codebook", {})}
+    if restart:
+      state["code_age"] = jnp.zeros((m.num_codes,), jnp.int32)
+    if vqgan:
+      d_vars = init_discriminator.init(jax.random.fold_in(rng, 1), x, train=False)
+      state["discriminator"] = optim.init_train_state(d_vars["params"], tx, ema=False,
+                                                      batch_stats=d_vars.get("batch_stats", {}))
+    return state
+
+  def discriminate(d_state, params, x):
+    """Patch logits with batch statistics (global over the data axis), and the updated running stats."""
+    logits, updates = discriminator.apply({"params": params, "batch_stats": d_state["batch_stats"]}, x, train=True,
+                                          mutable=["batch_stats"])
+    return logits, updates.get("batch_stats", {})
+
+  def reconstruction_loss(recon, x):
+    """Mean pixel loss plus the weighted perceptual distance: VQGAN's L_rec (and the VQ-VAE's)."""
+    pixel = jnp.abs(recon - x) if m.pixel_loss == "l1" else (recon - x) ** 2
+    rec = jnp.mean(pixel)
+    if m.perceptual_weight > 0:
+      p_model, p_vars = perceptual["net"]
+      rec = rec + m.perceptual_weight * jnp.mean(vqgan_lib.perceptual_distance(p_model, p_vars, x, recon))
+    return rec
 
   def losses(state, params, x):
-    recon, z, q, idx = model.apply(variables(state, params), x)
+    (recon, z, q, idx), inter = model.apply(variables(state, params), x, mutable=["intermediates"])
     mse = jnp.mean((recon - x) ** 2)
+    rec = reconstruction_loss(recon, x)
     commitment = jnp.mean((z - jax.lax.stop_gradient(q)) ** 2)
     codebook_loss = 0.0 if ema else jnp.mean((jax.lax.stop_gradient(z) - q) ** 2)
-    loss = mse + codebook_loss + m.beta * commitment
-    return loss, {"recon": recon, "z": z, "idx": idx, "mse": mse, "commitment": commitment}
+    loss = rec + codebook_loss + m.beta * commitment
+    aux = {"recon": recon, "z": z, "idx": idx, "mse": mse, "commitment": commitment}
+    if m.pixel_loss != "mse" or m.perceptual_weight > 0:
+      aux["rec_loss"] = rec
+    if vqgan:
+      d_state = state["discriminator"]
+      g_adv = vqgan_lib.generator_adversarial_loss(discriminate(d_state, d_state["params"], recon)[0])
+      # Adaptive weight: gradients of L_rec and L_GAN w.r.t. the decoder's last kernel, its input held fixed.
+      h = jax.lax.stop_gradient(inter["intermediates"]["decoder"]["last_layer_input"][0])
+      last_params = jax.lax.stop_gradient(params["decoder"][last_name])
+      recon_of = lambda kernel: last_layer.apply({"params": {**last_params, "kernel": kernel}}, h).astype(jnp.float32)
+      weight, rec_norm, gan_norm = vqgan_lib.adaptive_weight(
+          lambda k: reconstruction_loss(recon_of(k), x),
+          lambda k: vqgan_lib.generator_adversarial_loss(discriminate(d_state, d_state["params"], recon_of(k))[0]),
+          last_params["kernel"])
+      on = (state["step"] >= m.disc_start).astype(jnp.float32)
+      adv_weight = on * m.disc_weight * weight
+      loss = loss + adv_weight * g_adv
+      aux.update(g_adv=g_adv, adaptive_weight=adv_weight, rec_grad_norm=rec_norm, gan_grad_norm=gan_norm)
+    return loss, aux
+
+  def discriminator_step(state, x, fake):
+    """One discriminator update on real images and this step's reconstructions; kept only from disc_start."""
+    d_state, step = state["discriminator"], state["step"]
+
+    def d_loss_fn(params):
+      real_logits, stats = discriminate(d_state, params, x)
+      fake_logits, stats = discriminate({**d_state, "batch_stats": stats}, params, fake)
+      return vqgan_lib.discriminator_loss(m.disc_loss, real_logits, fake_logits), (stats, real_logits, fake_logits)
+
+    (d_loss, (stats, real_logits, fake_logits)), grads = jax.value_and_grad(d_loss_fn, has_aux=True)(
+        d_state["params"])
+    new_d, _ = optim.apply_gradients(d_state, grads, tx, step)
+    new_d["batch_stats"] = stats
+    on = step >= m.disc_start
+    new_d = jax.tree.map(lambda new, old: jnp.where(on, new, old), new_d, d_state)
+    return new_d, {"d_loss": d_loss, "logits_real": jnp.mean(real_logits), "logits_fake": jnp.mean(fake_logits)}
+
+  def restart_codes(new_state, aux, counts, rng):
+    """Dead-code restart on the updated codebook (EMA statistics reset as if the code had seen itself once)."""
+    z_NxD = jax.lax.stop_gradient(aux["z"]).reshape(-1, m.code_dim)
+    key = jax.random.fold_in(rng, 0x7E57A27)
+    if ema:
+      book = new_state["codebook"]["quantizer"]
+      emb, age, dead = vqgan_lib.restart_dead_codes(book["embedding"], new_state["code_age"], counts, z_NxD, key,
+                                                    m.restart_dead_after)
+      new_state["codebook"] = {"quantizer": {"embedding": emb,
+                                             "embed_sum": jnp.where(dead[:, None], emb, book["embed_sum"]),
+                                             "cluster_size": jnp.where(dead, 1.0, book["cluster_size"])}}
+    else:
+      params = new_state["params"]
+      emb, age, dead = vqgan_lib.restart_dead_codes(params["quantizer"]["embedding"], new_state["code_age"], counts,
+                                                    z_NxD, key, m.restart_dead_after)
+      new_state["params"] = {**params, "quantizer": {**params["quantizer"], "embedding": emb}}
+    new_state["code_age"] = age
+    return jnp.sum(dead)
 
   def train_step(state, batch, rng):
-    del rng  # deterministic model
     x = batch["image"]
+    if m.perceptual_weight > 0 and "net" not in perceptual:
+      perceptual["net"] = vqgan_lib.load_perceptual_net(config)
     (loss, aux), grads = jax.value_and_grad(lambda p: losses(state, p, x), has_aux=True)(state["params"])
     new_state, _ = optim.apply_gradients(state, grads, tx, state["step"])
     new_state["step"] = state["step"] + 1
@@ -143,7 +263,14 @@ def make_family(config: ConfigDict) -> Family:
     counts = jax.lax.psum(jnp.bincount(aux["idx"].reshape(-1), length=m.num_codes), DATA_AXIS)
     metrics = {"loss": loss, "mse": aux["mse"], "commitment": aux["commitment"],
                "psnr": jnp.mean(psnr(aux["recon"], x)), "learning_rate": schedule(state["step"])}
+    metrics.update({k: aux[k] for k in ("rec_loss", "g_adv", "adaptive_weight", "rec_grad_norm", "gan_grad_norm")
+                    if k in aux})
+    if vqgan:
+      new_state["discriminator"], d_metrics = discriminator_step(state, x, jax.lax.stop_gradient(aux["recon"]))
+      metrics.update(d_metrics)
     metrics = jax.lax.pmean(metrics, DATA_AXIS)
+    if restart:
+      metrics["restarted_codes"] = restart_codes(new_state, aux, counts, rng).astype(jnp.float32)
     metrics.update(code_usage_stats(counts))  # from global counts: already the same on every device
     return new_state, metrics
 

@@ -4,8 +4,13 @@ Encoder: `num_downsamples` 4x4 stride-2 convolutions, a 3x3 convolution, a stack
 (ReLU, 3x3 conv, ReLU, 1x1 conv, as in the paper's Section 4.1), then a 1x1 projection to the code dimension D.
 The decoder mirrors it with 4x4 stride-2 transposed convolutions. The conv VAE in models/vae.py reuses both.
 
-`VectorQuantizer` holds K codes of dimension D and returns the nearest code per position; the straight-through
-estimator and the losses live in the family, which also owns the EMA codebook update (the paper's Appendix A).
+`VectorQuantizer` holds K codes of dimension D and returns the nearest code per position (or, with `l2`, the
+code of largest cosine similarity, both sides unit-normalised as in ViT-VQGAN, Yu et al. 2022); the
+straight-through estimator and the losses live in the family, which also owns the EMA codebook update (the
+paper's Appendix A) and dead-code restarts.
+
+The decoder sows the input of its last layer ("intermediates"/"last_layer_input"): VQGAN's adaptive weight
+needs gradients with respect to that layer's kernel alone, which a re-application of the layer gives cheaply.
 """
 import flax.linen as nn
 import jax
@@ -65,17 +70,32 @@ class ConvDecoder(nn.Module):
     for i in range(self.num_upsamples):
       last = i == self.num_upsamples - 1
       width = self.out_channels if last else self.hidden // 2
+      if last:
+        self.sow("intermediates", "last_layer_input", h)
       # nn.ConvTranspose's function and params, fast on CPU (models/layers.py); its auto-name kept.
       h = UpConv4x4(width, dtype=self.dtype, name=f"ConvTranspose_{i}")(h)
       if not last:
         h = nn.relu(h)
     if self.num_upsamples == 0:
+      self.sow("intermediates", "last_layer_input", h)
       h = nn.Conv(self.out_channels, (1, 1), dtype=self.dtype)(h)
     return h.astype(jnp.float32)
 
 
+def last_decoder_layer(out_channels: int, num_upsamples: int, dtype=jnp.float32):
+  """(name of a ConvDecoder's last layer in its params, a standalone module computing that layer)."""
+  if num_upsamples:
+    return f"ConvTranspose_{num_upsamples - 1}", UpConv4x4(out_channels, dtype=dtype)
+  return "Conv_1", nn.Conv(out_channels, (1, 1), dtype=dtype)
+
+
+def l2_normalize(x, axis=-1, eps=1e-6):
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x ** 2, axis=axis, keepdims=True), eps ** 2))
+
+
 def nearest_codes(z_NxD, codebook_KxD):
-  """Index of the nearest code (squared Euclidean) for each row."""
+  """Index of the nearest code (squared Euclidean) for each row. For unit rows this is also the code of
+  largest cosine similarity, which is how the `l2` lookup uses it."""
   dist_NxK = (jnp.sum(z_NxD ** 2, axis=1, keepdims=True) - 2.0 * z_NxD @ codebook_KxD.T
               + jnp.sum(codebook_KxD ** 2, axis=1)[None])
   return jnp.argmin(dist_NxK, axis=1)
@@ -84,10 +104,12 @@ def nearest_codes(z_NxD, codebook_KxD):
 class VectorQuantizer(nn.Module):
   """K codes of dimension D. With `ema=True` the codebook is a non-trainable variable in the 'codebook'
   collection (with its EMA statistics) so the optimiser never touches it; otherwise it is a parameter trained
-  by the codebook loss."""
+  by the codebook loss. With `l2`, inputs and codes are unit-normalised before the lookup and the returned
+  code is the normalised one (the family then also works with normalised encoder outputs)."""
   num_codes: int
   code_dim: int
   ema: bool = False
+  l2: bool = False
 
   @nn.compact
   def __call__(self, z_BxhxwxD):
@@ -101,6 +123,8 @@ class VectorQuantizer(nn.Module):
     else:
       codebook = self.param("embedding", init, (self.num_codes, self.code_dim))
     flat_NxD = z_BxhxwxD.reshape(-1, self.code_dim).astype(jnp.float32)
+    if self.l2:
+      flat_NxD, codebook = l2_normalize(flat_NxD), l2_normalize(codebook)
     idx_N = nearest_codes(flat_NxD, codebook)
     quantized = codebook[idx_N].reshape(z_BxhxwxD.shape)
     return quantized, idx_N.reshape(z_BxhxwxD.shape[:-1])
@@ -115,17 +139,20 @@ class VQVAE(nn.Module):
   num_residual_blocks: int = 2
   num_downsamples: int = 2
   ema: bool = False
+  l2_codes: bool = False
   dtype: jnp.dtype = jnp.float32
 
   def setup(self):
     self.encoder = ConvEncoder(self.code_dim, self.hidden, self.residual_hidden, self.num_residual_blocks,
                                self.num_downsamples, dtype=self.dtype)
-    self.quantizer = VectorQuantizer(self.num_codes, self.code_dim, ema=self.ema)
+    self.quantizer = VectorQuantizer(self.num_codes, self.code_dim, ema=self.ema, l2=self.l2_codes)
     self.decoder = ConvDecoder(self.channels, self.hidden, self.residual_hidden, self.num_residual_blocks,
                                self.num_downsamples, dtype=self.dtype)
 
   def encode(self, x_BxHxWxC):
-    return self.encoder(x_BxHxWxC)
+    """Encoder outputs; unit-normalised with `l2_codes`, so the losses compare like with like."""
+    z = self.encoder(x_BxHxWxC)
+    return l2_normalize(z) if self.l2_codes else z
 
   def quantize(self, z_BxhxwxD):
     return self.quantizer(z_BxhxwxD)
@@ -136,6 +163,8 @@ class VQVAE(nn.Module):
   def decode_codes(self, idx_Bxhxw):
     codebook = (self.quantizer.variables["codebook"]["embedding"] if self.ema
                 else self.quantizer.variables["params"]["embedding"])
+    if self.l2_codes:
+      codebook = l2_normalize(codebook)
     return self.decoder(codebook[idx_Bxhxw])
 
   def __call__(self, x_BxHxWxC):
