@@ -75,6 +75,7 @@ def run(tmp_path_factory):
   save_checkpoint(config, workdir)
   plain = runner.evaluate(config, workdir)  # also caches the classifier backbone and reference statistics
   assert plain["sampling"]["resumed_chunks"] == 0 and plain["sampling"]["resumable"]
+  assert plain["sampling"]["generation_seconds"] > plain["sampling"]["generation_seconds_after_first_chunk"] > 0
   assert partial_dirs(workdir) == []  # removed once the card is written
   card_path = os.path.join(workdir, "eval", f"{STEP}.json")
   os.remove(card_path)

@@ -472,6 +472,14 @@ def test_cli_eval_errors_are_one_line(trained_gan, tmp_path):
     assert "Traceback" not in err
 
 
+def test_sample_quality_metrics_on_a_reconstructing_family_are_a_one_line_error():
+  from aigc_jax.evaluation.registry import check_eval_config
+  from aigc_jax.families import get_family
+  config = experiment_config("vqvae", **{"eval.metrics": ("fid", "eval_step")})
+  with pytest.raises(UserError, match=r"\['fid'\] score generated samples.*inputs and their reconstructions"):
+    check_eval_config(config, get_family(config))
+
+
 def test_reconstruction_metrics_go_through_the_same_card(tmp_path):
   """PSNR/SSIM of a reconstructing family come from its eval_step over every test image, on the same card."""
   overrides = {"model.hidden": 16, "model.residual_hidden": 8, "model.num_residual_blocks": 1,

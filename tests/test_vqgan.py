@@ -10,7 +10,7 @@ import pytest
 from jax.sharding import Mesh, PartitionSpec as P
 
 from aigc_jax import data as data_lib
-from aigc_jax import parallel
+from aigc_jax import configs, parallel
 from aigc_jax.configs import load_experiment
 from aigc_jax.errors import UserError
 from aigc_jax.evaluation.classifier import DigitClassifier
@@ -30,13 +30,7 @@ def tiny_vqgan(tmp_path, experiment="vqgan", **overrides):
   if experiment == "vqgan":
     values.update({"model.disc_width": 4, "model.disc_start": 1})
   values.update(overrides)
-  for key, value in values.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+  return configs.override(c, values)
 
 
 def meshes():
@@ -166,10 +160,10 @@ def test_a_step_with_dead_code_restarts_is_the_same_on_one_and_eight_devices(tmp
 
 
 def test_vqgan_steps_stay_finite_and_freeze_the_discriminator_before_disc_start(tmp_path, capsys):
-  """Two steps on 8 devices with the perceptual loss (classifier trained into eval.cache_dir on first trace),
-  a batch-norm discriminator and disc_start = 1."""
+  """Two steps with the perceptual loss (classifier trained into eval.cache_dir on first trace), a batch-norm
+  discriminator and disc_start = 1; on one device, which compiles fastest (the test above checks 1 == 8)."""
   config = tiny_vqgan(tmp_path)
-  history, state, initial_d, d_after_first = run_steps(config, meshes()[1], 2)
+  history, state, initial_d, d_after_first = run_steps(config, meshes()[0], 2)
   assert "perceptual loss: digits classifier" in capsys.readouterr().out
   assert os.listdir(tmp_path / "cache")
   for h in history:

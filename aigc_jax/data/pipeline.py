@@ -19,43 +19,80 @@ def to_model_range(images_uint8):
   return images_uint8.astype(np.float32) * (2.0 / 255.0) - 1.0
 
 
-class BatchIterator:
-  """Yields host-local numpy batches {'image': f32 [L,H,W,C] in [-1,1], 'label': i32 [L]}."""
+class IndexedBatches:
+  """What every training iterator shares: `batch_at(i)` (a pure function of i, in subclasses) iterated from
+  `start_batch`, and `batches_consumed`, the data position a checkpoint keeps."""
 
-  def __init__(self, image_set: ImageSet, global_batch_size: int, seed: int, *, random_flip=False,
-               process_index=0, process_count=1, start_batch=0, prefetch=2):
+  def __init__(self, global_batch_size: int, *, process_index=0, process_count=1, start_batch=0):
     if global_batch_size % process_count:
       raise ValueError("global batch must divide among hosts")
-    self._set = image_set
     self._global = global_batch_size
     self._local = global_batch_size // process_count
     self._host_offset = process_index * self._local
-    self._seed = seed
-    self._flip = random_flip
-    self._perm_cache = {}
     self._next_batch = start_batch  # next batch the consumer will receive
-    self._prefetch = prefetch
-    self._queue = None
-    self._thread = None
 
   @property
   def batches_consumed(self) -> int:
     return self._next_batch
 
+  def batch_at(self, batch_index: int) -> dict:
+    raise NotImplementedError
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    item = self.batch_at(self._next_batch)
+    self._next_batch += 1
+    return item
+
+  def close(self):
+    pass
+
+
+class ShuffledRows(IndexedBatches):
+  """The order of the module docstring over `num_rows` examples: `rows_at(b)` gives the stream positions and
+  example indices of this host's rows of global batch b."""
+
+  def __init__(self, num_rows: int, global_batch_size: int, seed: int, **kwargs):
+    super().__init__(global_batch_size, **kwargs)
+    self._num_rows = num_rows
+    self._seed = seed
+    self._perm_cache = {}
+
   def _permutation(self, epoch):
     if epoch not in self._perm_cache:
-      self._perm_cache = {epoch: np.random.default_rng([self._seed, epoch]).permutation(len(self._set))}
+      self._perm_cache = {epoch: np.random.default_rng([self._seed, epoch]).permutation(self._num_rows)}
     return self._perm_cache[epoch]
 
-  def batch_at(self, batch_index: int):
-    """The host-local slice of global batch `batch_index` (pure function of the index)."""
-    n = len(self._set)
+  def rows_at(self, batch_index: int):
+    n = self._num_rows
     positions = batch_index * self._global + self._host_offset + np.arange(self._local)
     epochs = positions // n
     idx = np.empty(self._local, np.int64)
     for epoch in np.unique(epochs):
       sel = epochs == epoch
       idx[sel] = self._permutation(int(epoch))[positions[sel] % n]
+    return positions, idx
+
+
+class BatchIterator(ShuffledRows):
+  """Yields host-local numpy batches {'image': f32 [L,H,W,C] in [-1,1], 'label': i32 [L]}, prefetched on a
+  thread."""
+
+  def __init__(self, image_set: ImageSet, global_batch_size: int, seed: int, *, random_flip=False,
+               process_index=0, process_count=1, start_batch=0, prefetch=2):
+    super().__init__(len(image_set), global_batch_size, seed, process_index=process_index,
+                     process_count=process_count, start_batch=start_batch)
+    self._set = image_set
+    self._flip = random_flip
+    self._prefetch = prefetch
+    self._queue = None
+    self._thread = None
+
+  def batch_at(self, batch_index: int):
+    """The host-local slice of global batch `batch_index` (pure function of the index)."""
+    positions, idx = self.rows_at(batch_index)
     images = self._set.images[idx]
     if self._flip:
       flip = np.array([np.random.default_rng([self._seed, 1, p]).random() < 0.5 for p in positions])
@@ -74,9 +111,6 @@ class BatchIterator:
         except queue.Full:
           continue
       b += 1
-
-  def __iter__(self):
-    return self
 
   def __next__(self):
     if self._prefetch <= 0:

@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 from ml_collections import ConfigDict
 
+from aigc_jax.data.pipeline import IndexedBatches
 from aigc_jax.data.registry import DataSource, get_source
 from aigc_jax.errors import UserError
 
@@ -125,7 +126,7 @@ def load_tokens(data: ConfigDict, split: str) -> np.ndarray:
   return make_tokenizer(data).encode(load_text(data.name, data.path, data.get("data_dir", ""))[split])
 
 
-class TextBatchIterator:
+class TextBatchIterator(IndexedBatches):
   """Yields host-local {'tokens': int32 [L, block_size + 1]}: random windows, as nanoGPT draws them.
 
   Global batch b draws its window starts from a generator seeded by (seed, b), so a batch is a pure
@@ -138,19 +139,11 @@ class TextBatchIterator:
     if len(tokens) < block_size + 2:
       raise UserError(f"the text has {len(tokens)} tokens, fewer than one window of block_size+1="
                       f"{block_size + 1}; use more text or a smaller --config.model.block_size")
-    if global_batch_size % process_count:
-      raise ValueError("global batch must divide among hosts")
+    super().__init__(global_batch_size, process_index=process_index, process_count=process_count,
+                     start_batch=start_batch)
     self._tokens = tokens
     self._block = block_size
-    self._global = global_batch_size
-    self._local = global_batch_size // process_count
-    self._host_offset = process_index * self._local
     self._seed = seed
-    self._next_batch = start_batch
-
-  @property
-  def batches_consumed(self) -> int:
-    return self._next_batch
 
   def batch_at(self, batch_index: int) -> dict:
     rng = np.random.default_rng([self._seed, batch_index])
@@ -158,17 +151,6 @@ class TextBatchIterator:
     starts = starts[self._host_offset:self._host_offset + self._local]
     windows = np.lib.stride_tricks.sliding_window_view(self._tokens, self._block + 1)
     return {"tokens": np.ascontiguousarray(windows[starts], np.int32)}
-
-  def __iter__(self):
-    return self
-
-  def __next__(self):
-    item = self.batch_at(self._next_batch)
-    self._next_batch += 1
-    return item
-
-  def close(self):
-    pass
 
 
 def make_iterator(config: ConfigDict, tokens: np.ndarray, start_batch: int = 0) -> TextBatchIterator:

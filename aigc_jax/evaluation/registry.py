@@ -109,7 +109,12 @@ def check_eval_config(config: ConfigDict, family):
     raise UserError(f"eval.metrics {wrong} score {sorted({m for n in wrong for m in get_evaluator(n).media})}, and "
                     f"family {config.family!r} on {config.data.name} makes {list(media)}; metrics that apply: "
                     f"{usable} (e.g. --config.eval.metrics=\"('eval_step',)\")")
-  if any(ev.needs_samples for ev in evaluators) and (e.num_samples < 2 or e.batch_size < 1):
+  sampled = [ev.name for ev in evaluators if ev.needs_samples]
+  if sampled and not family.samples_are_generated:
+    raise UserError(f"eval.metrics {sampled} score generated samples, but family {config.family!r} samples "
+                    "inputs and their reconstructions (no prior to sample from); use "
+                    "--config.eval.metrics=\"('eval_step',)\" (reconstruction PSNR/SSIM, code usage)")
+  if sampled and (e.num_samples < 2 or e.batch_size < 1):
     raise UserError(f"eval.num_samples must be >= 2 and eval.batch_size >= 1, got {e.num_samples}, {e.batch_size}")
   for ev in evaluators:
     ev.check(config, family)

@@ -73,7 +73,7 @@ def _generate(config, family, mesh, state, recorders, consumers, store, log=prin
   sampler = runtime.make_sampler(family, mesh)
   key = jax.random.key(e.seed)
   chunks = chunks_of(config, mesh)
-  done, count = 0, 0
+  done, count, seconds = 0, 0, []
   if store is not None:
     done = store.readable(log)
     for k in range(done):
@@ -87,7 +87,9 @@ def _generate(config, family, mesh, state, recorders, consumers, store, log=prin
     if stop is not None and parallel.any_process(stop()):
       raise EvaluationStopped(k, len(chunks), store.directory if store is not None else None)
     offset, num = chunks[k]
-    out = sampler(state, key, num, offset=offset)
+    started = time.perf_counter()
+    out = sampler(state, key, num, offset=offset)  # host arrays: the time includes the device work
+    seconds.append(time.perf_counter() - started)
     records = {}
     for record_key, r in recorders.items():
       records[record_key] = r.record(out)
@@ -97,8 +99,11 @@ def _generate(config, family, mesh, state, recorders, consumers, store, log=prin
     count += len(next(iter(out.values())))
     if store is not None:
       store.save(k, records)
+  # Wall time of generation alone (not the evaluators); the first chunk also compiles the sampler.
   return {"batch_size": chunk_size(config, mesh), "chunks": len(chunks), "resumed_chunks": done,
-          "resumable": store is not None, "num_generated": count}
+          "resumable": store is not None, "num_generated": count,
+          "generation_seconds": round(sum(seconds), 3),
+          "generation_seconds_after_first_chunk": round(sum(seconds[1:]), 3) if len(seconds) > 1 else None}
 
 
 def _checkpoint_of(workdir, step):

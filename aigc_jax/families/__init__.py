@@ -47,6 +47,9 @@ class Family:
   batches_per_step: int = 1
   # The media `sample` returns (keys of aigc_jax.media); () = the medium of the family's data source.
   media: Tuple[str, ...] = ()
+  # False when `sample` shows data and its reconstructions (VQ-VAE) rather than new samples: sample-quality
+  # metrics (FID, IS, ...) would score real images, so evaluation refuses them.
+  samples_are_generated: bool = True
 
 
 # Families registered at run time (a notebook, a test, a user's package): name -> make_family(config).

@@ -313,4 +313,4 @@ def make_family(config: ConfigDict) -> Family:
     return {"images": jnp.where((ids_B % 2 == 1)[:, None, None, None], recon, x)}
 
   return Family(init=init, train_step=train_step, sample=sample, eval_step=eval_step, encode=encode,
-                decode=decode)
+                decode=decode, samples_are_generated=False)

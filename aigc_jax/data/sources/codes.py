@@ -26,6 +26,7 @@ from typing import Optional
 import numpy as np
 from ml_collections import ConfigDict
 
+from aigc_jax.data.pipeline import ShuffledRows
 from aigc_jax.data.registry import DataSource, get_source, register_source
 from aigc_jax.errors import UserError
 
@@ -117,51 +118,19 @@ def check_codes(data: ConfigDict, code_set: CodeSet):
                       f"{key} {vq_data[key]}; set --config.data.{key}={vq_data[key]}")
 
 
-class CodeBatchIterator:
-  """Host-local {'codes': int32 [L, h, w], 'label': int32 [L]}; position p of the global stream is row
-  perm_epoch[p % N] with a permutation seeded by (seed, epoch), exactly as pipeline.BatchIterator orders
-  images, so batch_at(i) is pure in i and any host count sees the same global batches."""
+class CodeBatchIterator(ShuffledRows):
+  """Host-local {'codes': int32 [L, h, w], 'label': int32 [L]}, in exactly the order pipeline.BatchIterator
+  gives images (epoch permutations seeded by (seed, epoch)), so batch_at(i) is pure in i and any host count
+  sees the same global batches."""
 
-  def __init__(self, code_set: CodeSet, global_batch_size: int, seed: int, *, process_index=0, process_count=1,
-               start_batch=0):
-    if global_batch_size % process_count:
-      raise ValueError("global batch must divide among hosts")
-    self._set, self._global, self._seed = code_set, global_batch_size, seed
-    self._local = global_batch_size // process_count
-    self._host_offset = process_index * self._local
-    self._next_batch = start_batch
-    self._perm = {}
-
-  @property
-  def batches_consumed(self) -> int:
-    return self._next_batch
-
-  def _permutation(self, epoch):
-    if epoch not in self._perm:
-      self._perm = {epoch: np.random.default_rng([self._seed, epoch]).permutation(len(self._set))}
-    return self._perm[epoch]
+  def __init__(self, code_set: CodeSet, global_batch_size: int, seed: int, **kwargs):
+    super().__init__(len(code_set), global_batch_size, seed, **kwargs)
+    self._set = code_set
 
   def batch_at(self, batch_index: int) -> dict:
-    n = len(self._set)
-    positions = batch_index * self._global + self._host_offset + np.arange(self._local)
-    epochs = positions // n
-    idx = np.empty(self._local, np.int64)
-    for epoch in np.unique(epochs):
-      sel = epochs == epoch
-      idx[sel] = self._permutation(int(epoch))[positions[sel] % n]
+    _, idx = self.rows_at(batch_index)
     labels = self._set.labels[idx] if self._set.labels is not None else np.zeros(self._local, np.int32)
     return {"codes": self._set.codes[idx], "label": labels.astype(np.int32)}
-
-  def __iter__(self):
-    return self
-
-  def __next__(self):
-    item = self.batch_at(self._next_batch)
-    self._next_batch += 1
-    return item
-
-  def close(self):
-    pass
 
 
 def make_iterator(config: ConfigDict, code_set: CodeSet, start_batch: int = 0) -> CodeBatchIterator:
