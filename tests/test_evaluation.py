@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 import scipy.linalg
 import scipy.special
+from jax.sharding import Mesh
 
 from aigc_jax import data as data_lib
-from aigc_jax import parallel, runtime, trainer
+from aigc_jax import media, parallel, runtime, trainer
 from aigc_jax.configs import load_experiment
 from aigc_jax.errors import UserError
 from aigc_jax.evaluation import backbones, image_quality, inception, metrics, runner
@@ -493,4 +494,29 @@ def test_reconstruction_metrics_go_through_the_same_card(tmp_path):
   assert card["num_generated"] == 0 and card["backbone"]["name"].startswith("none")
   gan = experiment_config("dcgan", **{**TINY_GAN, "eval.metrics": ("psnr",)})
   with pytest.raises(UserError, match="eval_step"):
+    runner.check_eval_config(gan, get_family(gan))
+
+
+def test_reconstruction_fid_is_the_fid_of_the_split_against_its_reconstructions(tmp_path):
+  overrides = {"model.hidden": 16, "model.residual_hidden": 8, "model.num_residual_blocks": 1,
+               "model.num_codes": 16, "model.code_dim": 4, "batch_size": 64, "num_train_steps": 2,
+               "checkpoint_every_steps": 2, "sample_every_steps": 0, "eval.metrics": ("rfid",),
+               "eval.classifier_steps": 20, "eval.batch_size": 96}
+  config = experiment_config("vqvae", **overrides)
+  state = trainer.train_and_evaluate(config, str(tmp_path))
+  card = runner.evaluate(config, str(tmp_path))
+  assert card["protocol"]["rfid"]["num_reconstructed"] == 297 and card["protocol"]["rfid"]["split"] == "test"
+  # By hand, on one device: the card's classifier, the test split and decode(encode(x)) of each image.
+  family = get_family(config)
+  test = data_lib.to_model_range(data_lib.load_image_set(config.data, "test").images)
+  codes = jax.jit(family.encode)(state, {"image": test, "label": np.zeros(len(test), np.int32)}, jax.random.key(0))
+  recon = np.clip(np.asarray(jax.jit(family.decode)(state, codes["codes"])), -1, 1)
+  backbone = backbones.get_backbone(config, str(tmp_path / "eval" / "cache"), lambda _: None)
+  extract = backbones.make_extractor(backbone, Mesh(np.asarray(jax.devices()[:1]), (parallel.DATA_AXIS,)), 512)
+  quantize = lambda x: np.asarray(media.get_medium("images").quantize(x), np.float32)
+  expected = metrics.fid_from_features(extract(quantize(test))["features"], extract(quantize(recon))["features"])
+  assert card["metrics"]["rfid"] == pytest.approx(expected, rel=1e-3, abs=1e-3)
+  assert card["metrics"]["rfid"] > 0.1  # two training steps: far from the split itself
+  gan = experiment_config("dcgan", **{**TINY_GAN, "eval.metrics": ("rfid",)})
+  with pytest.raises(UserError, match="no encode/decode"):
     runner.check_eval_config(gan, get_family(gan))

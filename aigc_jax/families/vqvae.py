@@ -71,7 +71,7 @@ def default_config() -> ConfigDict:
   c.sample.num = 64                # 32 input/reconstruction pairs
   c.sample.split = "test"          # split whose first images are reconstructed
   c.sample.use_ema = False         # no parameter EMA in this family
-  c.eval.metrics = ("eval_step",)  # reconstruction MSE / PSNR / SSIM and code usage
+  c.eval.metrics = ("eval_step", "rfid")  # reconstruction MSE / PSNR / SSIM, code usage; reconstruction FID
   c.eval.reference_split = "test"
   return c
 
