@@ -14,6 +14,7 @@ from aigc_jax import encoding, parallel, runtime, trainer
 from aigc_jax.configs import load_experiment
 from aigc_jax.data.sources import codes as codes_source
 from aigc_jax.errors import UserError
+from aigc_jax.evaluation import classifier, reference
 from aigc_jax.families import code_prior_lib, get_family
 from aigc_jax.families import vqvae as vq_family
 
@@ -145,3 +146,19 @@ def test_bad_code_files_and_missing_checkpoints_are_one_line_errors(vq_run, tmp_
   shutil.copytree(workdir / "codes", moved / "codes")
   one_line_error("checkpoint 4, which wrote", code_prior_lib.check_prior,
                  ConfigDict({"data": prior_data(moved), "model": {"num_classes": 10}}))
+
+
+def test_evaluation_caches_tell_two_vq_runs_apart():
+  """Two priors over different VQ runs' codes (both data.name='codes') must not share a cached classifier or
+  reference statistics; other sources' cache keys are unchanged."""
+  def config(vq_workdir):
+    return ConfigDict({"data": {"name": "codes", "path": "", "image_size": 16, "channels": 1,
+                                "vq_workdir": vq_workdir},
+                       "eval": {"classifier_steps": 600, "max_pairwise_samples": 100}})
+  info = {"weights_sha256": "x", "resize": "none"}
+  a, b = config("runs/vq_a"), config("runs/vq_b")
+  assert classifier.cache_path(a, "/c", 10) != classifier.cache_path(b, "/c", 10)
+  assert reference.cache_key(a, "test", "classifier", info) != reference.cache_key(b, "test", "classifier", info)
+  digits = ConfigDict({"data": {"name": "digits", "path": "", "image_size": 16, "channels": 1},
+                       "eval": {"max_pairwise_samples": 100}})
+  assert "vq_workdir" not in reference.cache_key(digits, "test", "classifier", info)

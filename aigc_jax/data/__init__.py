@@ -3,6 +3,7 @@ iterators. `data.name` looks the source up; the source says its medium, its spli
 reads, and what a batch looks like. Built-in sources live in `data/sources/` (one module per kind); a new one
 is a module that calls `register_source`, with no edit here or in the trainer.
 """
+import os
 from typing import Any
 
 from ml_collections import ConfigDict
@@ -17,6 +18,13 @@ from aigc_jax.errors import UserError
 def load_split(data: ConfigDict, split: str = None) -> Any:
   """The whole `split` (default: data.split) of the configured source, as the source holds it in memory."""
   return get_source(data.name).load(data, split or data.split)
+
+
+def source_identity(data: ConfigDict) -> dict:
+  """Config values that tell apart two datasets of one name, for cache keys (evaluation classifiers, reference
+  statistics): the code grids of two VQ runs are both `codes`. Empty for every other source, so their cache
+  names stay as they were."""
+  return {"vq_workdir": os.path.abspath(data.vq_workdir)} if data.get("vq_workdir") else {}
 
 
 def load_image_set(data: ConfigDict, split: str = None) -> ImageSet:
@@ -54,4 +62,4 @@ def medium(config: ConfigDict) -> str:
 
 __all__ = ["DataSource", "register_source", "unregister_source", "register_resolver", "get_source",
            "known_sources", "check_set_keys", "load_split", "load_image_set", "make_train_iterator",
-           "example_batch", "medium", "BatchIterator", "ImageSet", "to_model_range"]
+           "example_batch", "medium", "source_identity", "BatchIterator", "ImageSet", "to_model_range"]

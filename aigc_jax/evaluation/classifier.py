@@ -58,7 +58,7 @@ def _recipe(config: ConfigDict, num_classes: int) -> dict:
   return {"version": RECIPE_VERSION, "dataset": d.name, "path": d.get("path", ""), "split": "train",
           "image_size": d.image_size, "channels": d.channels, "num_classes": num_classes,
           "steps": e.classifier_steps, "batch_size": BATCH_SIZE, "learning_rate": LEARNING_RATE,
-          "max_shift": MAX_SHIFT, "dropout": DROPOUT, "seed": 0}
+          "max_shift": MAX_SHIFT, "dropout": DROPOUT, "seed": 0, **data_lib.source_identity(d)}
 
 
 def cache_path(config: ConfigDict, cache_dir: str, num_classes: int) -> str:

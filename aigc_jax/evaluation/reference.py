@@ -36,7 +36,8 @@ def cache_key(config: ConfigDict, split: str, backbone_name: str, backbone_info:
   d = config.data
   return {"dataset": d.name, "path": d.get("path", ""), "split": split, "image_size": d.image_size,
           "channels": d.channels, "backbone": backbone_name, "weights_sha256": backbone_info["weights_sha256"],
-          "resize": backbone_info["resize"], "max_pairwise_samples": config.eval.max_pairwise_samples}
+          "resize": backbone_info["resize"], "max_pairwise_samples": config.eval.max_pairwise_samples,
+          **data_lib.source_identity(d)}
 
 
 def reference_stats(config: ConfigDict, split: str, backbone, extract, cache_dir: str, log=print) -> dict:
