@@ -26,19 +26,11 @@ the 16x16 digits; GPT of 4 layers, 4 heads, width 128, context 64, batch 32, Ada
       --config.sample.label=3 [--config.sample.guidance_scale=2]                                     # one class
   python -m aigc_jax.main --config=experiments/dalle.py:cpu --workdir=runs/dalle_cpu --mode=eval     # bits/code, FID
 (The same with experiments/vqvae.py:cpu --workdir=runs/vqvae_cpu and --config.data.vq_workdir=runs/vqvae_cpu.)
-Measured on 2 CPU cores (2026-11-26, otherwise quiet VM; bench/RESULTS.md "Token-based images"), the whole
-pipeline from scratch: vqgan.py:cpu 1,000 steps 236 s, --mode=encode train + test 16 s, dalle.py:cpu 448 s,
-maskgit.py:cpu 462 s (so VQGAN -> codes -> either prior in 12-12.5 minutes). --mode=eval, 1,000 samples
-(100 per class), FID and class accuracy on the digits classifier (97.3% on real test digits), reference =
-the VQ run's 297 test images:
-  prior                      FID    IS    class accuracy (lowest class)  network passes  generation (s)*
-  dalle.py:cpu (AR, cached)  7.95   8.29  0.891 (8: 0.78)                64 (1 token)    5.8
-  maskgit.py:cpu, T = 8      9.20   -     0.961 (8: 0.82)                 8 (65 tokens)  13.9
-  maskgit.py:cpu, T = 12    10.01   -     0.967 (8: 0.86)                12 (65 tokens)  17.1
-  * card sampling.generation_seconds_after_first_chunk: 750 samples, compiled sampler, 2 CPU devices.
-MaskGIT needs 8x fewer network passes but each sees the whole grid, so on a CPU at 64 tokens the cached AR
-prior generates faster; its samples are more often the asked-for class and less diverse (FID higher at the
-paper's choice temperature 4.5). dalle test bits/code: 1.98 (train 1.45).
+Measured (2-core VM, quiet, 2026-11-26; the comparison with maskgit.py:cpu is in bench/RESULTS.md, "Token-based
+images"): the cpu preset trains in 448 s after vqgan.py:cpu (236 s) and --mode=encode (16 s); --mode=eval on 1,000
+samples (100 per class): FID 7.95 and IS 8.29 on the digits classifier against the VQ run's 297 test images,
+class accuracy 0.891 (lowest: digit 8, 0.78; the classifier gets 97.3% of real test digits), test bits per code
+1.98 (train 1.45); generating 750 samples with the compiled sampler took 5.8 s.
 """
 from aigc_jax.configs import lock
 from aigc_jax.families import autoregressive
