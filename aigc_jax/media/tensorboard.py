@@ -146,8 +146,8 @@ def _hparam_value(v):
 
 
 class EventFileMetricWriter:
-  """clu's MetricWriter methods without TensorFlow: scalars (float tensors, scalars plugin), images and videos (PNG / GIF in
-  the image plugin's tensor), audio (WAV, audio plugin), text (text plugin), histograms (HistogramProto),
+  """clu's MetricWriter methods without TensorFlow: scalars (float tensors, scalars plugin), images and videos
+  (PNG / GIF in the image plugin's tensor), audio (WAV, audio plugin), text (text plugin), histograms (HistogramProto),
   hparams (hparams plugin), raw tensors; every call also logged like clu's LoggingWriter.
   `logdir=None`: log only. Synchronous: each call is in the file (unflushed) when it returns."""
 
