@@ -138,6 +138,8 @@ def test_bad_priors_are_one_line_errors(vq_workdir, tmp_path):
   one_line_error("sample.guidance_scale=2.0 needs", prior_config(vq_workdir, **{
       "model.label_dropout": 0.0, "sample.guidance_scale": 2.0}))
   one_line_error("sample.prompt", prior_config(vq_workdir, **{"sample.prompt": "abc"}))
+  one_line_error("sample.max_new_tokens=100 is for text.*64 codes", prior_config(vq_workdir, **{
+      "sample.max_new_tokens": 100}))
   moved = tmp_path / "codes_only"  # the codes without the VQ checkpoint that wrote them
   shutil.copytree(os.path.join(vq_workdir, "codes"), moved / "codes")
   one_line_error("data.vq_workdir=.*checkpoint 1, which wrote", prior_config(str(moved)))

@@ -25,7 +25,8 @@ from aigc_jax import configs, optim, parallel
 from aigc_jax.data import text
 from aigc_jax.errors import UserError
 from aigc_jax.families import Family, check_sample_label
-from aigc_jax.families.token_sampling_lib import check_sampling, filter_logits, pick_tokens  # noqa: F401
+from aigc_jax.families.token_sampling_lib import (TEXT_MAX_NEW_TOKENS, check_sampling, filter_logits,  # noqa: F401
+                                                 pick_tokens)
 from aigc_jax.models.transformer import GPT
 from aigc_jax.parallel import DATA_AXIS, example_keys, keys_for_ids, masked_mean
 
@@ -61,7 +62,7 @@ def default_config() -> ConfigDict:
   c.sample.num = 2
   c.sample.use_ema = False         # no EMA in this family
   c.sample.prompt = ""             # "" = start from a newline
-  c.sample.max_new_tokens = 500
+  c.sample.max_new_tokens = TEXT_MAX_NEW_TOKENS
   c.sample.temperature = 0.8       # 0 = greedy
   c.sample.top_k = 200             # 0 = off
   c.sample.top_p = 1.0             # 1 = off

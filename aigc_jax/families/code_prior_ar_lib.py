@@ -29,7 +29,7 @@ from aigc_jax import optim, parallel
 from aigc_jax.data.sources import codes as codes_source
 from aigc_jax.errors import UserError
 from aigc_jax.families import Family, check_sample_label, code_prior_lib, sample_labels
-from aigc_jax.families.token_sampling_lib import check_sampling, pick_tokens
+from aigc_jax.families.token_sampling_lib import TEXT_MAX_NEW_TOKENS, check_sampling, pick_tokens
 from aigc_jax.models.transformer import GPT
 from aigc_jax.parallel import DATA_AXIS, example_keys, keys_for_ids, masked_mean
 
@@ -45,6 +45,9 @@ def check_config(config: ConfigDict):
   if s.prompt:
     raise UserError("sample.prompt is text; a prior over codes (data.name=codes) starts from its class token; "
                     "leave sample.prompt empty and choose the class with --config.sample.label")
+  if s.max_new_tokens != TEXT_MAX_NEW_TOKENS:  # the text default: set, it would be silently ignored
+    raise UserError(f"sample.max_new_tokens={s.max_new_tokens} is for text; a prior over codes always draws the "
+                    f"{d.grid_size ** 2} codes of a {d.grid_size}x{d.grid_size} grid; leave sample.max_new_tokens unset")
   if m.block_size != d.grid_size ** 2:
     raise UserError(f"model.block_size={m.block_size} but a prior over {d.grid_size}x{d.grid_size} code grids reads "
                     f"{d.grid_size ** 2} tokens (class token + all codes but the last); set "

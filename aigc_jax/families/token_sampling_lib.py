@@ -6,6 +6,9 @@ from ml_collections import ConfigDict
 
 from aigc_jax.errors import UserError
 
+# sample.max_new_tokens of the text family's default_config; a prior over codes rejects any other value.
+TEXT_MAX_NEW_TOKENS = 500
+
 
 def check_sampling(s: ConfigDict):
   if not 0.0 < s.top_p <= 1.0:
