@@ -142,6 +142,29 @@ def masked_mean(per_example, batch, batch_size: int):
   return jax.tree.map(lambda v_B: jax.lax.psum(jnp.sum(v_B * mask_B), DATA_AXIS) / count, per_example)
 
 
+def mean_over_rows(eval_step: Callable, state, mesh: Mesh, num_rows: int, batch_of: Callable, batch_size: int,
+                   key) -> dict:
+  """Per-row means of `eval_step`'s masked_mean metrics over rows 0..num_rows-1 of a split, each row once.
+  Global batches of batch_size (rounded up to the device count); the last is padded with repeats of the first
+  rows and masked (batch['mask']); batch b is keyed fold_in(key, b); each host feeds its own rows.
+  `batch_of(indices) -> host numpy batch` builds the rows (so a split is converted one batch at a time)."""
+  step_fn = jax.jit(jax.shard_map(eval_step, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P()), out_specs=P(),
+                                  check_vma=False))
+  size = -(-batch_size // mesh.devices.size) * mesh.devices.size
+  local = size // jax.process_count()
+  first = jax.process_index() * local
+  totals = {}
+  for b, start in enumerate(range(0, num_rows, size)):
+    valid = min(size, num_rows - start)
+    batch = dict(batch_of(np.arange(start, start + size) % num_rows))  # padding: rows 0, 1, ... again
+    batch["mask"] = (np.arange(size) < valid).astype(np.float32)
+    batch = {k: v[first:first + local] for k, v in batch.items()}
+    out = jax.device_get(step_fn(state, shard_batch(batch, mesh), jax.random.fold_in(key, b)))
+    for k, v in out.items():
+      totals[k] = totals.get(k, 0.0) + float(v) * valid
+  return {k: v / num_rows for k, v in totals.items()}
+
+
 def keys_for_ids(key, ids_B):
   """One key per example id (sampling: sample i always gets fold_in(key, i))."""
   return jax.vmap(lambda i: jax.random.fold_in(key, i))(ids_B)

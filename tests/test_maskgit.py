@@ -11,7 +11,7 @@ from jax.sharding import Mesh
 
 from aigc_jax import configs, parallel
 from aigc_jax.errors import UserError
-from aigc_jax.families import maskgit
+from aigc_jax.families import code_prior_lib, maskgit
 
 K, H, W, C = 8, 4, 4, 3   # codebook, grid, classes
 N = H * W
@@ -173,7 +173,8 @@ def test_loss_falls_and_greedy_samples_draw_their_class(trained):
   # ln 8 = 2.08 at first; label dropout (an unconditional 10%) and dropout keep the floor above 0
   assert losses[0] > 1.5 and np.mean(losses[-10:]) < 1.0, (losses[0], losses[-10:])
   held_out = toy_batch(999, batch=11)  # 11 grids in batches of 8: the padded last batch must not count
-  ev = maskgit.evaluate_codes(built.family, state, mesh, held_out["codes"], held_out["label"], 8, seed=0)
+  ev = code_prior_lib.evaluate_codes(built.family.eval_step, state, mesh, held_out["codes"], held_out["label"], 8,
+                                     seed=0)
   assert ev["num_examples"] == 11
   assert ev["masked_token_accuracy"] > 0.75 and ev["masked_token_nll"] < 0.8, ev  # chance: 1/8, ln 8
   # family.sample: 4 samples in a 2x2 grid, one class per row; greedy decoding draws the class's pattern.

@@ -20,12 +20,10 @@ import types
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
-from aigc_jax import optim, parallel
+from aigc_jax import optim
 from aigc_jax.data.sources import codes as codes_source
 from aigc_jax.errors import UserError
 from aigc_jax.families import Family, check_sample_label, code_prior_lib, sample_labels
@@ -178,22 +176,7 @@ def build(config: ConfigDict):
 def evaluate_split(config: ConfigDict, eval_step, state, mesh, split: str) -> dict:
   """eval_step over every code grid of `split` once (the last batch padded and masked): per-grid means."""
   code_set = codes_source.load_codes(config.data, split)
-  step_fn = jax.jit(jax.shard_map(eval_step, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P()), out_specs=P(),
-                                  check_vma=False))
-  n_dev = mesh.devices.size
-  bs = -(-config.batch_size // n_dev) * n_dev
-  labels = code_set.labels if code_set.labels is not None else np.zeros(len(code_set), np.int32)
-  totals, count = {}, 0
-  for start in range(0, len(code_set), bs):
-    rows = np.arange(start, start + bs) % len(code_set)  # the padding repeats real grids, masked out
-    valid = min(bs, len(code_set) - start)
-    batch = {"codes": code_set.codes[rows], "label": labels[rows], "mask": (np.arange(bs) < valid).astype(np.float32)}
-    local = bs // jax.process_count()
-    batch = {k: v[jax.process_index() * local:(jax.process_index() + 1) * local] for k, v in batch.items()}
-    out = jax.device_get(step_fn(state, parallel.shard_batch(batch, mesh), jax.random.key(0)))
-    for k, v in out.items():
-      totals[k] = totals.get(k, 0.0) + float(v) * valid
-    count += valid
-  result = {k: v / count for k, v in totals.items()}
+  result = code_prior_lib.evaluate_codes(eval_step, state, mesh, code_set.codes, code_set.labels, config.batch_size,
+                                         config.eval.seed)
   result["perplexity"] = math.exp(result["loss"])  # of the mean NLL, not the mean of per-batch perplexities
-  return {**result, "num_examples": count}
+  return result

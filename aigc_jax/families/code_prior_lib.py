@@ -23,6 +23,7 @@ from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
 from aigc_jax import data as data_lib
+from aigc_jax import parallel
 from aigc_jax.checkpointing import Checkpointer
 from aigc_jax.data.sources import codes as codes_source
 from aigc_jax.errors import UserError
@@ -99,3 +100,16 @@ def check_prior(config: ConfigDict, split: str = None):
                     f"{code_set.path}, is gone (keep_checkpoints dropped it?); encode again with the VQ run's "
                     "latest checkpoint (--mode=encode)")
   return code_set
+
+
+def evaluate_codes(eval_step, state, mesh, codes_NxHxW, labels_N, batch_size: int, seed: int) -> dict:
+  """Per-grid means of a prior's eval_step over every code grid once (the last batch padded and masked), with
+  their labels (None: 0), plus 'num_examples'."""
+  n = len(codes_NxHxW)
+  if not n:
+    raise UserError("no code grids to evaluate (eval.reference_split is empty)")
+  labels_N = labels_N if labels_N is not None else np.zeros(n, np.int32)
+  result = parallel.mean_over_rows(eval_step, state, mesh, n,
+                                   lambda rows: {"codes": codes_NxHxW[rows], "label": labels_N[rows]},
+                                   batch_size, jax.random.key(seed))
+  return {**result, "num_examples": n}

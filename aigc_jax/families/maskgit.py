@@ -28,12 +28,10 @@ import types
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
-from aigc_jax import configs, optim, parallel
+from aigc_jax import configs, optim
 from aigc_jax.errors import UserError
 from aigc_jax.families import Family, check_sample_label, code_prior_lib, sample_labels
 from aigc_jax.models.maskgit import MaskGITTransformer
@@ -311,32 +309,9 @@ def make_family(config: ConfigDict) -> Family:
   return build(config).family
 
 
-def evaluate_codes(family: Family, state, mesh, codes_NxHxW, labels_N, batch_size: int, seed: int) -> dict:
-  """Per-grid means of eval_step over every code grid given (the last batch padded and masked), plus
-  'num_examples'; batch b masks with fold_in(key(seed), b)."""
-  step_fn = jax.jit(jax.shard_map(family.eval_step, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P()), out_specs=P(),
-                                  check_vma=False))
-  n, n_dev = len(codes_NxHxW), mesh.devices.size
-  if not n:
-    raise UserError("no code grids to evaluate (eval.reference_split is empty)")
-  bs = -(-batch_size // n_dev) * n_dev
-  totals = {}
-  for b, start in enumerate(range(0, n, bs)):
-    idx = np.arange(start, start + bs) % n  # padding repeats real grids; the mask drops them
-    batch = {"codes": codes_NxHxW[idx], "label": labels_N[idx],
-             "mask": (np.arange(start, start + bs) < n).astype(np.float32)}
-    rows = bs // jax.process_count()
-    batch = {k: v[jax.process_index() * rows:(jax.process_index() + 1) * rows] for k, v in batch.items()}
-    out = jax.device_get(step_fn(state, parallel.shard_batch(batch, mesh), jax.random.fold_in(jax.random.key(seed), b)))
-    valid = min(bs, n - start)
-    for k, v in out.items():
-      totals[k] = totals.get(k, 0.0) + float(v) * valid
-  return {**{k: v / n for k, v in totals.items()}, "num_examples": n}
-
-
 def evaluate_split(config: ConfigDict, family: Family, state, mesh, split: str) -> dict:
   """eval_step over the code grids of `split` (the codes source's file), with their labels."""
   from aigc_jax import data as data_lib
   code_set = data_lib.load_split(config.data, split)
-  labels = code_set.labels if code_set.labels is not None else np.zeros(len(code_set.codes), np.int32)
-  return evaluate_codes(family, state, mesh, code_set.codes, labels, config.batch_size, config.eval.seed)
+  return code_prior_lib.evaluate_codes(family.eval_step, state, mesh, code_set.codes, code_set.labels,
+                                       config.batch_size, config.eval.seed)
