@@ -28,6 +28,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.image_size = 32
   c.data.channels = 1
   c.data.random_flip = False
+  c.data.fraction = 1.0          # image sources: train on a fixed (class-stratified) share of the training split
 
   c.model = ml_collections.ConfigDict()
   c.optimizer = ml_collections.ConfigDict()

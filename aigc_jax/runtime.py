@@ -52,6 +52,7 @@ def lock_workdir(workdir: str, log=print):
 
 def check_config(config: ConfigDict):
   check_sizes(config)
+  data_lib.check_fraction(config.data)  # before any JAX work: a bad or ignored limited-data setting
   n = parallel.mesh_size(config.batch_size, config.get("num_devices", 0))
   if config.batch_size % n:
     raise UserError(f"batch_size {config.batch_size} is not divisible by the {n} devices; set "

@@ -10,8 +10,8 @@ from ml_collections import ConfigDict
 
 from aigc_jax.data.images import ImageSet
 from aigc_jax.data.pipeline import BatchIterator, to_model_range
-from aigc_jax.data.registry import (DataSource, check_set_keys, get_source, known_sources, register_resolver,
-                                    register_source, unregister_source)
+from aigc_jax.data.registry import (DataSource, check_fraction, check_set_keys, get_source, known_sources,
+                                    register_resolver, register_source, unregister_source)
 from aigc_jax.errors import UserError
 
 
@@ -40,9 +40,13 @@ def load_image_set(data: ConfigDict, split: str = None) -> ImageSet:
 
 def make_train_iterator(config: ConfigDict, start_batch: int = 0):
   """Host-local batches of the global `config.batch_size`, starting at global batch `start_batch`; the
-  iterator's `description` says what it reads (for the console)."""
+  iterator's `description` says what it reads (for the console). The training split goes through the
+  source's `train_subset` (data.fraction) here, and only here."""
+  check_fraction(config.data)
   source = get_source(config.data.name)
   loaded = source.load(config.data, config.data.split)
+  if source.train_subset is not None:
+    loaded = source.train_subset(config.data, loaded)
   if len(loaded) < 1:
     raise UserError(f"dataset {config.data.name} split {config.data.split} is empty")
   iterator = source.make_iterator(config, loaded, start_batch)
@@ -61,5 +65,5 @@ def medium(config: ConfigDict) -> str:
 
 
 __all__ = ["DataSource", "register_source", "unregister_source", "register_resolver", "get_source",
-           "known_sources", "check_set_keys", "load_split", "load_image_set", "make_train_iterator",
+           "known_sources", "check_fraction", "check_set_keys", "load_split", "load_image_set", "make_train_iterator",
            "example_batch", "medium", "source_identity", "BatchIterator", "ImageSet", "to_model_range"]

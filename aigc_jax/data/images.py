@@ -26,6 +26,7 @@ class ImageSet:
   images: np.ndarray  # uint8 [N, H, W, C]
   labels: Optional[np.ndarray] = None  # int32 [N]
   num_classes: Optional[int] = None
+  subset_of: Optional[int] = None  # a training subset (data.fraction): the size of the split it was drawn from
 
   def __len__(self):
     return len(self.images)

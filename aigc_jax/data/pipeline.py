@@ -133,7 +133,41 @@ class BatchIterator(ShuffledRows):
       self._thread = None
 
 
-IMAGE_KEYS = ("image_size", "channels", "random_flip")
+IMAGE_KEYS = ("image_size", "channels", "random_flip", "fraction")
+# Seed of the fixed limited-data subsets (data.fraction): the same images for every run and config.seed.
+SUBSET_SEED = 20200610
+
+
+def training_subset(image_set: ImageSet, fraction: float) -> ImageSet:
+  """The fixed limited-data subset of a training split (the 10% / 20% CIFAR-10 settings of DiffAugment, Zhao
+  et al. 2020, and ADA, Karras et al. 2020): round(fraction * N) images. With labels it is class-stratified:
+  each class keeps its share (largest remainders decide the rounding) of images picked by a permutation
+  seeded per class; without labels, the first round(fraction * N) of one seeded permutation. The seed is
+  fixed (SUBSET_SEED), not config.seed, so runs with different seeds train on the same images. (The
+  DiffAugment code takes the first N images of the TFDS split instead; ours keeps the class balance.)"""
+  from aigc_jax.data.registry import fraction_value  # lazy: the registry's own package imports this module
+  fraction = fraction_value(fraction)
+  n = len(image_set)
+  if fraction == 1.0:
+    return image_set
+  keep = int(np.floor(fraction * n + 0.5))
+  if keep < 1:
+    raise UserError(f"data.fraction={fraction} of {n:,} images keeps none; set --config.data.fraction to at "
+                    f"least {1 / n:.2g}")
+  if image_set.labels is None:
+    rows = np.random.default_rng(SUBSET_SEED).permutation(n)[:keep]
+  else:
+    classes, counts = np.unique(image_set.labels, return_counts=True)
+    share = counts * (keep / n)
+    quota = np.floor(share).astype(np.int64)
+    by_remainder = np.argsort(-(share - quota), kind="stable")  # ties: the lower class first
+    quota[by_remainder[:keep - quota.sum()]] += 1
+    rows = np.concatenate([
+        np.flatnonzero(image_set.labels == c)[np.random.default_rng([SUBSET_SEED, int(c)]).permutation(k)[:q]]
+        for c, k, q in zip(classes, counts, quota)])
+  rows = np.sort(rows)
+  labels = image_set.labels[rows] if image_set.labels is not None else None
+  return ImageSet(image_set.images[rows], labels, image_set.num_classes, subset_of=n)
 
 
 def image_example_batch(config, batch_size: int = 2) -> dict:
@@ -164,8 +198,13 @@ def image_source(name: str, load, *, keys=(), splits=(), doc: str = ""):
   def describe(image_set):
     _, h, w, c = image_set.images.shape
     classes = f", {image_set.num_classes} classes" if image_set.num_classes else ""
+    if image_set.subset_of:
+      kind = "class-stratified" if image_set.labels is not None else "seeded"
+      return (f"{len(image_set):,} of {image_set.subset_of:,} images ({kind} data.fraction="
+              f"{len(image_set) / image_set.subset_of:.3g}) {h}x{w}x{c}{classes}")
     return f"{len(image_set):,} images {h}x{w}x{c}{classes}"
 
   return DataSource(name=name, medium="images", keys=tuple(IMAGE_KEYS) + tuple(keys), load=checked_load,
                     make_iterator=image_iterator, example_batch=image_example_batch, splits=tuple(splits),
-                    describe=describe, doc=doc)
+                    describe=describe, doc=doc, train_subset=lambda data, image_set: training_subset(
+                        image_set, data.get("fraction", 1.0)))

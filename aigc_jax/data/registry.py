@@ -31,6 +31,10 @@ class DataSource:
   image_set(data_config, split) -> optional: the images a source of non-pixel examples stands for (the codes
       source: the VQ run's own dataset), so `load_image_set` (FID/IS references, the classifier backbone)
       reads real images for a model whose samples are images.
+  train_subset(data_config, loaded) -> optional: the examples training reads from the loaded training split
+      (image sources: the fixed data.fraction subset). Only the training stream goes through it: evaluation
+      (FID/IS references, the classifier, --mode=encode) reads whole splits. A source without it refuses a
+      data.fraction below 1.
   """
   name: str
   medium: str                       # a key of aigc_jax.media: "images", "text", "audio", ...
@@ -42,6 +46,7 @@ class DataSource:
   describe: Callable[[Any], str] = lambda loaded: f"{len(loaded):,} examples"
   doc: str = ""                     # one line for listings and errors
   image_set: Optional[Callable[[ConfigDict, str], Any]] = None
+  train_subset: Optional[Callable[[ConfigDict, Any], Any]] = None
 
 
 _SOURCES = Registry("data source", "aigc_jax.data.sources")
@@ -76,6 +81,23 @@ def get_source(name: str) -> DataSource:
       return source
   raise UserError(f"unknown dataset {name!r}; registered sources: {', '.join(known_sources())}, or any TFDS "
                   "image dataset (e.g. mnist, cifar10); set --config.data.name")
+
+
+def fraction_value(fraction) -> float:
+  """data.fraction as a float in (0, 1], else a one-line UserError."""
+  if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < fraction <= 1.0:
+    raise UserError(f"data.fraction must be a number in (0, 1] (the share of the training split to train on), "
+                    f"got {fraction!r}; set --config.data.fraction=0.1 for 10%, or 1.0 for all of it")
+  return float(fraction)
+
+
+def check_fraction(data: ConfigDict):
+  """data.fraction in (0, 1], and below 1 only for a source that can subset its training split (an image
+  source): a limited-data setting silently ignored would be an error."""
+  fraction = fraction_value(data.get("fraction", 1.0))
+  if fraction < 1.0 and get_source(data.name).train_subset is None:
+    raise UserError(f"data.fraction={fraction} is read by image sources only (it subsets the training split); "
+                    f"data source {data.name!r} trains on all of it. Remove --config.data.fraction")
 
 
 def check_set_keys(data: ConfigDict, set_keys: Sequence[str]):
