@@ -1,17 +1,25 @@
-"""Discriminator augmentation (families/gan_augment_lib.py: DiffAugment, ADA and its adaptive p) and the
-limited-data subsets (data.fraction)."""
+"""Discriminator augmentation (families/gan_augment_lib.py: DiffAugment, ADA and its adaptive p), its wiring
+into the GAN family (model.augment; ADA's p in the checkpointed run state) and the limited-data subsets
+(data.fraction)."""
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import Mesh, PartitionSpec as P
 
+from aigc_jax import configs, parallel, trainer
 from aigc_jax import data as data_lib
-from aigc_jax.configs import base_config
+from aigc_jax.checkpointing import Checkpointer
+from aigc_jax.configs import base_config, load_experiment
 from aigc_jax.data import pipeline
 from aigc_jax.data.images import ImageSet
 from aigc_jax.errors import UserError
+from aigc_jax.families import gan, get_family
 from aigc_jax.families import gan_augment_lib as aug
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 B, H = 8, 8
 FULL = ("color", "translation", "cutout")
@@ -166,40 +174,50 @@ def test_ada_accumulates_over_the_global_batch_inside_shard_map():
 
 # ------------------------------------------------------------------------------------------ data.fraction
 
-def digits_config(fraction, **data):
+def npz_config(tmp_path, fraction, labels=True):
+  """An .npz source of 100 distinct 4x4 images in three classes of 50, 30 and 20."""
+  rng = np.random.default_rng(0)
+  arrays = {"images": rng.permutation(256)[:100, None, None, None].repeat(4, 1).repeat(4, 2).astype(np.uint8)}
+  if labels:
+    arrays["labels"] = rng.permutation(np.repeat([0, 1, 2], [50, 30, 20])).astype(np.int32)
+  np.savez(tmp_path / "set.npz", **arrays)
   c = base_config()
-  c.data.update(dict(name="digits", image_size=8, fraction=fraction, **data))
-  c.batch_size = 8
+  c.data.update(dict(name="npz", path=str(tmp_path / "set.npz"), image_size=4, fraction=fraction))
+  c.batch_size = 10
   return c
 
 
-def test_fraction_keeps_a_fixed_class_stratified_share_of_the_training_split_only():
-  full = data_lib.load_image_set(digits_config(0.1).data)  # evaluation reads the whole split
-  iterator = data_lib.make_train_iterator(digits_config(0.1))
+def test_fraction_keeps_a_fixed_class_stratified_share_of_the_training_split_only(tmp_path):
+  config = npz_config(tmp_path, 0.1)
+  full = data_lib.load_image_set(config.data)  # evaluation reads the whole split
+  iterator = data_lib.make_train_iterator(config)
   subset = pipeline.training_subset(full, 0.1)
-  assert len(full) == 1500 and len(subset) == 150 and subset.subset_of == 1500
-  assert "150 of 1,500 images (class-stratified data.fraction=0.1) 8x8x1, 10 classes" in iterator.description
-  counts, full_counts = np.bincount(subset.labels, minlength=10), np.bincount(full.labels, minlength=10)
-  assert np.all(np.abs(counts - full_counts * 0.1) < 1)  # each class its share, rounded
+  assert len(full) == 100 and len(subset) == 10 and subset.subset_of == 100
+  assert "10 of 100 images (class-stratified data.fraction=0.1) 4x4x1, 3 classes" in iterator.description
+  np.testing.assert_array_equal(np.bincount(subset.labels), [5, 3, 2])  # each class its share
   rows = {r.tobytes(): l for r, l in zip(full.images, full.labels)}
   assert all(rows.get(r.tobytes()) == l for r, l in zip(subset.images, subset.labels))  # real pairs of the split
-  again = pipeline.training_subset(full, 0.1)
-  np.testing.assert_array_equal(again.images, subset.images)
-  batch_images = np.concatenate([iterator.batch_at(b)["image"] for b in range(40)])  # 320 rows: 2+ epochs
-  subset_rows = {r.tobytes() for r in data_lib.to_model_range(subset.images)}
-  assert {r.tobytes() for r in batch_images} == subset_rows
+  np.testing.assert_array_equal(pipeline.training_subset(full, 0.1).images, subset.images)  # fixed
+  assert len(np.unique(subset.images[:, 0, 0, 0])) == 10
+  # 25 of 50/30/20: shares 12.5, 7.5, 5 round down to 24; the one left goes to the largest remainder, the tie
+  # between classes 0 and 1 to the lower class.
+  np.testing.assert_array_equal(np.bincount(pipeline.training_subset(full, 0.25).labels), [13, 7, 5])
+  epoch = iterator.batch_at(0)["image"]  # batch 10 = one epoch of the subset
+  assert {r.tobytes() for r in epoch} == {r.tobytes() for r in data_lib.to_model_range(subset.images)}
   iterator.close()
   assert pipeline.training_subset(full, 1.0) is full
 
 
-def test_fraction_without_labels_is_a_seeded_subset_and_bad_values_are_one_line_errors():
+def test_fraction_without_labels_is_a_seeded_subset_and_bad_values_are_one_line_errors(tmp_path):
+  iterator = data_lib.make_train_iterator(npz_config(tmp_path, 0.25, labels=False))
+  assert "25 of 100 images (seeded data.fraction=0.25)" in iterator.description
   unlabelled = ImageSet(np.arange(10 * 4, dtype=np.uint8).reshape(10, 2, 2, 1))
   kept = pipeline.training_subset(unlabelled, 0.25)  # round(2.5) = 3 (half up)
   assert len(kept) == 3 and kept.labels is None and len(np.unique(kept.images[:, 0, 0, 0])) == 3
   np.testing.assert_array_equal(pipeline.training_subset(unlabelled, 0.25).images, kept.images)
   for bad in (0.0, 1.5, -0.1):
     with pytest.raises(UserError, match="data.fraction must be a number in") as e:
-      data_lib.check_fraction(digits_config(bad).data)
+      data_lib.check_fraction(npz_config(tmp_path, bad).data)
     assert "\n" not in str(e.value)
   with pytest.raises(UserError, match="keeps none"):
     pipeline.training_subset(unlabelled, 0.01)
@@ -209,4 +227,86 @@ def test_fraction_without_labels_is_a_seeded_subset_and_bad_values_are_one_line_
     data_lib.check_fraction(text.data)
   with pytest.raises(UserError, match="--config.data.fraction is not used by data source 'python_stdlib'.*digits"):
     data_lib.check_set_keys(text.data, ["data.fraction"])
-  data_lib.check_set_keys(digits_config(0.5).data, ["data.fraction"])
+  data_lib.check_set_keys(npz_config(tmp_path, 0.5).data, ["data.fraction"])
+
+
+# ------------------------------------------------------------------------------------- in the GAN family
+
+def tiny_gan(**model):
+  c = load_experiment(os.path.join(ROOT, "experiments", "gan.py"), "cpu")
+  c.data.image_size, c.batch_size, c.num_train_steps = 8, 8, 10
+  c.model.update(dict(g_hidden=(16,), d_hidden=(16,), d_pieces=2, z_dim=8, **model))
+  return c
+
+
+def test_augmentation_reaches_every_discriminator_call_with_its_own_per_example_keys(monkeypatch):
+  """Traced, not compiled: D sees augmented reals and fakes in the D step, augmented fakes in the G step, and
+  augmented inputs inside R1's critic."""
+  calls = []
+
+  def spy(x, keys_Bx2, policy):
+    calls.append((x.shape, policy, keys_Bx2))
+    return x
+
+  monkeypatch.setattr(aug, "diffaugment", spy)
+  config = tiny_gan(augment="diffaugment", diffaugment_policy="translation, color", gradient_penalty="r1")
+  family = get_family(config)
+  mesh = Mesh(np.asarray(jax.devices()[:8]), (parallel.DATA_AXIS,))
+  batch = {"image": jnp.zeros((8, 8, 8, 1)), "label": jnp.zeros((8,), jnp.int32)}
+  state = jax.eval_shape(family.init, jax.random.key(0), batch)
+  jax.eval_shape(jax.shard_map(family.train_step, mesh=mesh, in_specs=(P(), P("data"), P()), out_specs=(P(), P()),
+                               check_vma=False), state, batch, jax.random.key(1))
+  # One call for the D step's reals and fakes together, one inside R1's critic, one for the G step's fakes.
+  assert [shape[0] for shape, _, _ in calls] == [2, 1, 1]
+  assert all(policy == ("translation", "color") and shape[1:] == (8, 8, 1) for shape, policy, _ in calls)
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    ({"augment": "mixup"}, "unknown model.augment"),
+    ({"ada_target": 0.5}, "model.ada_target only applies to model.augment=ada"),
+    ({"augment": "diffaugment", "ada_interval": 8}, "model.ada_interval only applies to model.augment=ada"),
+    ({"diffaugment_policy": "color"}, "model.diffaugment_policy only applies to model.augment=diffaugment"),
+    ({"augment": "diffaugment", "diffaugment_policy": "color,zoom"}, "unknown DiffAugment policy"),
+    ({"augment": "diffaugment", "diffaugment_policy": " "}, "model.diffaugment_policy is empty"),
+    ({"augment": "ada", "ada_target": 1.0}, "must lie in"),
+    ({"augment": "ada", "data.channels": 2}, "1- or 3-channel images"),
+])
+def test_augment_settings_that_cannot_work_or_would_be_ignored_are_one_line_errors(overrides, needle):
+  config = tiny_gan()
+  configs.override(config, {k if "." in k else f"model.{k}": v for k, v in overrides.items()})
+  with pytest.raises(UserError, match=needle) as e:
+    gan.check_config(config)
+  assert "\n" not in str(e.value)
+
+
+def test_ada_p_rises_on_an_overfitting_discriminator_and_a_checkpoint_restores_it_exactly(tmp_path):
+  """A D with a high learning rate on one repeated real batch overfits: r_t -> 1 > 0.6, so p climbs by
+  batch * d_steps * interval / speed = 8 * 2 / 32 = 0.5 per adjustment (every 2 steps). The whole ADA state,
+  accumulators mid-interval included, goes through a checkpoint and the next step equals the uninterrupted one."""
+  config = tiny_gan(augment="ada", ada_interval=2, ada_speed_images=32)
+  config.optimizer.d_learning_rate = 1e-2
+  family = get_family(config)
+  mesh = Mesh(np.asarray(jax.devices()[:8]), (parallel.DATA_AXIS,))
+  step_fn = parallel.data_parallel(family.train_step, mesh, donate_state=False)
+  real = np.random.default_rng(0).uniform(-1, 1, (8, 8, 8, 1)).astype(np.float32)
+  batch = parallel.shard_batch({"image": real, "label": np.zeros(8, np.int32)}, mesh)
+  state = parallel.replicate(jax.jit(family.init)(jax.random.key(0), batch), mesh)
+  assert {k: float(v) for k, v in state["ada"].items()} == {"p": 0.0, "sign_sum": 0.0, "count": 0.0}
+  p, history = 0.0, []
+  for step in range(5):
+    state, metrics = step_fn(state, batch, jax.random.key(step))
+    if step % 2 == 1:  # an adjustment: r_t of the two steps' 16 real logits
+      p = min(max(p + np.sign(float(metrics["ada_rt"]) - 0.6) * 0.5, 0.0), 1.0)
+    history.append(float(metrics["ada_p"]))
+    assert float(state["ada"]["p"]) == pytest.approx(p)
+  assert max(history) > 0, history  # D overfit (r_t > 0.6 over an interval) and p rose
+  assert float(state["ada"]["count"]) == 8  # step 4's logits, waiting for the next adjustment
+  ckpt = Checkpointer(str(tmp_path))  # a host copy: saving 8 device replicas costs seconds more, same files
+  ckpt.save(5, jax.device_get(state), {"batches_consumed": 5}, config.to_dict(), force=True)
+  ckpt.wait()
+  restored, _, _ = ckpt.restore(5, trainer.abstract_state(family, config), mesh)
+  ckpt.close()
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored["ada"]), jax.device_get(state["ada"]))
+  after_restore, _ = step_fn(restored, batch, jax.random.key(5))
+  uninterrupted, _ = step_fn(state, batch, jax.random.key(5))
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(after_restore), jax.device_get(uninterrupted))

@@ -10,6 +10,9 @@ What is configurable (gan_lib has the maths):
   (needs a critic without batch norm); `model.pack` (PacGAN); TTUR through `optimizer.g/d_learning_rate`.
 - `model.num_classes` > 0: class-conditional G (conditional batch norm) and D (`model.cond_head`: projection or
   AC-GAN's auxiliary classifier); fake examples draw uniform random classes; `sample.label` picks the class.
+- `model.augment`: none | diffaugment | ada (gan_augment_lib): every image D sees, real and fake, in the D steps
+  and the G step (and inside a gradient penalty's critic), is augmented with per-example keys; ADA's p and its
+  r_t accumulators live in the run state as state["ada"], so they are checkpointed and resume exactly.
 """
 import math
 
@@ -20,13 +23,15 @@ from ml_collections import ConfigDict
 from aigc_jax import configs, optim
 from aigc_jax import data as data_lib
 from aigc_jax.errors import UserError
-from aigc_jax.families import Family, check_sample_label, gan_lib, sample_labels
+from aigc_jax.families import Family, check_sample_label, gan_augment_lib, gan_lib, sample_labels
 from aigc_jax.models.dcgan import DCGANDiscriminator, DCGANGenerator, num_resolution_steps
 from aigc_jax.models.gan_mlp import MaxoutDiscriminator, MLPGenerator
 from aigc_jax.parallel import DATA_AXIS, example_keys, keys_for_ids
 
 LOSSES = gan_lib.LOSSES
 COND_HEADS = ("projection", "acgan")
+# Purposes of the per-example keys sub(j, purpose) that augmentation draws from (real and fake images).
+AUGMENT_REAL, AUGMENT_FAKE = 20, 21
 # The batch key the family trains on, per medium of the data source.
 BATCH_KEYS = {"images": "image"}
 
@@ -56,6 +61,11 @@ def default_config() -> ConfigDict:
   m.d_pieces = 5                   # mlp: linear pieces per maxout unit
   m.d_input_dropout = 0.0          # mlp: dropout on the discriminator's input
   m.d_hidden_dropout = 0.0         # mlp: dropout on its hidden layers
+  m.augment = "none"               # none | diffaugment (Zhao et al. 2020) | ada (Karras et al. 2020), for D's inputs
+  m.diffaugment_policy = "color,translation,cutout"  # diffaugment: comma-separated, applied in this order
+  m.ada_target = gan_augment_lib.ADA_TARGET  # ada: the r_t = E[sign D(real)] that p steers towards
+  m.ada_interval = gan_augment_lib.ADA_INTERVAL  # ada: steps between adjustments of p
+  m.ada_speed_images = gan_augment_lib.ADA_SPEED_IMAGES  # ada: real images for p to move by 1
   c.optimizer = optim.optimizer_config(learning_rate=2e-4, b1=0.5)  # Radford et al.'s Adam
   c.optimizer.g_learning_rate = 0.0  # per network (TTUR, Heusel et al. 2017); 0 = optimizer.learning_rate
   c.optimizer.d_learning_rate = 0.0
@@ -149,6 +159,7 @@ def check_config(config: ConfigDict):
       raise UserError("model.pack > 1 (PacGAN) packs unlabelled examples; use it with model.num_classes=0")
   if config.batch_size % m.pack:
     raise UserError(f"batch_size={config.batch_size} is not divisible by model.pack={m.pack}; change one of them")
+  gan_augment_lib.check_config(config, lambda keys: _changed(config, keys))
   check_sample_label(config, m.num_classes)
 
 
@@ -176,6 +187,7 @@ def make_family(config: ConfigDict) -> Family:
   d_tx, d_schedule = optim.make_optimizer(opt, opt.get("d_learning_rate") or opt.learning_rate)
   uses_dropout = m.arch == "mlp" and (m.d_input_dropout > 0 or m.d_hidden_dropout > 0)
   grid_columns = math.ceil(math.sqrt(config.sample.num))  # media.images.image_grid's default layout
+  augmenter = gan_augment_lib.make_augmenter(config, DATA_AXIS)
 
   def sample_noise(keys_Bx2):
     return jax.vmap(lambda k: noise(k, m.z_dim, m.noise))(keys_Bx2)
@@ -212,13 +224,16 @@ def make_family(config: ConfigDict) -> Family:
     x_packed = gan_lib.pack(jnp.repeat(x, m.pack, axis=0), m.pack)  # D's input shape: pack examples wide
     d_args = (x_packed, labels_B) if conditional_arch else (x_packed,)
     d_vars = init_discriminator.init({"params": d_key, "dropout": d_key}, *d_args, train=False)
-    return {
+    state = {
         "step": jnp.zeros((), jnp.int32),
         "generator": optim.init_train_state(g_vars["params"], g_tx, ema=True,
                                             batch_stats=g_vars.get("batch_stats", {})),
         "discriminator": optim.init_train_state(d_vars["params"], d_tx, ema=False,
                                                 batch_stats=d_vars.get("batch_stats", {})),
     }
+    if augmenter.init_state() is not None:
+      state["ada"] = augmenter.init_state()
+    return state
 
   def adversarial_d_loss(real_logits, fake_logits, real_aux, fake_aux, real_labels, fake_labels):
     loss = gan_lib.discriminator_loss(m.loss, real_logits, fake_logits)
@@ -243,6 +258,8 @@ def make_family(config: ConfigDict) -> Family:
     # Every fake of this step comes from the generator as it was at the start of the step.
     g_vars = {"params": g_state["params"], "batch_stats": g_state["batch_stats"]}
     step = state["step"]
+    ada = state.get("ada")
+    augment = lambda x, j, purpose: augmenter.apply(x, sub(j, purpose), ada)
 
     d_metrics = {}
     for j in range(config.model.d_steps):
@@ -252,18 +269,20 @@ def make_family(config: ConfigDict) -> Family:
       fake = jax.lax.stop_gradient(fake)
       x_real = real[:, j]
       d_stats = d_state["batch_stats"]
+      real_in, fake_in = augmenter.apply_both(x_real, sub(j, AUGMENT_REAL), fake, sub(j, AUGMENT_FAKE), ada)
 
       def d_loss_fn(params):
-        real_logits, real_aux, stats = discriminate({"params": params, "batch_stats": d_stats}, x_real,
+        real_logits, real_aux, stats = discriminate({"params": params, "batch_stats": d_stats}, real_in,
                                                     real_labels, sub(j, 1))
-        fake_logits, fake_aux, stats = discriminate({"params": params, "batch_stats": stats}, fake, fake_labels,
+        fake_logits, fake_aux, stats = discriminate({"params": params, "batch_stats": stats}, fake_in, fake_labels,
                                                     sub(j, 2))
         loss = adversarial_d_loss(real_logits, fake_logits, real_aux, fake_aux, real_labels, fake_labels)
         aux = {}
         if m.gradient_penalty != "none":
-          # The penalty's critic: these params and stats; its own updates (power iterations) are dropped.
-          critic = lambda x_: discriminate({"params": params, "batch_stats": stats}, x_, real_labels,
-                                           sub(j, 5))[0]
+          # The penalty's critic: these params and stats; its own updates (power iterations) are dropped. With
+          # augmentation it is D(T(x)), the gradient taken through T (as DiffAugment's and ADA's code).
+          critic = lambda x_: discriminate({"params": params, "batch_stats": stats},
+                                           augment(x_, j, AUGMENT_REAL), real_labels, sub(j, 5))[0]
           if m.gradient_penalty == "wgan_gp":
             eps_B = jax.vmap(lambda k: jax.random.uniform(k, ()))(sub(j, 4))
             penalty = gan_lib.wgan_gp_penalty(critic, x_real, fake, eps_B)
@@ -278,6 +297,7 @@ def make_family(config: ConfigDict) -> Family:
           d_state["params"])
       d_state, _ = optim.apply_gradients(d_state, grads, d_tx, step)
       d_state["batch_stats"] = d_stats
+      ada = augmenter.observe(ada, real_logits)  # ADA: sign(D(real)) of the global batch
       if m.loss == "wasserstein":  # the critic's estimate of the Wasserstein-1 distance (minus the penalty)
         d_metrics = {"d_loss": d_loss, "wasserstein": jnp.mean(real_logits) - jnp.mean(fake_logits), **aux}
       else:
@@ -290,7 +310,8 @@ def make_family(config: ConfigDict) -> Family:
       fake, stats = generate(generator, {"params": params, "batch_stats": g_vars["batch_stats"]},
                              sample_noise(sub(m.d_steps, 0)), g_labels)
       d_vars = {"params": d_state["params"], "batch_stats": d_state["batch_stats"]}
-      logits, aux_logits, _ = discriminate(d_vars, fake, g_labels, sub(m.d_steps, 1))
+      logits, aux_logits, _ = discriminate(d_vars, augment(fake, m.d_steps, AUGMENT_FAKE), g_labels,
+                                           sub(m.d_steps, 1))
       loss = gan_lib.generator_loss(m.loss, logits)
       if num_classes and m.cond_head == "acgan":
         loss += m.acgan_weight * gan_lib.classification_loss(aux_logits, g_labels)
@@ -300,7 +321,9 @@ def make_family(config: ConfigDict) -> Family:
     g_state, _ = optim.apply_gradients(g_state, grads, g_tx, step, m.ema_decay)
     g_state["batch_stats"] = g_stats
     new_state = {"step": step + 1, "generator": g_state, "discriminator": d_state}
-    metrics = {"g_loss": g_loss, **d_metrics, "learning_rate": g_schedule(step)}
+    metrics = {"g_loss": g_loss, **d_metrics, **augmenter.metrics(ada), "learning_rate": g_schedule(step)}
+    if ada is not None:
+      new_state["ada"] = augmenter.end_step(ada, step)
     return new_state, jax.lax.pmean(metrics, DATA_AXIS)
 
   def sample(state, rng, ids_B):

@@ -29,11 +29,16 @@ uint32 keys), which the family derives from global example indices, so an exampl
 depend on how the batch is split across devices, nor on the other examples. Images are in [-1, 1], NHWC.
 """
 import math
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import jax.scipy.special
+from ml_collections import ConfigDict
 
+from aigc_jax.errors import UserError
+
+AUGMENTS = ("none", "diffaugment", "ada")
 DIFFAUGMENT_POLICIES = ("color", "translation", "cutout")
 
 # ADA "bgc" strengths (augment.py defaults, the paper's Appendix B).
@@ -140,7 +145,7 @@ def affine_sample(x_HxWxC, g_inv_3x3):
   """Bilinear resampling: out at pixel (i, j) = x at G_inv @ (j - cx, i - cy, 1) + (cx, cy), coordinates
   relative to the image centre (cx, cy) = ((W - 1) / 2, (H - 1) / 2), mirrored at the borders. Identity,
   flips, 90-degree rotations (square images) and integer translations land on pixel centres and copy pixels
-  exactly. Differentiable w.r.t. x (a weighted gather)."""
+  exactly. Differentiable w.r.t. x (a weighted gather: one gather of the four taps)."""
   h, w, c = x_HxWxC.shape
   cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
   ii, jj = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32), indexing="ij")
@@ -148,69 +153,78 @@ def affine_sample(x_HxWxC, g_inv_3x3):
   u = _reflect(g_inv_3x3[0, 0] * xc + g_inv_3x3[0, 1] * yc + g_inv_3x3[0, 2] + cx, w)
   v = _reflect(g_inv_3x3[1, 0] * xc + g_inv_3x3[1, 1] * yc + g_inv_3x3[1, 2] + cy, h)
   u0f, v0f = jnp.floor(u), jnp.floor(v)
-  fu, fv = (u - u0f)[..., None], (v - v0f)[..., None]
+  fu, fv = u - u0f, v - v0f
   u0 = jnp.clip(u0f.astype(jnp.int32), 0, w - 1)
   v0 = jnp.clip(v0f.astype(jnp.int32), 0, h - 1)
   u1, v1 = jnp.minimum(u0 + 1, w - 1), jnp.minimum(v0 + 1, h - 1)
-  flat = x_HxWxC.reshape(h * w, c)
-  at = lambda r, q: jnp.take(flat, r * w + q, axis=0)  # [H, W, C]
-  return ((1 - fv) * ((1 - fu) * at(v0, u0) + fu * at(v0, u1)) +
-          fv * ((1 - fu) * at(v1, u0) + fu * at(v1, u1)))
+  taps_4xHxW = jnp.stack([v0 * w + u0, v0 * w + u1, v1 * w + u0, v1 * w + u1])
+  weights_4xHxW = jnp.stack([(1 - fv) * (1 - fu), (1 - fv) * fu, fv * (1 - fu), fv * fu])
+  gathered = jnp.take(x_HxWxC.reshape(h * w, c), taps_4xHxW, axis=0)  # [4, H, W, C]
+  return jnp.sum(weights_4xHxW[..., None].astype(x_HxWxC.dtype) * gathered, axis=0)
 
 
-def _geometric_matrix(u, z, p, h: int, w: int):
-  """G_inv (output pixel -> input pixel, centred coordinates) of the blit and general geometric groups, from
-  uniforms u[0:14] and normals z[0:4]: the product, in this order, of the inverses of x-flip, 90-degree
-  rotation, integer translation, isotropic scaling, pre-rotation, anisotropic scaling, post-rotation and
-  fractional translation, each replaced by the identity where not applied. Built as one [8, 3, 3] stack
-  (a few vector ops instead of dozens of scalar ones: the train step compiles faster)."""
-  flip = 1.0 - 2.0 * jnp.floor(u[1] * 2)  # with probability p, flip with probability 1/2
-  quarter = jnp.minimum(jnp.floor(u[3] * 4).astype(jnp.int32), 3)  # exact cos/sin: 90-degree turns copy pixels
-  cos90, sin90 = jnp.array([1.0, 0.0, -1.0, 0.0])[quarter], jnp.array([0.0, 1.0, 0.0, -1.0])[quarter]
-  shift = -jnp.round((u[5:7] * 2 - 1) * ADA_XINT_MAX * jnp.array([w, h]))
-  scale = jnp.exp2(z[0] * ADA_SCALE_STD)
-  theta = (u[jnp.array([9, 12])] * 2 - 1) * math.pi * ADA_ROTATE_MAX  # pre- and post-rotation
-  cos, sin = jnp.cos(theta), jnp.sin(theta)
-  aniso = jnp.exp2(z[1] * ADA_ANISO_STD)
-  frac = -z[2:4] * ADA_XFRAC_STD * jnp.array([w, h])
-  zero, one = jnp.zeros(()), jnp.ones(())
-  a11 = jnp.stack([flip, cos90, one, 1 / scale, cos[0], 1 / aniso, cos[1], one])
-  a12 = jnp.stack([zero, -sin90, zero, zero, -sin[0], zero, -sin[1], zero])
-  a21 = jnp.stack([zero, sin90, zero, zero, sin[0], zero, sin[1], zero])
-  a22 = jnp.stack([one, cos90, one, 1 / scale, cos[0], aniso, cos[1], one])
-  tx = jnp.stack([zero, zero, shift[0], zero, zero, zero, zero, frac[0]])
-  ty = jnp.stack([zero, zero, shift[1], zero, zero, zero, zero, frac[1]])
+def _geometric_matrices(u_Bx14, z_Bx4, p, h: int, w: int):
+  """G_inv [B, 3, 3] (output pixel -> input pixel, centred coordinates): the product, in this order, of the
+  inverses of x-flip, 90-degree rotation, integer translation, isotropic scaling, pre-rotation, anisotropic
+  scaling, post-rotation and fractional translation, each with its parameter set to the identity's where not
+  applied (so p = 0 gives exactly the identity). Written on [B] vectors in closed form: the translations only
+  add a shift, so G_inv = [F R90 L, F R90 t_int + F R90 L t_frac] with L = S^-1 R_pre A^-1 R_post; far fewer
+  ops than composing eight 3x3 matrices per example, which keeps the train step's compile time down."""
+  u, z = u_Bx14, z_Bx4
+  on = lambda slot, prob=p: u[:, slot] < prob
+  flip = jnp.where(on(0), 1.0 - 2.0 * jnp.floor(u[:, 1] * 2), 1.0)  # with probability p, flip half the time
+  quarter = jnp.where(on(2), jnp.minimum(jnp.floor(u[:, 3] * 4), 3), 0)
+  cos90 = jnp.where(quarter == 0, 1.0, jnp.where(quarter == 2, -1.0, 0.0))  # exact, so that turns copy pixels
+  sin90 = jnp.where(quarter == 1, 1.0, jnp.where(quarter == 3, -1.0, 0.0))
+  size = jnp.array([w, h], jnp.float32)
+  t_int = jnp.where(on(4)[:, None], -jnp.round((u[:, 5:7] * 2 - 1) * ADA_XINT_MAX * size), 0.0)
+  scale = jnp.where(on(7), jnp.exp2(z[:, 0] * ADA_SCALE_STD), 1.0)
   # Rotation is split into a pre- and a post-rotation, each with 1 - sqrt(1 - p): P(either) = p.
   p_rot = 1.0 - jnp.sqrt(jnp.clip(1.0 - p, 0.0, 1.0))
-  applied = u[jnp.array([0, 2, 4, 7, 8, 10, 11, 13])] < jnp.stack([p, p, p, p, p_rot, p, p_rot, p])
-  rows = jnp.stack([a11, a12, tx, a21, a22, ty, zero * a11, zero * a11, one + zero * a11], axis=-1)
-  mats = jnp.where(applied[:, None], rows, jnp.eye(3).reshape(9)).reshape(8, 3, 3)
-  g = mats[0]
-  for i in range(1, 8):
-    g = g @ mats[i]
-  return g
+  pre = jnp.where(on(8, p_rot), (u[:, 9] * 2 - 1) * math.pi * ADA_ROTATE_MAX, 0.0)
+  aniso = jnp.where(on(10), jnp.exp2(z[:, 1] * ADA_ANISO_STD), 1.0)
+  post = jnp.where(on(11, p_rot), (u[:, 12] * 2 - 1) * math.pi * ADA_ROTATE_MAX, 0.0)
+  t_frac = jnp.where(on(13)[:, None], -z[:, 2:4] * ADA_XFRAC_STD * size, 0.0)
+  # 2x2 products written out elementwise (no tiny matmul kernels): matrices as (a, b, c, d) = [[a, b], [c, d]].
+  mul = lambda m, n: (m[0] * n[0] + m[1] * n[2], m[0] * n[1] + m[1] * n[3],
+                      m[2] * n[0] + m[3] * n[2], m[2] * n[1] + m[3] * n[3])
+  rotation = lambda t: (jnp.cos(t), -jnp.sin(t), jnp.sin(t), jnp.cos(t))
+  blit = (flip * cos90, -flip * sin90, sin90, cos90)  # diag(flip, 1) @ R(90 q)
+  r_pre = rotation(pre)
+  general = mul((r_pre[0] / aniso, r_pre[1] * aniso, r_pre[2] / aniso, r_pre[3] * aniso), rotation(post))
+  linear = [e / scale for e in mul(blit, general)]
+  shift_x = blit[0] * t_int[:, 0] + blit[1] * t_int[:, 1] + linear[0] * t_frac[:, 0] + linear[1] * t_frac[:, 1]
+  shift_y = blit[2] * t_int[:, 0] + blit[3] * t_int[:, 1] + linear[2] * t_frac[:, 0] + linear[3] * t_frac[:, 1]
+  zero, one = jnp.zeros_like(flip), jnp.ones_like(flip)
+  rows = [linear[0], linear[1], shift_x, linear[2], linear[3], shift_y, zero, zero, one]
+  return jnp.stack(rows, axis=-1).reshape(-1, 3, 3)
 
 
-def _color_matrix(u, z, p, channels: int):
-  """C (homogeneous 4x4 on RGB) of the colour group from uniforms u[0:8] and normals z[0:3]; hue and
-  saturation only for RGB."""
-  eye = jnp.eye(4)
-  luma = jnp.array([1.0, 1.0, 1.0, 0.0]) / math.sqrt(3.0)
-  vvt = jnp.outer(luma, luma)
-  c_mat = jnp.where(u[0] < p, eye.at[:3, 3].set(z[0] * ADA_BRIGHTNESS_STD), eye)
-  con = jnp.exp2(z[1] * ADA_CONTRAST_STD)
-  c_mat = jnp.where(u[1] < p, jnp.diag(jnp.array([con, con, con, 1.0])), eye) @ c_mat
-  flip = jnp.floor(u[3] * 2)
-  c_mat = jnp.where(u[2] < p, eye - 2.0 * vvt * flip, eye) @ c_mat  # Householder reflection of the luma axis
-  if channels > 1:
-    theta = (u[5] * 2 - 1) * math.pi * ADA_HUE_MAX
-    cos, sin = jnp.cos(theta), jnp.sin(theta)
-    cross = jnp.array([[0.0, -luma[2], luma[1]], [luma[2], 0.0, -luma[0]], [-luma[1], luma[0], 0.0]])
-    rot3 = cos * jnp.eye(3) + sin * cross + (1 - cos) * vvt[:3, :3]  # Rodrigues: rotation about the luma axis
-    c_mat = jnp.where(u[4] < p, eye.at[:3, :3].set(rot3), eye) @ c_mat
-    sat = jnp.exp2(z[2] * ADA_SATURATION_STD)
-    c_mat = jnp.where(u[6] < p, vvt + (eye - vvt) * sat, eye) @ c_mat
-  return c_mat
+def _color(x_BxHxWxC, u_Bx7, z_Bx3, p):
+  """The colour group: brightness b, contrast c, luma flip (Householder reflection H of the luma axis), hue
+  rotation about it and saturation, composed as the official code's C = Sat Hue H diag(c) T(b): out = M x +
+  M (b, b, b) with M = c Sat Hue H. Greyscale (hue and saturation skipped, the RGB rows averaged as the
+  official code does) reduces to out = (1 - 2 flip) c (x + b)."""
+  u, z = u_Bx7, z_Bx3
+  on = lambda slot: u[:, slot] < p
+  bright = jnp.where(on(0), z[:, 0] * ADA_BRIGHTNESS_STD, 0.0)
+  contrast = jnp.where(on(1), jnp.exp2(z[:, 1] * ADA_CONTRAST_STD), 1.0)
+  flip = jnp.where(on(2), jnp.floor(u[:, 3] * 2), 0.0)
+  as4 = lambda v_B: v_B[:, None, None, None].astype(x_BxHxWxC.dtype)
+  if x_BxHxWxC.shape[-1] == 1:
+    return as4((1 - 2 * flip) * contrast) * (x_BxHxWxC + as4(bright))
+  theta = jnp.where(on(4), (u[:, 5] * 2 - 1) * math.pi * ADA_HUE_MAX, 0.0)
+  sat = jnp.where(on(6), jnp.exp2(z[:, 2] * ADA_SATURATION_STD), 1.0)
+  eye, vvt = jnp.eye(3), jnp.full((3, 3), 1.0 / 3.0)  # v v^T of the unit luma axis v = (1, 1, 1) / sqrt(3)
+  cross = jnp.array([[0.0, -1.0, 1.0], [1.0, 0.0, -1.0], [-1.0, 1.0, 0.0]]) / math.sqrt(3.0)  # [v]_x
+  b3 = lambda v_B: v_B[:, None, None]
+  householder = eye - 2.0 * b3(flip) * vvt
+  hue = b3(jnp.cos(theta)) * eye + b3(jnp.sin(theta)) * cross + b3(1 - jnp.cos(theta)) * vvt  # Rodrigues
+  saturation = eye + b3(sat - 1) * (eye - vvt)  # = v v^T + sat (I - v v^T), exactly I at sat = 1
+  m = jnp.einsum("bij,bjk,bkl->bil", saturation, hue, householder) * b3(contrast)
+  offset = bright[:, None] * jnp.sum(m, axis=-1)  # M (b, b, b)
+  m, offset = m.astype(x_BxHxWxC.dtype), offset.astype(x_BxHxWxC.dtype)
+  return jnp.einsum("bhwc,bdc->bhwd", x_BxHxWxC, m) + offset[:, None, None, :]
 
 
 def ada_augment(x_BxHxWxC, keys_Bx2, p):
@@ -220,20 +234,13 @@ def ada_augment(x_BxHxWxC, keys_Bx2, p):
   if channels not in (1, 3):
     raise ValueError(f"ADA augments 1- or 3-channel images, got {channels} channels")
   p = jnp.asarray(p, jnp.float32)
-
-  def one(x, key):
-    # One draw per example, fixed slots per transformation (one threefry call keeps the compile small); the
-    # normals by the inverse CDF, as jax.random.normal makes them.
-    u = jax.random.uniform(key, (28,))
-    u, z = u[:21], math.sqrt(2.0) * jax.scipy.special.erfinv(jnp.maximum(u[21:] * 2 - 1, -1 + 2.0 ** -23))
-    x = affine_sample(x, _geometric_matrix(u[:14], z[:4], p, h, w).astype(x.dtype))
-    c_mat = _color_matrix(u[14:], z[4:], p, channels).astype(x.dtype)
-    if channels == 3:
-      return x @ c_mat[:3, :3].T + c_mat[:3, 3]
-    # Greyscale: the official code's mean of the RGB rows (a gain and an offset).
-    return x * (jnp.sum(c_mat[:3, :3]) / 3.0) + jnp.sum(c_mat[:3, 3]) / 3.0
-
-  return jax.vmap(one)(x_BxHxWxC, keys_Bx2)
+  # One draw per example, fixed slots per transformation (one threefry call keeps the compile small); the
+  # normals by the inverse CDF, as jax.random.normal makes them.
+  u_Bx28 = jax.vmap(lambda k: jax.random.uniform(k, (28,)))(keys_Bx2)
+  z_Bx7 = math.sqrt(2.0) * jax.scipy.special.erfinv(jnp.maximum(u_Bx28[:, 21:] * 2 - 1, -1 + 2.0 ** -23))
+  g_inv = _geometric_matrices(u_Bx28[:, :14], z_Bx7[:, :4], p, h, w).astype(x_BxHxWxC.dtype)
+  x = jax.vmap(affine_sample)(x_BxHxWxC, g_inv)
+  return _color(x, u_Bx28[:, 14:21], z_Bx7[:, 4:], p)
 
 
 # ------------------------------------------------------------------------------------------- ADA's adaptive p
@@ -274,3 +281,80 @@ def ada_maybe_adjust(ada: dict, adjust_now, images_seen_per_adjust, target: floa
   """`ada_adjust` where the traced boolean `adjust_now` holds (every `interval` steps), else `ada` as is."""
   adjusted = ada_adjust(ada, images_seen_per_adjust, target, speed_images)
   return jax.tree.map(lambda a, b: jnp.where(adjust_now, a, b), adjusted, ada)
+
+
+# ------------------------------------------------------------------------------------- wiring into the family
+
+class Augmenter(NamedTuple):
+  """What the GAN family calls (model.augment): `apply(x, keys_Bx2, ada)` before every discriminator call
+  (real and fake, D steps and G step; `apply_both` for a real and a fake batch in one call, the same result
+  as two, a smaller program); `init_state()` -> the run state's "ada" entry or None;
+  `observe(ada, real_logits)` after each D step; `end_step(ada, step)` once per train step (adjusts p every
+  model.ada_interval steps); `metrics(ada)` -> {"ada_p", "ada_rt"} or {}."""
+  kind: str
+  apply: Callable
+  init_state: Callable
+  observe: Callable
+  end_step: Callable
+  metrics: Callable
+
+  def apply_both(self, x_a, keys_a, x_b, keys_b, ada):
+    if self.kind == "none":
+      return x_a, x_b
+    both = self.apply(jnp.concatenate([x_a, x_b]), jnp.concatenate([keys_a, keys_b]), ada)
+    return both[:x_a.shape[0]], both[x_a.shape[0]:]
+
+
+def parse_policy(text: str) -> tuple:
+  """"color,translation,cutout" -> ("color", "translation", "cutout"); a one-line UserError for unknown names."""
+  policy = tuple(p.strip() for p in str(text).split(",") if p.strip())
+  try:
+    return check_policy(policy)
+  except ValueError as e:
+    raise UserError(f"model.diffaugment_policy={text!r}: {e}; set it to a comma-separated list of those") from None
+
+
+def check_config(config: ConfigDict, changed: Callable):
+  """One-line errors for a bad model.augment setting and for diffaugment_* / ada_* keys the chosen augment would
+  ignore (`changed(keys)` -> those set away from the family's defaults)."""
+  m = config.model
+  if m.augment not in AUGMENTS:
+    raise UserError(f"unknown model.augment {m.augment!r}; use one of {AUGMENTS}")
+  for prefix, kind in (("diffaugment_", "diffaugment"), ("ada_", "ada")):
+    ignored = changed([k for k in m.keys() if k.startswith(prefix)]) if m.augment != kind else []
+    if ignored:
+      raise UserError(f"model.{ignored[0]} only applies to model.augment={kind}; set --config.model.augment={kind} "
+                      f"or leave model.{ignored[0]} at its default")
+  if m.augment == "diffaugment" and not parse_policy(m.diffaugment_policy):
+    raise UserError("model.diffaugment_policy is empty; name policies (color,translation,cutout) or set "
+                    "model.augment=none")
+  if m.augment == "ada":
+    if config.data.channels not in (1, 3):
+      raise UserError(f"model.augment=ada transforms 1- or 3-channel images, but data.channels="
+                      f"{config.data.channels}; use model.augment=diffaugment or none")
+    if not -1.0 < m.ada_target < 1.0:
+      raise UserError(f"model.ada_target={m.ada_target} must lie in (-1, 1) (r_t = E[sign D(real)]; the paper "
+                      "uses 0.6)")
+
+
+def make_augmenter(config: ConfigDict, axis_name) -> Augmenter:
+  """The Augmenter of config.model.augment; `axis_name`: the data axis the train step runs under (global r_t)."""
+  m = config.model
+  if m.augment == "ada":
+    # Real images the discriminator sees between two adjustments (each step's d_steps batches).
+    images = config.batch_size * m.d_steps * m.ada_interval
+
+    def end_step(ada, step):
+      return ada_maybe_adjust(ada, (step + 1) % m.ada_interval == 0, images, m.ada_target, m.ada_speed_images)
+
+    return Augmenter(
+        kind="ada", apply=lambda x, keys, ada: ada_augment(x, keys, ada["p"]), init_state=ada_init_state,
+        observe=lambda ada, real_logits: ada_accumulate(ada, real_logits, axis_name), end_step=end_step,
+        metrics=lambda ada: {"ada_p": ada["p"], "ada_rt": ada_rt(ada)})
+  if m.augment == "diffaugment":
+    policy = parse_policy(m.diffaugment_policy)
+    apply = lambda x, keys, ada: diffaugment(x, keys, policy)
+  else:
+    apply = lambda x, keys, ada: x
+  return Augmenter(kind=m.augment, apply=apply, init_state=lambda: None, observe=lambda ada, logits: ada,
+                   end_step=lambda ada, step: ada, metrics=lambda ada: {})
