@@ -125,7 +125,7 @@ def diffaugment(x_BxHxWxC, keys_Bx2, policy: tuple):
     for name in policy:
       op, slot = _DIFFAUGMENT_OPS[name]
       x = op(x, u[slot])
-    return x
+    return x.astype(x_BxHxWxC.dtype)  # the float32 draws would promote bfloat16 images
 
   return jax.vmap(one)(x_BxHxWxC, keys_Bx2)
 
@@ -238,7 +238,7 @@ def ada_augment(x_BxHxWxC, keys_Bx2, p):
   # normals by the inverse CDF, as jax.random.normal makes them.
   u_Bx28 = jax.vmap(lambda k: jax.random.uniform(k, (28,)))(keys_Bx2)
   z_Bx7 = math.sqrt(2.0) * jax.scipy.special.erfinv(jnp.maximum(u_Bx28[:, 21:] * 2 - 1, -1 + 2.0 ** -23))
-  g_inv = _geometric_matrices(u_Bx28[:, :14], z_Bx7[:, :4], p, h, w).astype(x_BxHxWxC.dtype)
+  g_inv = _geometric_matrices(u_Bx28[:, :14], z_Bx7[:, :4], p, h, w)  # float32 coordinates for any image dtype
   x = jax.vmap(affine_sample)(x_BxHxWxC, g_inv)
   return _color(x, u_Bx28[:, 14:21], z_Bx7[:, 4:], p)
 
@@ -302,7 +302,7 @@ class Augmenter(NamedTuple):
     if self.kind == "none":
       return x_a, x_b
     both = self.apply(jnp.concatenate([x_a, x_b]), jnp.concatenate([keys_a, keys_b]), ada)
-    return both[:x_a.shape[0]], both[x_a.shape[0]:]
+    return both[:x_a.shape[0]].astype(x_a.dtype), both[x_a.shape[0]:].astype(x_b.dtype)
 
 
 def parse_policy(text: str) -> tuple:
