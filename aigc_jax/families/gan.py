@@ -173,7 +173,8 @@ def make_family(config: ConfigDict) -> Family:
   init_generator, init_discriminator = build_models(config, axis_name=None)  # no collectives outside a mesh
   opt = config.optimizer
   g_tx, g_schedule = optim.make_optimizer(opt, opt.get("g_learning_rate") or opt.learning_rate)
-  d_tx, d_schedule = optim.make_optimizer(opt, opt.get("d_learning_rate") or opt.learning_rate)
+  d_tx, d_schedule = optim.make_optimizer(opt, opt.get("d_learning_rate") or opt.learning_rate,
+                                          updates_per_step=m.d_steps)
   uses_dropout = m.arch == "mlp" and (m.d_input_dropout > 0 or m.d_hidden_dropout > 0)
   grid_columns = math.ceil(math.sqrt(config.sample.num))  # media.images.image_grid's default layout
 
