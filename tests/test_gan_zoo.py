@@ -93,6 +93,10 @@ def config(**overrides):
     ({"spectral_norm": True}, "model.spectral_norm is not available"),
     ({"pack": 3}, "not divisible by model.pack=3"),
     ({"sample.label": 3}, "needs a class-conditional model"),
+    ({"arch": "sngan_cnn", "num_classes": 10, "sample.label": 10}, "out of range for a model of 10 classes"),
+    ({"arch": "sngan_cnn", "num_classes": 10, "pack": 2}, "packs unlabelled examples"),
+    ({"arch": "sngan_cnn", "d_pool": "mean"}, "model.d_pool is not read by model.arch='sngan_cnn'"),
+    ({"arch": "resnet", "acgan_weight": 2.0, "num_classes": 10}, "only applies to model.cond_head=acgan"),
 ])
 def test_settings_that_cannot_work_or_would_be_ignored_are_one_line_errors(overrides, needle):
   with pytest.raises(UserError, match=needle) as e:
