@@ -64,17 +64,22 @@ def matrices_only(params):
   return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
-def make_optimizer(opt: ConfigDict, lr: float = None):
-  """Returns (optax transformation, schedule) for `opt.name` in adam | adamw | sgd."""
+def make_optimizer(opt: ConfigDict, lr: float = None, updates_per_step: int = 1):
+  """Returns (optax transformation, schedule of the train step) for `opt.name` in adam | adamw | sgd.
+
+  `updates_per_step`: how many times per train step this optimiser updates (a GAN critic's d_steps). The
+  schedule stays a function of the train step, so warm-up and decay end where the config says for every
+  network; optax's own count would make a critic's learning rate decay d_steps times too early."""
   schedule = make_schedule(opt, lr)
+  by_update = schedule if updates_per_step == 1 else (lambda count: schedule(count // updates_per_step))
   name = opt.name
   if name == "adam":
-    tx = optax.adam(schedule, b1=opt.b1, b2=opt.b2, eps=opt.get("eps", 1e-8))
+    tx = optax.adam(by_update, b1=opt.b1, b2=opt.b2, eps=opt.get("eps", 1e-8))
   elif name == "adamw":
-    tx = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.get("eps", 1e-8), weight_decay=opt.weight_decay,
+    tx = optax.adamw(by_update, b1=opt.b1, b2=opt.b2, eps=opt.get("eps", 1e-8), weight_decay=opt.weight_decay,
                      mask=matrices_only)
   elif name == "sgd":
-    tx = optax.sgd(schedule, momentum=opt.get("momentum", 0.0) or None)
+    tx = optax.sgd(by_update, momentum=opt.get("momentum", 0.0) or None)
   else:
     raise UserError(f"unknown optimizer.name {name!r}; use adam, adamw or sgd")
   clip = opt.get("grad_clip_norm", 0.0)

@@ -93,8 +93,27 @@ def config(**overrides):
     ({"spectral_norm": True}, "model.spectral_norm is not available"),
     ({"pack": 3}, "not divisible by model.pack=3"),
     ({"sample.label": 3}, "needs a class-conditional model"),
+    ({"arch": "sngan_cnn", "num_classes": 10, "sample.label": 10}, "out of range for a model of 10 classes"),
+    ({"arch": "sngan_cnn", "num_classes": 10, "pack": 2}, "packs unlabelled examples"),
+    ({"arch": "sngan_cnn", "d_pool": "mean"}, "model.d_pool is not read by model.arch='sngan_cnn'"),
+    ({"arch": "resnet", "acgan_weight": 2.0, "num_classes": 10}, "only applies to model.cond_head=acgan"),
 ])
 def test_settings_that_cannot_work_or_would_be_ignored_are_one_line_errors(overrides, needle):
   with pytest.raises(UserError, match=needle) as e:
     gan.check_config(config(**overrides))
   assert "\n" not in str(e.value)
+
+
+def test_a_critic_updated_d_steps_times_per_step_follows_the_schedule_of_the_train_step():
+  from aigc_jax import optim
+  opt = optim.optimizer_config(name="sgd", learning_rate=1.0, schedule="linear", decay_steps=10)
+  tx, schedule = optim.make_optimizer(opt, updates_per_step=5)
+  params = {"w": jnp.zeros(())}
+  state = tx.init(params)
+  lrs = []
+  for _ in range(15):  # three train steps of five critic updates; grad 1 -> update = -lr
+    updates, state = tx.update({"w": jnp.ones(())}, state, params)
+    lrs.append(-float(updates["w"]))
+  np.testing.assert_allclose(lrs, [float(schedule(t)) for t in (0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2)],
+                             rtol=1e-6)
+  assert lrs[0] == pytest.approx(1.0) and lrs[-1] == pytest.approx(0.8)

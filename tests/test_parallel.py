@@ -52,6 +52,18 @@ def tiny_mlp_wgan_gp_packed():
   return c
 
 
+def tiny_conditional_sngan():
+  """Conditional SN-GAN: conditional batch norm in G, spectral norm (power-iteration state) and the projection
+  head in D, hinge loss, uniform random fake classes."""
+  c = experiment_config("cgan_projection")
+  c.model.g_width = 4
+  c.model.d_width = 4
+  c.model.z_dim = 8
+  c.data.image_size = 8
+  c.batch_size = 8
+  return c
+
+
 def real_batch(config, step):
   rng = np.random.default_rng(step)
   d = config.data
@@ -99,8 +111,8 @@ def assert_trees_close(a, b, **tol):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path), **tol)
 
 
-@pytest.mark.parametrize("make_config", [tiny_dcgan, tiny_mlp_gan, tiny_mlp_wgan_gp_packed],
-                         ids=["dcgan", "mlp_dropout", "mlp_wgan_gp_pack2"])
+@pytest.mark.parametrize("make_config", [tiny_dcgan, tiny_mlp_gan, tiny_mlp_wgan_gp_packed, tiny_conditional_sngan],
+                         ids=["dcgan", "mlp_dropout", "mlp_wgan_gp_pack2", "conditional_sngan"])
 def test_eight_devices_equal_one_device(make_config):
   config = make_config()
   one, metrics_one = run_steps(config, jax.devices()[:1], 2)

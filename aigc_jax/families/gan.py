@@ -26,6 +26,8 @@ from aigc_jax.errors import UserError
 from aigc_jax.families import Family, check_sample_label, gan_augment_lib, gan_lib, sample_labels
 from aigc_jax.models.dcgan import DCGANDiscriminator, DCGANGenerator, num_resolution_steps
 from aigc_jax.models.gan_mlp import MaxoutDiscriminator, MLPGenerator
+from aigc_jax.models.gan_resnet import (POOLS, ResNetDiscriminator, ResNetGenerator, SNGANDiscriminator,
+                                        SNGANGenerator, num_up_blocks)
 from aigc_jax.parallel import DATA_AXIS, example_keys, keys_for_ids
 
 LOSSES = gan_lib.LOSSES
@@ -56,6 +58,7 @@ def default_config() -> ConfigDict:
   m.spectral_norm = False          # spectral normalisation of every D layer (Miyato et al. 2018)
   m.g_width = 64                   # convolutional archs: channel width of G (dcgan: ngf) and D (dcgan: ndf)
   m.d_width = 64
+  m.d_pool = "sum"                 # resnet: D's global pooling, sum (SNGAN) | mean (WGAN-GP's critic)
   m.g_hidden = (1200, 1200)        # mlp: generator ReLU layers
   m.d_hidden = (240, 240)          # mlp: discriminator maxout layers
   m.d_pieces = 5                   # mlp: linear pieces per maxout unit
@@ -90,11 +93,31 @@ def _dcgan(config, axis_name, dtype):
   return g, disc
 
 
+def _conditional_pair(generator_cls, discriminator_cls, **d_kwargs):
+  def build(config, axis_name, dtype):
+    m, d = config.model, config.data
+    try:
+      num_up_blocks(d.image_size, 4)
+    except ValueError:
+      raise UserError(f"model.arch={m.arch!r} needs data.image_size = 4 * 2^k >= 8, got {d.image_size}; set "
+                      "--config.data.image_size to 8, 16, 32, 64, ...") from None
+    head = m.cond_head if m.num_classes else "plain"
+    g = generator_cls(d.image_size, d.channels, m.g_width, m.num_classes, axis_name=axis_name, dtype=dtype)
+    disc = discriminator_cls(m.d_width, m.num_classes, head, m.spectral_norm, dtype=dtype,
+                             **{k: m[v] for k, v in d_kwargs.items()})
+    return g, disc
+  return build
+
+
 # arch -> (build(config, axis_name, dtype) -> (G, D), model keys it reads, D has batch norm, conditional models
 # (G takes labels, D takes labels and returns (logits, aux logits)), spectral norm option).
 ARCHS = {
     "mlp": (_mlp, ("g_hidden", "d_hidden", "d_pieces", "d_input_dropout", "d_hidden_dropout"), False, False, False),
     "dcgan": (_dcgan, ("g_width", "d_width"), True, False, False),
+    # Gulrajani et al. 2017 / Miyato et al. 2018 CIFAR-10 ResNets, and SNGAN's standard CNN (Table 3).
+    "resnet": (_conditional_pair(ResNetGenerator, ResNetDiscriminator, pool="d_pool"),
+               ("g_width", "d_width", "d_pool"), False, True, True),
+    "sngan_cnn": (_conditional_pair(SNGANGenerator, SNGANDiscriminator), ("g_width", "d_width"), False, True, True),
 }
 _ARCH_KEYS = sorted({k for spec in ARCHS.values() for k in spec[1]})
 
@@ -134,6 +157,8 @@ def check_config(config: ConfigDict):
                       "use an arch without it (e.g. resnet) or model.gradient_penalty=none")
     if m.gp_weight <= 0:
       raise UserError(f"model.gp_weight={m.gp_weight} must be > 0; use model.gradient_penalty=none for none")
+  if m.d_pool not in POOLS:
+    raise UserError(f"unknown model.d_pool {m.d_pool!r}; use one of {POOLS}")
   if m.d_steps < 1:
     raise UserError(f"model.d_steps must be >= 1, got {m.d_steps}")
   if m.noise not in ("normal", "uniform"):
@@ -184,7 +209,8 @@ def make_family(config: ConfigDict) -> Family:
   init_generator, init_discriminator = build_models(config, axis_name=None)  # no collectives outside a mesh
   opt = config.optimizer
   g_tx, g_schedule = optim.make_optimizer(opt, opt.get("g_learning_rate") or opt.learning_rate)
-  d_tx, d_schedule = optim.make_optimizer(opt, opt.get("d_learning_rate") or opt.learning_rate)
+  d_tx, d_schedule = optim.make_optimizer(opt, opt.get("d_learning_rate") or opt.learning_rate,
+                                          updates_per_step=m.d_steps)
   uses_dropout = m.arch == "mlp" and (m.d_input_dropout > 0 or m.d_hidden_dropout > 0)
   grid_columns = math.ceil(math.sqrt(config.sample.num))  # media.images.image_grid's default layout
   augmenter = gan_augment_lib.make_augmenter(config, DATA_AXIS)
