@@ -54,6 +54,15 @@ def test_inpaint_pairs_are_resumable_and_masked_only_inside_the_square():
   assert len({tuple(c) for c in corners}) == 25  # every one of the 5x5 positions is used
   np.testing.assert_array_equal(paired.mask_corners(np.arange(len(p)), 8, 4), corners)
 
+  # Flips and jitter crops move input, target and hole together, seeded by stream position.
+  jittered = paired.PairedBatches(p, 16, 0, random_flip=True, jitter_scale=1.5)
+  b = jittered.batch_at(5)
+  assert_batches_equal(b, paired.PairedBatches(p, 16, 0, random_flip=True, jitter_scale=1.5).batch_at(5))
+  assert b["input"].shape == (16, 8, 8, 1)
+  hole = b["input"] == 0.0
+  assert hole.any() and not hole.all()
+  np.testing.assert_array_equal(b["input"][~hole], b["target"][~hole])
+
 
 def test_edges_luma_and_colorize_needs_colour():
   square = np.zeros((1, 8, 8, 3), np.uint8)
