@@ -79,7 +79,7 @@ def default_config() -> ConfigDict:
   m.l1_weight = 100.0               # lambda
   m.gan_weight = 1.0                # 0 = L1 only (no discriminator updates)
   m.ema_decay = 0.0                 # EMA of G's params; 0 = none
-  c.optimizer = optim.optimizer_config(learning_rate=2e-4, b1=0.5)  # Adam (Section 6.2)
+  c.optimizer = optim.optimizer_config(learning_rate=2e-4, b1=0.5)  # Adam (Section 3.3)
   c.sample.num = 16
   c.sample.split = "test"           # split whose first pairs `sample` shows
   c.sample.use_ema = False
