@@ -200,7 +200,7 @@ def _geometric_matrices(u_Bx14, z_Bx4, p, h: int, w: int):
   return jnp.stack(rows, axis=-1).reshape(-1, 3, 3)
 
 
-def _color(x_BxHxWxC, u_Bx7, z_Bx3, p):
+def _ada_color(x_BxHxWxC, u_Bx7, z_Bx3, p):
   """The colour group: brightness b, contrast c, luma flip (Householder reflection H of the luma axis), hue
   rotation about it and saturation, composed as the official code's C = Sat Hue H diag(c) T(b): out = M x +
   M (b, b, b) with M = c Sat Hue H. Greyscale (hue and saturation skipped, the RGB rows averaged as the
@@ -240,7 +240,7 @@ def ada_augment(x_BxHxWxC, keys_Bx2, p):
   z_Bx7 = math.sqrt(2.0) * jax.scipy.special.erfinv(jnp.maximum(u_Bx28[:, 21:] * 2 - 1, -1 + 2.0 ** -23))
   g_inv = _geometric_matrices(u_Bx28[:, :14], z_Bx7[:, :4], p, h, w)  # float32 coordinates for any image dtype
   x = jax.vmap(affine_sample)(x_BxHxWxC, g_inv)
-  return _color(x, u_Bx28[:, 14:21], z_Bx7[:, 4:], p)
+  return _ada_color(x, u_Bx28[:, 14:21], z_Bx7[:, 4:], p)
 
 
 # ------------------------------------------------------------------------------------------- ADA's adaptive p
