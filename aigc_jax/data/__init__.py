@@ -43,7 +43,7 @@ def make_train_iterator(config: ConfigDict, start_batch: int = 0):
   iterator's `description` says what it reads (for the console)."""
   source = get_source(config.data.name)
   loaded = source.load(config.data, config.data.split)
-  if len(loaded) < 1:
+  if hasattr(loaded, "__len__") and len(loaded) < 1:  # infinite sources (gaussian_mixtures) have no length
     raise UserError(f"dataset {config.data.name} split {config.data.split} is empty")
   iterator = source.make_iterator(config, loaded, start_batch)
   iterator.description = f"{config.data.name}/{config.data.split}: {source.describe(loaded)}"
