@@ -41,11 +41,24 @@ def tiny_mlp_gan():
   return c
 
 
+def tiny_mlp_wgan_gp_packed():
+  """The zoo's per-example paths together: WGAN-GP's interpolates and input gradients, PacGAN packing, dropout."""
+  c = tiny_mlp_gan()
+  c.model.loss = "wasserstein"
+  c.model.gradient_penalty = "wgan_gp"
+  c.model.pack = 2
+  c.model.d_steps = 2
+  c.batch_size = 16  # 2 per device on 8: whole packs on every device
+  return c
+
+
 def real_batch(config, step):
   rng = np.random.default_rng(step)
   d = config.data
-  image = rng.uniform(-1, 1, (config.batch_size, d.image_size, d.image_size, d.channels)).astype(np.float32)
-  return {"image": image, "label": rng.integers(0, 10, config.batch_size).astype(np.int32)}
+  k = config.model.d_steps
+  shape = (config.batch_size,) + ((k,) if k > 1 else ()) + (d.image_size, d.image_size, d.channels)
+  image = rng.uniform(-1, 1, shape).astype(np.float32)
+  return {"image": image, "label": rng.integers(0, 10, shape[:len(shape) - 3]).astype(np.int32)}
 
 
 _COMPILED = {}
@@ -54,7 +67,7 @@ _COMPILED = {}
 def compiled(config, devices):
   """(family, mesh, step_fn), built once per architecture and device count: the seed only enters through
   the keys passed in, so reruns reuse the compiled step."""
-  key = (config.model.arch, len(devices))
+  key = (config.model.to_json(), config.batch_size, len(devices))
   if key not in _COMPILED:
     family = get_family(config)
     mesh = Mesh(np.asarray(devices), (parallel.DATA_AXIS,))
@@ -66,7 +79,10 @@ def run_steps(config, devices, num_steps):
   """Params after `num_steps` data-parallel train steps on a mesh over `devices` (host numpy)."""
   assert len(jax.devices()) == 8, "conftest forces 8 CPU devices"
   family, mesh, step_fn, init = compiled(config, devices)
-  state = parallel.replicate(init(trainer.run_keys(config)[0], real_batch(config, 0)), mesh)
+  example = real_batch(config, 0)
+  if family.batches_per_step > 1:  # init sees one batch; train steps see d_steps of them stacked
+    example = {k: v[:, 0] for k, v in example.items()}
+  state = parallel.replicate(init(trainer.run_keys(config)[0], example), mesh)
   metrics = None
   for step in range(num_steps):
     batch = parallel.shard_batch(real_batch(config, step), mesh)
@@ -83,7 +99,8 @@ def assert_trees_close(a, b, **tol):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path), **tol)
 
 
-@pytest.mark.parametrize("make_config", [tiny_dcgan, tiny_mlp_gan], ids=["dcgan", "mlp_dropout"])
+@pytest.mark.parametrize("make_config", [tiny_dcgan, tiny_mlp_gan, tiny_mlp_wgan_gp_packed],
+                         ids=["dcgan", "mlp_dropout", "mlp_wgan_gp_pack2"])
 def test_eight_devices_equal_one_device(make_config):
   config = make_config()
   one, metrics_one = run_steps(config, jax.devices()[:1], 2)
