@@ -13,7 +13,7 @@ from aigc_jax.families import available_families, get_family
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = {"gan.py": "gan", "dcgan.py": "gan", "ddpm.py": "diffusion", "vae.py": "vae", "vqvae.py": "vqvae",
                "vqgan.py": "vqvae", "gpt.py": "autoregressive", "dalle.py": "autoregressive",
-               "maskgit.py": "maskgit"}
+               "maskgit.py": "maskgit", "gan_2d.py": "gan"}
 
 
 def test_every_family_module_has_an_experiment():
