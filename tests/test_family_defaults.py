@@ -11,7 +11,8 @@ from aigc_jax.errors import UserError
 from aigc_jax.families import available_families, get_family
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXPERIMENTS = {"gan.py": "gan", "dcgan.py": "gan", "diffaugment.py": "gan", "ddpm.py": "diffusion", "vae.py": "vae",
+EXPERIMENTS = {"gan.py": "gan", "dcgan.py": "gan", "diffaugment.py": "gan", "gan_2d.py": "gan", "wgan_gp.py": "gan",
+               "sngan.py": "gan", "cgan_projection.py": "gan", "ddpm.py": "diffusion", "vae.py": "vae",
                "vqvae.py": "vqvae", "vqgan.py": "vqvae", "gpt.py": "autoregressive", "dalle.py": "autoregressive",
                "maskgit.py": "maskgit", "pix2pix.py": "pix2pix"}
 

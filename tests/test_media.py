@@ -137,29 +137,29 @@ def test_a_medium_registered_at_test_time_is_written_and_summarised(tmp_path):
   def write_files(outputs, directory, step):
     path = os.path.join(directory, f"{step}.json")
     with open(path, "w") as f:
-      json.dump((outputs["points"] * outputs["points_scale"]).tolist(), f)
+      json.dump((outputs["landmarks"] * outputs["landmarks_scale"]).tolist(), f)
     return [path]
 
   summarised = []
-  points = media.Medium(name="points", aux_keys=("points_scale",), write_files=write_files,
-                        npz_arrays=lambda o: {"points": np.asarray(o["points"], np.float32)},
-                        write_summaries=lambda writer, step, o: summarised.append((writer, step)))
-  media.register_medium(points)
+  landmarks = media.Medium(name="landmarks", aux_keys=("landmarks_scale",), write_files=write_files,
+                           npz_arrays=lambda o: {"landmarks": np.asarray(o["landmarks"], np.float32)},
+                           write_summaries=lambda writer, step, o: summarised.append((writer, step)))
+  media.register_medium(landmarks)
   try:
-    assert media.get_medium("points") is points and "points" in media.known_media()
+    assert media.get_medium("landmarks") is landmarks and "landmarks" in media.known_media()
     with pytest.raises(ValueError):
-      media.register_medium(media.Medium(name="points", write_files=write_files))
-    outputs = {"points": np.ones((2, 3)), "points_scale": 2.0}
+      media.register_medium(media.Medium(name="landmarks", write_files=write_files))
+    outputs = {"landmarks": np.ones((2, 3)), "landmarks_scale": 2.0}
     paths = media.write_samples(outputs, str(tmp_path), 8)
     assert [os.path.basename(p) for p in paths] == ["8.json", "8.npz"]
     assert json.load(open(paths[0])) == [[2.0] * 3] * 2
-    assert list(np.load(paths[1]).keys()) == ["points"]
+    assert list(np.load(paths[1]).keys()) == ["landmarks"]
     media.write_summaries("w", 8, outputs)
     assert summarised == [("w", 8)]
   finally:
-    media.unregister_medium("points")
-  with pytest.raises(UserError, match="'points'"):
-    media.write_samples({"points": np.ones((2, 3))}, str(tmp_path), 9)
+    media.unregister_medium("landmarks")
+  with pytest.raises(UserError, match="'landmarks'"):
+    media.write_samples({"landmarks": np.ones((2, 3))}, str(tmp_path), 9)
 
 
 def test_quantize_is_what_the_files_hold_and_is_idempotent(tmp_path):

@@ -47,7 +47,7 @@ def make_train_iterator(config: ConfigDict, start_batch: int = 0):
   loaded = source.load(config.data, config.data.split)
   if source.train_subset is not None:
     loaded = source.train_subset(config.data, loaded)
-  if len(loaded) < 1:
+  if hasattr(loaded, "__len__") and len(loaded) < 1:  # infinite sources (gaussian_mixtures) have no length
     raise UserError(f"dataset {config.data.name} split {config.data.split} is empty")
   iterator = source.make_iterator(config, loaded, start_batch)
   iterator.description = f"{config.data.name}/{config.data.split}: {source.describe(loaded)}"

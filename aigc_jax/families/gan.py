@@ -25,7 +25,7 @@ from aigc_jax import data as data_lib
 from aigc_jax.errors import UserError
 from aigc_jax.families import Family, check_sample_label, gan_augment_lib, gan_lib, sample_labels
 from aigc_jax.models.dcgan import DCGANDiscriminator, DCGANGenerator, num_resolution_steps
-from aigc_jax.models.gan_mlp import MaxoutDiscriminator, MLPGenerator
+from aigc_jax.models.gan_mlp import BatchNormMLPGenerator, MaxoutDiscriminator, MLPGenerator
 from aigc_jax.models.gan_resnet import (POOLS, ResNetDiscriminator, ResNetGenerator, SNGANDiscriminator,
                                         SNGANGenerator, num_up_blocks)
 from aigc_jax.parallel import DATA_AXIS, example_keys, keys_for_ids
@@ -35,7 +35,9 @@ COND_HEADS = ("projection", "acgan")
 # Purposes of the per-example keys sub(j, purpose) that augmentation draws from (real and fake images).
 AUGMENT_REAL, AUGMENT_FAKE = 20, 21
 # The batch key the family trains on, per medium of the data source.
-BATCH_KEYS = {"images": "image"}
+BATCH_KEYS = {"images": "image", "points": "points"}
+# Archs whose generator makes points [B, D] (2-D mixtures); every other arch makes images.
+POINT_ARCHS = ("points_mlp",)
 
 
 def default_config() -> ConfigDict:
@@ -44,6 +46,7 @@ def default_config() -> ConfigDict:
   c.family = "gan"
   m = c.model
   m.arch = "dcgan"                 # see ARCHS: dcgan (all-convolutional, batch norm) | mlp (Goodfellow et al.)
+                                   # | points_mlp (2-D points: PacGAN's BN generator, maxout D)
   m.z_dim = 100                    # noise dimension
   m.noise = "normal"               # normal | uniform (unit variance, as pylearn2's)
   m.loss = "non_saturating"        # non_saturating (-log D(G(z))) | minimax | hinge | wasserstein
@@ -59,9 +62,9 @@ def default_config() -> ConfigDict:
   m.g_width = 64                   # convolutional archs: channel width of G (dcgan: ngf) and D (dcgan: ndf)
   m.d_width = 64
   m.d_pool = "sum"                 # resnet: D's global pooling, sum (SNGAN) | mean (WGAN-GP's critic)
-  m.g_hidden = (1200, 1200)        # mlp: generator ReLU layers
-  m.d_hidden = (240, 240)          # mlp: discriminator maxout layers
-  m.d_pieces = 5                   # mlp: linear pieces per maxout unit
+  m.g_hidden = (1200, 1200)        # mlp, points_mlp: generator ReLU layers (points_mlp: with batch norm)
+  m.d_hidden = (240, 240)          # mlp, points_mlp: discriminator maxout layers
+  m.d_pieces = 5                   # mlp, points_mlp: linear pieces per maxout unit
   m.d_input_dropout = 0.0          # mlp: dropout on the discriminator's input
   m.d_hidden_dropout = 0.0         # mlp: dropout on its hidden layers
   m.augment = "none"               # none | diffaugment (Zhao et al. 2020) | ada (Karras et al. 2020), for D's inputs
@@ -69,6 +72,11 @@ def default_config() -> ConfigDict:
   m.ada_target = gan_augment_lib.ADA_TARGET  # ada: the r_t = E[sign D(real)] that p steers towards
   m.ada_interval = gan_augment_lib.ADA_INTERVAL  # ada: steps between adjustments of p
   m.ada_speed_images = gan_augment_lib.ADA_SPEED_IMAGES  # ada: real images for p to move by 1
+  # data.name=ring | grid (data/sources/gaussian_mixtures.py, with model.arch=points_mlp); 0 = the papers' values
+  c.data.num_modes = 0             # ring 8, grid 25 (a square)
+  c.data.radius = 0.0              # ring: 1.0
+  c.data.spacing = 0.0             # grid: 2.0 between neighbouring centres
+  c.data.std = 0.0                 # of every mode: ring 0.01, grid 0.05
   c.optimizer = optim.optimizer_config(learning_rate=2e-4, b1=0.5)  # Radford et al.'s Adam
   c.optimizer.g_learning_rate = 0.0  # per network (TTUR, Heusel et al. 2017); 0 = optimizer.learning_rate
   c.optimizer.d_learning_rate = 0.0
@@ -109,6 +117,16 @@ def _conditional_pair(generator_cls, discriminator_cls, **d_kwargs):
   return build
 
 
+def _points_mlp(config, axis_name, dtype):
+  """PacGAN's 2-D pair (Lin et al. 2018, reference code): BN-ReLU MLP generator with a linear output, maxout
+  discriminator without dropout, weights ~ N(0, 0.02). The output size is the data's point dimension."""
+  m = config.model
+  point_dim = data_lib.example_batch(config, 1)["points"].shape[-1]
+  g = BatchNormMLPGenerator(point_dim, tuple(m.g_hidden), init_std=0.02, axis_name=axis_name, dtype=dtype)
+  disc = MaxoutDiscriminator(tuple(m.d_hidden), m.d_pieces, 0.0, 0.0, dtype=dtype, init_std=0.02)
+  return g, disc
+
+
 # arch -> (build(config, axis_name, dtype) -> (G, D), model keys it reads, D has batch norm, conditional models
 # (G takes labels, D takes labels and returns (logits, aux logits)), spectral norm option).
 ARCHS = {
@@ -118,6 +136,7 @@ ARCHS = {
     "resnet": (_conditional_pair(ResNetGenerator, ResNetDiscriminator, pool="d_pool"),
                ("g_width", "d_width", "d_pool"), False, True, True),
     "sngan_cnn": (_conditional_pair(SNGANGenerator, SNGANDiscriminator), ("g_width", "d_width"), False, True, True),
+    "points_mlp": (_points_mlp, ("g_hidden", "d_hidden", "d_pieces"), False, False, False),
 }
 _ARCH_KEYS = sorted({k for spec in ARCHS.values() for k in spec[1]})
 
@@ -202,6 +221,13 @@ def make_family(config: ConfigDict) -> Family:
   if medium not in BATCH_KEYS:
     raise UserError(f"the gan family trains on {sorted(BATCH_KEYS)}, but data.name={config.data.name!r} is "
                     f"{medium}; pick another data.name or family")
+  if (medium == "points") != (m.arch in POINT_ARCHS):
+    fits = sorted(POINT_ARCHS) if medium == "points" else sorted(set(ARCHS) - set(POINT_ARCHS))
+    raise UserError(f"model.arch={m.arch!r} does not make {medium} (data.name={config.data.name!r}); use "
+                    f"model.arch {' or '.join(fits)}")
+  if medium != "images" and m.augment != "none":
+    raise UserError(f"model.augment={m.augment!r} transforms images, but data.name={config.data.name!r} is "
+                    f"{medium}; leave model.augment at 'none'")
   batch_key = BATCH_KEYS[medium]
   conditional_arch = ARCHS[m.arch][3]
   num_classes = m.num_classes

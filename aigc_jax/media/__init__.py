@@ -3,9 +3,10 @@
   write_samples(outputs, directory, step, echo=False) -> [paths]   each medium's files + one `<step>.npz`
   write_summaries(writer, step, outputs)                           TensorBoard through a clu MetricWriter
 
-Built in: "images" (images.py), "text" (text.py), "audio" (audio.py), "video" (video.py). A new medium is a
-`Medium` passed to `register_medium`. Outputs keys are checked first: a key that is no registered medium, no
-aux key of a medium present, and not "labels" is a UserError, so nothing is silently dropped.
+Built in: "images" (images.py), "text" (text.py), "audio" (audio.py), "video" (video.py), "points" (points.py).
+A new medium is a `Medium` passed to `register_medium`. Outputs keys are checked first: a key that is no
+registered medium, no aux key of a medium present, and not "labels" is a UserError, so nothing is silently
+dropped.
 TensorBoard writers (TF or not): aigc_jax.media.tensorboard.create_writer. Nothing here imports TensorFlow.
 """
 import os
@@ -13,14 +14,14 @@ import os
 import numpy as np
 
 from aigc_jax.errors import UserError
-from aigc_jax.media import audio, images, text, video
+from aigc_jax.media import audio, images, points, text, video
 from aigc_jax.media.base import (GENERIC_KEYS, Medium, get_medium, known_media, register_medium,
                                  tmp_path, unregister_medium)
 
 __all__ = ["Medium", "register_medium", "unregister_medium", "get_medium", "known_media", "media_in",
            "write_samples", "write_summaries"]
 
-for _module in (images, text, audio, video):
+for _module in (images, text, audio, video, points):
   register_medium(_module.MEDIUM)
 
 
