@@ -1,5 +1,12 @@
 """Bad input through the CLI: non-zero exit, ONE line `error: ...` naming the problem and the fix, and
-nothing on disk lost. The cases run as concurrent subprocesses (most of each is interpreter start-up)."""
+nothing on disk lost.
+
+Each case is its own CLI run: its own process, argv, environment, stdout/stderr, exit status and interpreter
+shutdown. Most of such a run is importing what every run imports (jax, flax, orbax, the package: ~2 CPU-s),
+so one parent process imports that once and forks a child per case (a few at a time), which then runs the CLI
+exactly as `python -m aigc_jax.main <argv>` does. Nothing starts a JAX backend before the fork, so the children
+inherit no XLA threads, and each child reads its own XLA_FLAGS (the device count) when its backend starts."""
+import json
 import os
 import re
 import subprocess
@@ -15,6 +22,39 @@ SENTINEL = "notes that must survive\n"
 # TensorFlow's C++ logging prints these before any of our code runs; they are not our message.
 TF_NOISE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog|[IWE]\d{4} \d\d:\d\d:\d\d)")
 MAX_PARALLEL = 4
+
+# The parent: the imports, then one forked child per case (argv[1]: the cases as JSON; argv[2]: where to write
+# each case's exit status). A child leaves through main.run()'s SystemExit like any CLI run.
+FORKING_CLI = r"""
+import json, os, sys
+
+from aigc_jax import main  # absl flags and ml_collections: imported by every run before it reads its flags
+import aigc_jax.encoding, aigc_jax.evaluation.runner, aigc_jax.families.gan, aigc_jax.trainer  # ... and then
+
+with open(sys.argv[1]) as f:
+  todo, max_parallel = json.load(f)
+running, codes = {}, {}
+while todo or running:
+  if todo and len(running) < max_parallel:
+    case = todo.pop(0)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+      os.environ.clear()
+      os.environ.update(case["env"])
+      for fd, path in ((1, case["out"]), (2, case["err"])):
+        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+      sys.argv = ["aigc_jax.main", *case["argv"]]
+      main.run()
+      sys.exit(0)
+    running[pid] = case["name"]
+  else:
+    pid, status = os.wait()
+    codes[running.pop(pid)] = os.waitstatus_to_exitcode(status)
+with open(sys.argv[2], "w") as f:
+  json.dump(codes, f)
+"""
 
 
 def env(devices=1):
@@ -116,19 +156,16 @@ def cases(tmp):
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("cli")
-  todo = list(cases(tmp).items())
-  running, done = {}, {}
-  while todo or running:
-    while todo and len(running) < MAX_PARALLEL:
-      name, (argv, e) = todo.pop(0)
-      out, err = open(tmp / f"{name}.out", "w"), open(tmp / f"{name}.err", "w")
-      running[name] = subprocess.Popen([sys.executable, "-m", "aigc_jax.main", *argv], cwd=ROOT, env=e,
-                                       stdout=out, stderr=err)
-    for name, proc in list(running.items()):
-      if proc.poll() is not None:
-        done[name] = (proc.returncode, (tmp / f"{name}.out").read_text(), (tmp / f"{name}.err").read_text())
-        del running[name]
-    time.sleep(0.05)
+  todo = [{"name": name, "argv": argv, "env": e, "out": str(tmp / f"{name}.out"), "err": str(tmp / f"{name}.err")}
+          for name, (argv, e) in cases(tmp).items()]
+  (tmp / "cases.json").write_text(json.dumps([todo, MAX_PARALLEL]))
+  parent = subprocess.run([sys.executable, "-c", FORKING_CLI, str(tmp / "cases.json"), str(tmp / "codes.json")],
+                          cwd=ROOT, env=env(), capture_output=True, text=True, timeout=900)
+  assert parent.returncode == 0, parent.stdout + parent.stderr
+  codes = json.loads((tmp / "codes.json").read_text())
+  assert sorted(codes) == sorted(case["name"] for case in todo)
+  done = {name: (rc, (tmp / f"{name}.out").read_text(), (tmp / f"{name}.err").read_text())
+          for name, rc in codes.items()}
   return tmp, done
 
 

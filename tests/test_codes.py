@@ -110,7 +110,7 @@ def test_decoded_codes_equal_the_vq_reconstruction(vq_run):
   state, _, _ = runtime.load_latest(config, str(workdir), family, parallel.make_mesh(config))
   x = data_lib.to_model_range(data_lib.load_image_set(config.data, "test").images[:8])
   variables = {"params": state["params"], "codebook": state["codebook"]}
-  recon = np.clip(vq_family.build_model(config).apply(variables, x)[0], -1, 1)
+  recon = np.clip(jax.jit(vq_family.build_model(config).apply)(variables, x)[0], -1, 1)
   codes = np.load(paths["test"])["codes"][:8]
   images = jax.jit(decode)(codes)
   assert images.shape == (8, 16, 16, 1)

@@ -51,23 +51,25 @@ def prior_config(vq_workdir, **overrides):
 
 @pytest.fixture(scope="module")
 def random_prior(vq_workdir):
+  """Init and logits jitted (compiled once), not dispatched op by op: the same functions, seconds cheaper."""
   built = code_prior_ar_lib.build(prior_config(vq_workdir))
-  params = built.model.init(jax.random.key(1), jnp.zeros((1, 64), jnp.int32))["params"]
+  params = jax.jit(built.model.init)(jax.random.key(1), jnp.zeros((1, 64), jnp.int32))["params"]
   params = jax.tree.map(lambda p: p * 4.0 if p.ndim >= 2 else p, params)  # logits that differ visibly
   return built, params
 
 
 def test_code_logits_see_the_prefix_and_earlier_codes_only(random_prior):
   built, params = random_prior
+  code_logits = jax.jit(built.code_logits)
   codes = jax.random.randint(jax.random.key(0), (2, 64), 0, 16)
   prefix = built.prefix_tokens(jnp.array([3, 7]))
-  a = built.code_logits(params, codes, prefix)
+  a = code_logits(params, codes, prefix)
   assert a.shape == (2, 64, 16)
   t = 20
-  b = built.code_logits(params, codes.at[:, t].set((codes[:, t] + 1) % 16), prefix)
+  b = code_logits(params, codes.at[:, t].set((codes[:, t] + 1) % 16), prefix)
   np.testing.assert_array_equal(a[:, :t + 1], b[:, :t + 1])  # logits of codes 0..t never see code t
   assert np.abs(a[:, t + 1:] - b[:, t + 1:]).max() > 1e-3
-  c = built.code_logits(params, codes, built.prefix_tokens(jnp.array([4, 8])))
+  c = code_logits(params, codes, built.prefix_tokens(jnp.array([4, 8])))
   assert np.abs(a - c).min(axis=-1).max() > 0 and np.abs(a[:, 0] - c[:, 0]).max() > 1e-3  # the class matters
 
 
@@ -81,8 +83,9 @@ def test_guidance_formula_and_greedy_first_code(vq_workdir, random_prior):
   prefix = built.prefix_tokens(jnp.arange(4))
   codes = jax.jit(built.generate, static_argnums=3)(params, prefix, jax.random.split(jax.random.key(0), 4), True)
   zeros = jnp.zeros((4, 64), jnp.int32)
-  first_cond = built.code_logits(params, zeros, prefix)[:, 0]
-  first_uncond = built.code_logits(params, zeros, jnp.full((4,), 16 + 10))[:, 0]
+  code_logits = jax.jit(built.code_logits)
+  first_cond = code_logits(params, zeros, prefix)[:, 0]
+  first_uncond = code_logits(params, zeros, jnp.full((4,), 16 + 10))[:, 0]
   np.testing.assert_array_equal(codes[:, 0], jnp.argmax(first_uncond + 3.0 * (first_cond - first_uncond), -1))
 
 

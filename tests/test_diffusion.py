@@ -141,7 +141,7 @@ def test_ddim_eta0_is_deterministic_given_the_noise():
 
 def perturbed_state(family, config, seed=0):
   """Fresh params plus noise: the zero-initialised output convs would make every branch output 0."""
-  state = family.init(jax.random.key(seed), data_lib.example_batch(config))
+  state = jax.jit(family.init)(jax.random.key(seed), data_lib.example_batch(config))
   leaves, tree = jax.tree.flatten(state["ema_params"])
   keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
   leaves = [p + 0.05 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)]
@@ -153,7 +153,8 @@ def test_guidance_scale_0_is_the_unconditional_model_and_rows_are_classes():
   family = get_family(config)
   state = perturbed_state(family, config)
   model = build_model(config)
-  apply = lambda x, t, y: model.apply({"params": state["ema_params"]}, x, t, y)
+  # Jitted (compiled once per batch size), not run op by op: the same function, ~15 CPU-s cheaper.
+  apply = jax.jit(lambda x, t, y: model.apply({"params": state["ema_params"]}, x, t, y))
   x = jax.random.normal(jax.random.key(2), (3, 8, 8, 1))
   t, labels = jnp.array([3, 20, 39]), jnp.array([1, 4, 7])
   null = jnp.full((3,), 10)
