@@ -31,10 +31,11 @@ def pytest_unconfigure(config):
 
 # pytest-xdist (--dist loadfile) hands whole files to the two workers in collection order. Starting with the
 # longest files keeps the last minutes from being one worker finishing a long file while the other idles.
-_LONGEST_FIRST = ("test_multiprocess.py", "test_vqgan.py", "test_cli_errors.py", "test_checkpointing.py",
-                  "test_golden.py", "test_vqvae.py", "test_diffusion.py", "test_maskgit.py", "test_dalle.py",
+_LONGEST_FIRST = ("test_multiprocess.py", "test_vqgan.py", "test_parallel.py", "test_cli_errors.py",
+                  "test_checkpointing.py", "test_golden.py", "test_vqvae.py", "test_diffusion.py", "test_maskgit.py", "test_dalle.py",
                   "test_evaluation.py", "test_tf_free.py", "test_codes.py", "test_autoregressive.py", "test_colab.py",
-                  "test_eval_resume.py", "test_vae.py", "test_class_accuracy.py")
+                  "test_eval_resume.py", "test_vae.py", "test_pix2pix.py", "test_gan_augment.py", "test_class_accuracy.py",
+                  "test_gan_2d.py", "test_gan_models.py")
 
 
 def pytest_collection_modifyitems(session, config, items):
