@@ -40,8 +40,7 @@ while todo or running:
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
-    if pid == 0:
-      os.environ.clear()
+    if pid == 0:  # the case's environment over this one (same keys), keeping what the imports set by default
       os.environ.update(case["env"])
       for fd, path in ((1, case["out"]), (2, case["err"])):
         os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)

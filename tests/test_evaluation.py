@@ -481,14 +481,24 @@ def test_sample_quality_metrics_on_a_reconstructing_family_are_a_one_line_error(
     check_eval_config(config, get_family(config))
 
 
-def test_reconstruction_metrics_go_through_the_same_card(tmp_path):
+TINY_VQ = {"model.hidden": 16, "model.residual_hidden": 8, "model.num_residual_blocks": 1, "model.num_codes": 16,
+           "model.code_dim": 4, "batch_size": 64, "num_train_steps": 2, "checkpoint_every_steps": 2,
+           "sample_every_steps": 0}
+
+
+@pytest.fixture(scope="module")
+def trained_vq(tmp_path_factory):
+  """(workdir, state) of a tiny VQ-VAE trained 2 steps in-process; the eval.* keys that the tests below set do
+  not change training, so they evaluate this one checkpoint (compiling init and a train step once)."""
+  workdir = str(tmp_path_factory.mktemp("eval_vq"))
+  return workdir, trainer.train_and_evaluate(experiment_config("vqvae", **TINY_VQ), workdir)
+
+
+def test_reconstruction_metrics_go_through_the_same_card(trained_vq):
   """PSNR/SSIM of a reconstructing family come from its eval_step over every test image, on the same card."""
-  overrides = {"model.hidden": 16, "model.residual_hidden": 8, "model.num_residual_blocks": 1,
-               "model.num_codes": 16, "model.code_dim": 4, "batch_size": 64, "num_train_steps": 2,
-               "checkpoint_every_steps": 2, "sample_every_steps": 0, "eval.metrics": ("psnr", "ssim")}
-  config = experiment_config("vqvae", **overrides)
-  trainer.train_and_evaluate(config, str(tmp_path))
-  card = runner.evaluate(config, str(tmp_path))
+  workdir, _ = trained_vq
+  config = experiment_config("vqvae", **TINY_VQ, **{"eval.metrics": ("psnr", "ssim")})
+  card = runner.evaluate(config, workdir)
   assert card["protocol"]["eval_step"]["num_examples"] == 297 and card["reference_split"] == "test"
   assert np.isfinite(card["metrics"]["psnr"]) and -1 <= card["metrics"]["ssim"] <= 1
   assert card["num_generated"] == 0 and card["backbone"]["name"].startswith("none")
@@ -497,21 +507,18 @@ def test_reconstruction_metrics_go_through_the_same_card(tmp_path):
     runner.check_eval_config(gan, get_family(gan))
 
 
-def test_reconstruction_fid_is_the_fid_of_the_split_against_its_reconstructions(tmp_path):
-  overrides = {"model.hidden": 16, "model.residual_hidden": 8, "model.num_residual_blocks": 1,
-               "model.num_codes": 16, "model.code_dim": 4, "batch_size": 64, "num_train_steps": 2,
-               "checkpoint_every_steps": 2, "sample_every_steps": 0, "eval.metrics": ("rfid",),
-               "eval.classifier_steps": 20, "eval.batch_size": 96}
-  config = experiment_config("vqvae", **overrides)
-  state = trainer.train_and_evaluate(config, str(tmp_path))
-  card = runner.evaluate(config, str(tmp_path))
+def test_reconstruction_fid_is_the_fid_of_the_split_against_its_reconstructions(trained_vq):
+  workdir, state = trained_vq
+  config = experiment_config("vqvae", **TINY_VQ, **{"eval.metrics": ("rfid",), "eval.classifier_steps": 20,
+                                                    "eval.batch_size": 96})
+  card = runner.evaluate(config, workdir)
   assert card["protocol"]["rfid"]["num_reconstructed"] == 297 and card["protocol"]["rfid"]["split"] == "test"
   # By hand, on one device: the card's classifier, the test split and decode(encode(x)) of each image.
   family = get_family(config)
   test = data_lib.to_model_range(data_lib.load_image_set(config.data, "test").images)
   codes = jax.jit(family.encode)(state, {"image": test, "label": np.zeros(len(test), np.int32)}, jax.random.key(0))
   recon = np.clip(np.asarray(jax.jit(family.decode)(state, codes["codes"])), -1, 1)
-  backbone = backbones.get_backbone(config, str(tmp_path / "eval" / "cache"), lambda _: None)
+  backbone = backbones.get_backbone(config, os.path.join(workdir, "eval", "cache"), lambda _: None)
   extract = backbones.make_extractor(backbone, Mesh(np.asarray(jax.devices()[:1]), (parallel.DATA_AXIS,)), 512)
   quantize = lambda x: np.asarray(media.get_medium("images").quantize(x), np.float32)
   expected = metrics.fid_from_features(extract(quantize(test))["features"], extract(quantize(recon))["features"])

@@ -100,14 +100,19 @@ def test_loss_counts_only_masked_positions(trained):
   # Step 0's masks, label drops and dropout keys, recomputed: its loss is the mean cross-entropy over the
   # masked positions only.
   batch = toy_batch(0)
-  keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(jnp.arange(8))
-  purpose = lambda p: jax.vmap(lambda k: jax.random.fold_in(k, p))(keys)
-  mask = jax.vmap(lambda k: maskgit.train_mask(k, N, built.gamma))(purpose(0))
-  dropped = jax.vmap(lambda k: jax.random.bernoulli(k, 0.1))(purpose(1))
-  labels = jnp.where(dropped, C, jnp.asarray(batch["label"]))
   targets = batch["codes"].reshape(8, N)
-  logits = jax.jit(built.logits)(state["params"], jnp.where(mask, K, targets), labels, purpose(2))
-  ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1)[..., 0]
+
+  @jax.jit  # one compiled program, not a dispatch per op
+  def mask_and_cross_entropy(params):
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(jnp.arange(8))
+    purpose = lambda p: jax.vmap(lambda k: jax.random.fold_in(k, p))(keys)
+    mask = jax.vmap(lambda k: maskgit.train_mask(k, N, built.gamma))(purpose(0))
+    dropped = jax.vmap(lambda k: jax.random.bernoulli(k, 0.1))(purpose(1))
+    labels = jnp.where(dropped, C, jnp.asarray(batch["label"]))
+    logits = built.logits(params, jnp.where(mask, K, targets), labels, purpose(2))
+    return mask, -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1)[..., 0]
+
+  mask, ce = mask_and_cross_entropy(state["params"])
   np.testing.assert_allclose(metrics["loss"], jnp.sum(ce * mask) / jnp.sum(mask), rtol=1e-5)
   assert abs(float(metrics["loss"]) - float(jnp.mean(ce))) > 1e-4  # unmasked positions would change it
   np.testing.assert_allclose(metrics["mask_ratio"], np.mean(mask), rtol=1e-6)
