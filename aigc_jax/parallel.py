@@ -110,6 +110,30 @@ def data_parallel(step: Callable, mesh: Mesh, *, donate_state=True, num_static=0
   return jax.jit(mapped, donate_argnums=(0,) if donate_state else ())
 
 
+def data_parallel_steps(step: Callable, mesh: Mesh) -> Callable:
+  """jit(shard_map(lax.scan(step))): several train steps in one call, `steps(state, batches, train_key,
+  first_step) -> (state, metrics)`, batches stacked example-major `[B, n, ...]`, metrics stacked `[n, ...]`.
+
+  Step first_step + i trains on `batches[:, i]` with `fold_in(train_key, first_step + i)`, the batch and key
+  the one-step loop gives it, so only the per-call host work (dispatch, batch transfer, blocking) changes: it
+  is paid once per n steps (score_sde's n_jitted_steps). n is static (one compile per distinct n).
+  """
+
+  def run(state, batches, train_key, first_step):
+    batches_NxB = jax.tree.map(lambda x: jnp.moveaxis(x, 1, 0), batches)
+    num_steps = jax.tree.leaves(batches_NxB)[0].shape[0]
+
+    def one(state, i_and_batch):
+      i, batch = i_and_batch
+      return step(state, batch, jax.random.fold_in(train_key, first_step + i))
+
+    return jax.lax.scan(one, state, (jnp.arange(num_steps, dtype=jnp.int32), batches_NxB))
+
+  mapped = jax.shard_map(
+      run, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P(), P()), out_specs=(P(), P()), check_vma=False)
+  return jax.jit(mapped, donate_argnums=(0,))
+
+
 def data_parallel_map(fn: Callable, mesh: Mesh) -> Callable:
   """jit(shard_map(fn)) for `fn(state, rng, per_example_BxX) -> outputs_BxY` (sampling, feature extraction):
   state and rng replicated, the per-example input and every output split along axis 0."""

@@ -29,6 +29,22 @@ def _next_train_batch(iterator, batches_per_step):
   return jax.tree.map(lambda *xs: np.stack(xs, axis=1), *batches)  # [B, k, ...]: example-major
 
 
+def _next_train_batches(iterator, batches_per_step, num_steps):
+  """The batches of `num_steps` consecutive steps, stacked example-major [B, num_steps, ...]."""
+  steps = [_next_train_batch(iterator, batches_per_step) for _ in range(num_steps)]
+  return jax.tree.map(lambda *xs: np.stack(xs, axis=1), *steps)
+
+
+def _steps_this_call(step: int, config: ConfigDict) -> int:
+  """Steps the next call runs: up to `steps_per_dispatch`, stopping at the next step where the loop logs,
+  samples, saves or evaluates (those happen between calls) and at multiples of steps_per_dispatch (a resume
+  from an unaligned step realigns with one short call, so at most two programs compile)."""
+  periods = [config.steps_per_dispatch, config.log_every_steps, config.checkpoint_every_steps,
+             config.sample_every_steps, config.eval.every_steps]
+  nxt = min([(step // p + 1) * p for p in periods if p > 0] + [config.num_train_steps])
+  return nxt - step
+
+
 @jax.jit
 def _all_finite(tree):
   leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
@@ -85,6 +101,7 @@ def _train(config: ConfigDict, workdir: str, family, experiment: str):
 
   iterator = data_lib.make_train_iterator(config, start_batch=data_state["batches_consumed"])
   step_fn = parallel.data_parallel(family.train_step, mesh)
+  steps_fn = parallel.data_parallel_steps(family.train_step, mesh) if config.steps_per_dispatch > 1 else None
   sampler = make_sampler(family, mesh)
   block = parallel.must_block_each_step()
   chief = jax.process_index() == 0
@@ -123,18 +140,26 @@ def _train(config: ConfigDict, workdir: str, family, experiment: str):
         evaluate(start_step, state)
       first_step_time = time.time()
       while step < config.num_train_steps:
-        batch = parallel.shard_batch(_next_train_batch(iterator, family.batches_per_step), mesh)
-        state, metrics = step_fn(state, batch, jax.random.fold_in(train_key, step))
+        num_steps = _steps_this_call(step, config)
+        if num_steps == 1:
+          batch = parallel.shard_batch(_next_train_batch(iterator, family.batches_per_step), mesh)
+          state, metrics = step_fn(state, batch, jax.random.fold_in(train_key, step))
+        else:
+          batches = _next_train_batches(iterator, family.batches_per_step, num_steps)
+          state, metrics = steps_fn(state, parallel.shard_batch(batches, mesh), train_key, np.int32(step))
         if block or step == start_step:
           jax.block_until_ready(metrics)
-        if step == start_step and chief:  # compilation (or a load from the compilation cache) plus one step
-          print(f"first step: {time.time() - first_step_time:.1f} s (compile + run)", flush=True)
-        pending.append(metrics)
-        step += 1
+        if step == start_step and chief:  # compilation (or a load from the compilation cache) plus the call
+          what = "first step" if num_steps == 1 else f"first {num_steps} steps (one call)"
+          print(f"{what}: {time.time() - first_step_time:.1f} s (compile + run)", flush=True)
+        pending.append((metrics, num_steps > 1))
+        step += num_steps
         is_last = step == config.num_train_steps
         if step % config.log_every_steps == 0 or step % config.checkpoint_every_steps == 0 or is_last:
-          summary = {k: float(np.mean(v)) for k, v in jax.tree.map(lambda *xs: np.stack(xs),
-                                                                    *jax.device_get(pending)).items()}
+          per_step = [m if stacked else jax.tree.map(lambda x: np.asarray(x)[None], m)  # all [steps, ...]
+                      for m, stacked in jax.device_get(pending)]
+          summary = {k: float(np.mean(v)) for k, v in jax.tree.map(lambda *xs: np.concatenate(xs),
+                                                                    *per_step).items()}
           bad = _nonfinite(summary)
           if bad:
             latest = ckpt.latest_step()
