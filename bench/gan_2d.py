@@ -8,7 +8,7 @@ CLI, then print ours next to the published rows (numbers go to bench/RESULTS.md 
 `run` is sequential (one training at a time, seed-major so every preset has a first seed early) and skips a
 run whose evaluation card of the target step exists, so rerunning it after an interruption continues where it
 stopped, and a larger --steps continues finished runs from their checkpoints (the _cpu presets evaluate every
-5,000 steps). Each run's console output and `/usr/bin/time` lines go to <root>/<preset>_s<seed>.log.
+5,000 steps). Each run's console output and a `time: user sys wall` line go to <root>/<preset>_s<seed>.log.
 """
 import argparse
 import glob
@@ -17,6 +17,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -45,13 +46,18 @@ def run(args):
       card = os.path.join(workdir, "eval", f"{steps}.json") if steps else last_card(workdir)
       if card and os.path.exists(card) and not args.force:
         continue
-      cmd = ["/usr/bin/time", "-f", "time: %U user %S sys %e wall", sys.executable, "-m", "aigc_jax.main",
+      cmd = [sys.executable, "-m", "aigc_jax.main",
              f"--config=experiments/gan_2d.py:{preset}", f"--workdir={workdir}", f"--config.seed={seed}",
              f"--config.num_devices={args.num_devices}", *([f"--config.num_train_steps={steps}"] if steps else []),
              *args.flags]
-      print(" ".join(cmd[4:]), flush=True)
+      print(" ".join(cmd[1:]), flush=True)
       with open(workdir + ".log", "a") as log:
+        before, start = os.times(), time.time()
         subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+        after = os.times()
+        # The child's CPU time and the wall, in /usr/bin/time's words (training_wall reads them).
+        log.write(f"time: {after.children_user - before.children_user:.2f} user "
+                  f"{after.children_system - before.children_system:.2f} sys {time.time() - start:.2f} wall\n")
 
 
 def last_card(workdir):
@@ -116,8 +122,8 @@ def main():
                       help="run: train to the last of these; table: one row per step (default: the last card)")
   parser.add_argument("--num-devices", type=int, default=1, help="1: no per-step collectives for these tiny nets")
   parser.add_argument("--force", action="store_true", help="run again even where a card exists")
-  parser.add_argument("flags", nargs="*", help="extra --config.* flags for every run")
-  args = parser.parse_args()
+  parser.add_argument("flags", nargs="*", help="extra --config.* flags for every run (after --)")
+  args = parser.parse_intermixed_args()
   run(args) if args.command == "run" else table(args)
 
 

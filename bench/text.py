@@ -3,7 +3,7 @@
   python bench/text.py train --set data.name=text_file --set data.path=input.txt   # ours vs PyTorch eager, cpu preset
   python bench/text.py generate [--workdir=runs/gpt_cpu]                           # KV cache vs recomputation
   python bench/text.py val --workdir=runs/gpt_cpu --set data.path=...              # validation loss of a checkpoint
-  python bench/text.py gpu --preset=shakespeare_char                               # tokens/s and MFU on a GPU
+  python bench/text.py gpu --preset=shakespeare_char [--torch-data=input.txt]      # tokens/s and MFU on a GPU
 """
 import argparse
 import json
@@ -132,7 +132,24 @@ def cmd_gpu(a):
   peak = next((v for k, v in PEAK_TFLOPS.items() if k in kind), None)
   mfu = flops_per_token * tokens_per_s / (peak * 1e12) if peak else float("nan")
   print(f"{a.preset} on {kind}, {c.dtype}, attention={a.attention or 'default'}: {secs * 1000:.2f} ms/iter, "
-        f"{tokens_per_s:,.0f} tokens/s, {n / 1e6:.2f}M params, MFU {100 * mfu:.1f}% of {peak} TFLOP/s")
+        f"{tokens_per_s:,.0f} tokens/s, {n / 1e6:.2f}M params, MFU {100 * mfu:.1f}% of {peak} TFLOP/s", flush=True)
+  if not a.torch_data:
+    return
+  # The same model, batch and optimiser in PyTorch on the same GPU: eager, then torch.compile.
+  for compiled in (False, True):
+    cmd = [sys.executable, os.path.join(ROOT, "bench", "torch_gpt.py"), f"--data-path={a.torch_data}",
+           f"--iters={a.iters + 10}", "--warmup=10", f"--batch={c.batch_size}", f"--block={m.block_size}",
+           f"--layers={m.num_layers}", f"--heads={m.num_heads}", f"--width={m.width}", "--eval-batches=0",
+           "--device=cuda", f"--dtype={c.dtype}", *(["--compile"] if compiled else [])]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode:
+      print(f"torch {'compile' if compiled else 'eager'} failed: {out.stderr.strip().splitlines()[-1:]}")
+      continue
+    ref = json.loads(out.stdout.strip().splitlines()[-1])
+    ref_mfu = flops_per_token * ref["tokens_per_s"] / (peak * 1e12) if peak else float("nan")
+    print(f"{ref['impl']} on {kind}, {ref['dtype']}: {ref['ms_per_iter']:.2f} ms/iter, {ref['tokens_per_s']:,} "
+          f"tokens/s, MFU {100 * ref_mfu:.1f}%; ours / theirs: {ref['ms_per_iter'] / (secs * 1000):.2f}x",
+          flush=True)
 
 
 def main():
@@ -148,6 +165,7 @@ def main():
   p.add_argument("--batches", type=int, default=0, help="validation batches (0 = eval.text_batches)")
   p.add_argument("--dtype", default="bfloat16")
   p.add_argument("--attention", default="cudnn")
+  p.add_argument("--torch-data", default="", help="gpu: a text file for the PyTorch twins (eager, compile)")
   a = p.parse_args()
   {"train": cmd_train, "generate": cmd_generate, "val": cmd_val, "gpu": cmd_gpu}[a.command](a)
 

@@ -6,6 +6,11 @@ pipeline (aigc_jax.data.text.TextBatchIterator), so the two runs see identical b
 
   pip install torch==2.13.0
   python bench/torch_gpt.py --data-path=input.txt --iters=2000     # prints one JSON line
+  python bench/torch_gpt.py --data-path=input.txt --device=cuda --dtype=bfloat16 --compile --iters=200 \
+      --batch=64 --block=256 --layers=6 --heads=6 --width=384 --eval-batches=0    # a GPU twin of shakespeare_char
+
+On a GPU, bf16 is autocast (weights and optimiser state stay float32, as ours), `--compile` wraps the model in
+torch.compile, and ms/iter is timed after `--warmup` iterations with the device synchronised.
 """
 import argparse
 import json
@@ -58,7 +63,7 @@ class GPT(nn.Module):
     self.ln_f = nn.LayerNorm(width, bias=False)
 
   def forward(self, idx, targets):
-    x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
+    x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device))
     for blk in self.blocks:
       x = blk(x)
     logits = self.ln_f(x) @ self.wte.weight.T  # tied
@@ -84,6 +89,10 @@ def main():
   p.add_argument("--eval-batches", type=int, default=200)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--threads", type=int, default=0, help="0 = torch's default")
+  p.add_argument("--device", default="cpu")
+  p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="autocast compute dtype")
+  p.add_argument("--compile", action="store_true", help="torch.compile the model")
+  p.add_argument("--warmup", type=int, default=1, help="iterations left out of ms/iter (compilation)")
   a = p.parse_args()
   if a.threads:
     torch.set_num_threads(a.threads)
@@ -93,24 +102,31 @@ def main():
   cut = int(len(text) * TRAIN_FRACTION)
   tok = Tokenizer("char", "".join(sorted(set(text))))
   train_it = TextBatchIterator(tok.encode(text[:cut]), a.block, a.batch, a.seed)
-  model = GPT(tok.vocab_size, a.block, a.layers, a.heads, a.width)
+  device = torch.device(a.device)
+  model = GPT(tok.vocab_size, a.block, a.layers, a.heads, a.width).to(device)
   decay = [p for p in model.parameters() if p.dim() >= 2]
   no_decay = [p for p in model.parameters() if p.dim() < 2]
   opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                          lr=1e-3, betas=(0.9, 0.99))
+                          lr=1e-3, betas=(0.9, 0.99), fused=device.type == "cuda")
+  forward = torch.compile(model) if a.compile else model
+  autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=a.dtype == "bfloat16")
+  sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
   start = time.time()
   first_iter_s = None
   for it in range(a.iters):
     for g in opt.param_groups:
       g["lr"] = lr_at(it, 1e-3, 1e-4, 100, a.iters)
-    w = torch.from_numpy(next(train_it)["tokens"]).long()
-    loss = model(w[:, :-1], w[:, 1:])
+    w = torch.from_numpy(next(train_it)["tokens"]).long().to(device, non_blocking=True)
+    with autocast:
+      loss = forward(w[:, :-1], w[:, 1:])
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
-    if it == 0:
+    if it == a.warmup - 1:
+      sync()
       first_iter_s = time.time() - start
+  sync()
   train_s = time.time() - start
   # Same validation windows as aigc_jax.families.autoregressive.evaluate_split (seed offset included).
   val_it = TextBatchIterator(tok.encode(text[cut:]), a.block, a.batch, 0 + 1_000_003)
@@ -118,12 +134,16 @@ def main():
   with torch.no_grad():
     losses = []
     for _ in range(a.eval_batches):
-      w = torch.from_numpy(next(val_it)["tokens"]).long()
-      losses.append(model(w[:, :-1], w[:, 1:]).item())
-  print(json.dumps({"impl": f"torch {torch.__version__} eager", "iters": a.iters, "train_s": round(train_s, 1),
-                    "ms_per_iter": round(1000 * (train_s - first_iter_s) / max(1, a.iters - 1), 2),
-                    "tokens_per_s": round(a.batch * a.block * (a.iters - 1) / (train_s - first_iter_s)),
-                    "final_train_loss": round(loss.item(), 4), "val_loss": round(float(np.mean(losses)), 4),
+      w = torch.from_numpy(next(val_it)["tokens"]).long().to(device)
+      with autocast:
+        losses.append(model(w[:, :-1], w[:, 1:]).item())
+  timed = max(1, a.iters - a.warmup)
+  impl = f"torch {torch.__version__} {'compile' if a.compile else 'eager'}"
+  print(json.dumps({"impl": impl, "device": a.device, "dtype": a.dtype, "iters": a.iters,
+                    "train_s": round(train_s, 1), "ms_per_iter": round(1000 * (train_s - first_iter_s) / timed, 2),
+                    "tokens_per_s": round(a.batch * a.block * timed / (train_s - first_iter_s)),
+                    "final_train_loss": round(loss.item(), 4),
+                    "val_loss": round(float(np.mean(losses)), 4) if losses else None,
                     "threads": torch.get_num_threads()}))
 
 

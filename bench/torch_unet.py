@@ -13,6 +13,10 @@ global-norm clipping, Adam with linear warm-up, EMA of the params.
 
   pip install torch==2.13.0
   python bench/torch_unet.py [--config=ddpm.py:cpu] [--batch=64] [--steps=20] [--threads=2]
+  python bench/torch_unet.py --config=ddpm.py --batch=128 --device=cuda --dtype=bfloat16 [--compile]   # GPU twin
+
+On a GPU, bf16 is autocast (params, Adam and EMA stay float32, as ours) and `--compile` wraps the U-Net in
+torch.compile; the timed steps end with a device synchronisation.
 
 Prints one human line, then one JSON line (what bench/train_step.py --reference reads).
 """
@@ -38,7 +42,7 @@ def group_norm(channels):
 
 def timestep_embedding(t_B, dim):
   half = dim // 2
-  freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / (half - 1))
+  freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t_B.device) / (half - 1))
   args = t_B.float()[:, None] * freqs[None]
   return F.pad(torch.cat([torch.sin(args), torch.cos(args)], 1), (0, dim % 2))
 
@@ -138,26 +142,30 @@ def build(config):
               d.channels, d.image_size)
 
 
-def make_step(config, model):
+def make_step(config, model, device, autocast, forward=None):
   dif, o, m = config.diffusion, config.optimizer, config.model
   if dif.schedule != "linear" or dif.prediction != "eps" or dif.loss_weighting != "simple":
     raise SystemExit("torch_unet.py implements the linear schedule with eps prediction and L_simple only")
   betas = np.linspace(dif.beta_start, dif.beta_end, dif.num_timesteps, dtype=np.float64)
-  abar = torch.tensor(np.cumprod(1.0 - betas), dtype=torch.float32)
+  abar = torch.tensor(np.cumprod(1.0 - betas), dtype=torch.float32, device=device)
+  forward = forward or model
   sqrt_abar, sqrt_1m_abar = abar.sqrt(), (1.0 - abar).sqrt()
-  opt = torch.optim.Adam(model.parameters(), lr=o.learning_rate, betas=(o.b1, o.b2), eps=o.get("eps", 1e-8))
+  opt = torch.optim.Adam(model.parameters(), lr=o.learning_rate, betas=(o.b1, o.b2), eps=o.get("eps", 1e-8),
+                         fused=device.type == "cuda")
   ema = [p.detach().clone() for p in model.parameters()]
   params = list(model.parameters())
   state = {"step": 0}
 
   def step(x0, labels):
     b = x0.shape[0]
-    t = torch.randint(0, dif.num_timesteps, (b,))
+    t = torch.randint(0, dif.num_timesteps, (b,), device=device)
     noise = torch.randn_like(x0)
     if m.num_classes and dif.label_dropout:
-      labels = torch.where(torch.rand(b) < dif.label_dropout, torch.full_like(labels, m.num_classes), labels)
+      labels = torch.where(torch.rand(b, device=device) < dif.label_dropout, torch.full_like(labels, m.num_classes),
+                           labels)
     xt = sqrt_abar[t][:, None, None, None] * x0 + sqrt_1m_abar[t][:, None, None, None] * noise
-    loss = (model(xt, t, labels if m.num_classes else None) - noise).square().mean()
+    with autocast:
+      loss = (forward(xt, t, labels if m.num_classes else None).float() - noise).square().mean()
     opt.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(params, o.grad_clip_norm) if o.grad_clip_norm else None
@@ -181,29 +189,39 @@ def main():
   p.add_argument("--steps", type=int, default=20)
   p.add_argument("--warmup", type=int, default=3)
   p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+  p.add_argument("--device", default="cpu")
+  p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="autocast compute dtype")
+  p.add_argument("--compile", action="store_true", help="torch.compile the U-Net")
   a = p.parse_args()
   torch.set_num_threads(a.threads)
+  device = torch.device(a.device)
+  autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=a.dtype == "bfloat16")
+  sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
   torch.manual_seed(0)
   config = experiment_config(a.config)
   batch = a.batch or config.batch_size
   d = config.data
-  model = build(config)
+  model = build(config).to(device)
   model.train()
   n_params = sum(p.numel() for p in model.parameters())
-  x0 = torch.rand(batch, d.channels, d.image_size, d.image_size) * 2 - 1
-  labels = torch.randint(0, max(config.model.num_classes, 1), (batch,))
-  step = make_step(config, model)
+  x0 = torch.rand(batch, d.channels, d.image_size, d.image_size, device=device) * 2 - 1
+  labels = torch.randint(0, max(config.model.num_classes, 1), (batch,), device=device)
+  step = make_step(config, model, device, autocast, torch.compile(model) if a.compile else None)
   for _ in range(a.warmup):
     step(x0, labels)
+  sync()
   start = time.perf_counter()
   for _ in range(a.steps):
     loss, _ = step(x0, labels)
   float(loss)
+  sync()
   secs = time.perf_counter() - start
   rate = a.steps / secs
-  print(f"torch {torch.__version__} eager U-Net ({a.config}, {n_params / 1e6:.2f}M params, batch {batch}, "
+  impl = f"PyTorch {torch.__version__} {'compile' if a.compile else 'eager'}" + (
+      f" {a.dtype}" if a.dtype != "float32" else "")
+  print(f"{impl} U-Net ({a.config}, {n_params / 1e6:.2f}M params, batch {batch}, on {a.device}, "
         f"{a.threads} threads): {rate:.3f} steps/s, {rate * batch:.1f} examples/s")
-  print(json.dumps({"impl": f"PyTorch {torch.__version__} eager", "config": a.config, "batch": batch,
+  print(json.dumps({"impl": impl, "config": a.config, "batch": batch, "device": a.device,
                     "threads": a.threads, "params": n_params, "steps_per_s": rate, "examples_per_s": rate * batch,
                     "ms_per_step": 1000 / rate}))
 

@@ -167,8 +167,11 @@ def reference_command(config, name, preset, batch, steps, threads):
     script = "torch_unet.py"
   else:
     return None
-  return [sys.executable, os.path.join(ROOT, "bench", script), f"--config={spec}", f"--batch={batch}",
-          f"--steps={steps}", "--warmup=2", f"--threads={threads}"]
+  cmd = [sys.executable, os.path.join(ROOT, "bench", script), f"--config={spec}", f"--batch={batch}",
+         f"--steps={steps}", "--warmup=2", f"--threads={threads}"]
+  if jax.default_backend() == "gpu" and script == "torch_unet.py":  # the twin on the same GPU, same dtype
+    cmd += ["--device=cuda", f"--dtype={config.dtype}"]
+  return cmd
 
 
 def run_reference(cmd):
