@@ -1,0 +1,87 @@
+"""Audio data: the AudioSet contract (resampling, padding/cropping, batches, resume), the offline spoken_digits
+set (deterministic, disjoint test voices, cached), speech_commands under tfds.testing.mock_data, and
+audio_folder with its bad inputs."""
+import numpy as np
+import pytest
+
+from aigc_jax import data as data_lib
+from aigc_jax.configs import base_config
+from aigc_jax.data import audio
+from aigc_jax.errors import UserError
+
+
+def audio_config(name, sample_rate=1000, clip_seconds=0.5, batch_size=8, **kw):
+  c = base_config()
+  c.data.name = name
+  c.data.sample_rate = sample_rate
+  c.data.clip_seconds = clip_seconds
+  c.batch_size = batch_size
+  for k, v in kw.items():
+    c.data[k] = v
+  return c
+
+
+@pytest.fixture
+def tone_source():
+  """A registered audio source of 12 sine tones at 2,000 Hz of three lengths (1,000 / 400 / 1,600 samples),
+  so loading at another rate and clip length exercises resampling, padding and cropping."""
+  seen = {}
+
+  def load(d, split):
+    seen["keys"] = sorted(d.keys())
+    t = np.arange(1600) / 2000.0
+    waves = np.zeros((12, 1600), np.float32)
+    for i in range(12):
+      waves[i] = 0.5 * np.sin(2 * np.pi * (50 + 10 * i) * t)
+    return audio.AudioSet(waves, np.arange(12, dtype=np.int32) % 3, 2000, ("a", "b", "c"))
+
+  data_lib.register_source(audio.audio_source("test_tones", load, splits=("train",), doc="sine tones"))
+  yield seen
+  data_lib.unregister_source("test_tones")
+
+
+def test_audio_source_resamples_fits_and_batches_resumably(tone_source):
+  config = audio_config("test_tones")
+  clips = audio.load_audio_set(config.data)
+  # 2,000 -> 1,000 Hz, 1,600 -> 800 samples, then the most energetic 500-sample window.
+  assert clips.audio_NxT.shape == (12, 500) and clips.audio_NxT.dtype == np.float32
+  assert clips.sample_rate == 1000 and clips.class_names == ("a", "b", "c")
+  assert audio.describe(clips) == "12 clips of 0.50 s at 1,000 Hz, 3 classes"
+  # The loader saw only the declared keys (name, split, sample_rate, clip_seconds), not image_size.
+  assert tone_source["keys"] == ["clip_seconds", "name", "sample_rate", "split"]
+  # A tone below the new Nyquist frequency survives resampling: 50 Hz at 1 kHz, amplitude 0.5.
+  expected = 0.5 * np.sin(2 * np.pi * 50 * np.arange(800) / 1000.0)
+  window = clips.audio_NxT[0]
+  start = int(np.argmin([np.abs(expected[s:s + 500] - window).max() for s in range(301)]))
+  assert np.abs(expected[start:start + 500] - window)[20:-20].max() < 0.02
+  iterator = data_lib.make_train_iterator(config)
+  batches = [next(iterator) for _ in range(3)]
+  assert batches[0]["audio"].shape == (8, 500) and batches[0]["label"].dtype == np.int32
+  resumed = data_lib.make_train_iterator(config, start_batch=2)
+  np.testing.assert_array_equal(next(resumed)["audio"], batches[2]["audio"])
+  assert data_lib.example_batch(config, 4)["audio"].shape == (4, 500)
+  assert "12 clips" in iterator.description
+
+
+def test_fit_length_pads_at_the_end_and_crops_the_loudest_window():
+  x = np.zeros((2, 10), np.float32)
+  x[0, 6:9] = 1.0
+  x[1, :3] = [0.1, 0.2, 0.3]
+  cropped = audio.fit_length(x, 4)
+  np.testing.assert_array_equal(cropped[0], [0, 1, 1, 1])  # windows 5..8 and 6..9 tie: the earliest wins
+  np.testing.assert_array_equal(cropped[1], np.float32([0.1, 0.2, 0.3, 0]))
+  padded = audio.fit_length(x[:, :3], 5)
+  np.testing.assert_array_equal(padded[1], np.float32([0.1, 0.2, 0.3, 0, 0]))
+
+
+def test_audio_keys_errors(tone_source):
+  with pytest.raises(UserError, match="data.clip_seconds must be a positive"):
+    audio.load_audio_set(audio_config("test_tones", clip_seconds=0.0).data)
+  with pytest.raises(UserError, match="data.sample_rate must be a positive integer"):
+    audio.load_audio_set(audio_config("test_tones", sample_rate=-5).data)
+  with pytest.raises(UserError, match="data.image_size is not used by data source .test_tones."):
+    data_lib.check_set_keys(audio_config("test_tones").data, ["data.image_size"])
+  with pytest.raises(UserError, match="holds images, not audio"):
+    audio.load_audio_set(audio_config("digits").data)
+  with pytest.raises(UserError, match="test_tones has splits 'train', not 'test'"):
+    audio.load_audio_set(audio_config("test_tones").data, "test")
