@@ -85,3 +85,36 @@ def test_audio_keys_errors(tone_source):
     audio.load_audio_set(audio_config("digits").data)
   with pytest.raises(UserError, match="test_tones has splits 'train', not 'test'"):
     audio.load_audio_set(audio_config("test_tones").data, "test")
+
+
+def test_spoken_digits_deterministic_disjoint_voices_and_cached(tmp_path, monkeypatch):
+  from aigc_jax.data.sources import audio_spoken_digits as sd
+  train = sd.load_arrays(str(tmp_path / "a"), "train", 8000, num_examples=20)
+  test = sd.load_arrays(str(tmp_path / "a"), "test", 8000, num_examples=10)
+  again = sd.load_arrays(str(tmp_path / "b"), "train", 8000, num_examples=20)  # another fresh generation
+  for key in ("audio", "labels", "voices"):
+    np.testing.assert_array_equal(train[key], again[key])
+  assert train["audio"].shape == (20, 8000) and train["audio"].dtype == np.int16  # 1 s at 8 kHz
+  np.testing.assert_array_equal(train["labels"], np.arange(20) % 10)
+  np.testing.assert_array_equal(test["labels"], np.arange(10) % 10)
+  train_variants = {v.split("+")[1] for v in train["voices"]}
+  test_variants = {v.split("+")[1] for v in test["voices"]}
+  assert train_variants <= set(sd.TRAIN_VARIANTS) and test_variants <= set(sd.TEST_VARIANTS)
+  assert not set(sd.TRAIN_VARIANTS) & set(sd.TEST_VARIANTS) and len(train_variants) > 5
+  # Not silent: loud peaks, and the loudest 50 ms frame stands >= 3x (RMS) above the quietest (SNR >= 10 dB).
+  clips = np.concatenate([train["audio"], test["audio"]]).astype(np.float32) / 32767
+  frames = np.sqrt(np.mean(clips.reshape(30, 20, 400) ** 2, axis=-1))
+  assert np.all(np.abs(clips).max(axis=1) > 0.15) and np.all(frames.max(1) > 3 * frames.min(1))
+  assert len({c.tobytes() for c in clips}) == 30
+  # The cache is read, not regenerated: no subprocess may run now; through the registry with a 0.5 s clip.
+  monkeypatch.setattr(sd.subprocess, "run", lambda *a, **k: pytest.fail("regenerated a cached split"))
+  monkeypatch.setattr(sd, "SPLIT_SIZES", {"train": 20, "test": 10})
+  config = audio_config("spoken_digits", sample_rate=8000, clip_seconds=0.5, data_dir=str(tmp_path / "a"))
+  clips_set = audio.load_audio_set(config.data)
+  assert clips_set.class_names == sd.WORDS and clips_set.sample_rate == 8000
+  np.testing.assert_array_equal(clips_set.audio_NxT, audio.fit_length(train["audio"] / np.float32(32767), 4000))
+  assert audio.describe(clips_set) == "20 clips of 0.50 s at 8,000 Hz, 10 classes"
+  with pytest.raises(UserError, match="spoken_digits has splits 'train', 'test', not 'validation'"):
+    audio.load_audio_set(config.data, "validation")
+  with pytest.raises(UserError, match="data.path is not used by data source 'spoken_digits'"):
+    data_lib.check_set_keys(config.data, ["data.path"])

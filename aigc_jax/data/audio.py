@@ -16,6 +16,7 @@ Training batches are {"audio": float32 [B, T] in [-1, 1], "label": int32 [B]} fr
 whose order is `pipeline.ShuffledRows` (a pure function of the batch index: exact resume on any host count).
 """
 import dataclasses
+import functools
 import math
 from typing import Sequence
 
@@ -68,6 +69,15 @@ def clip_samples(data: ConfigDict) -> int:
   return t
 
 
+@functools.lru_cache(maxsize=16)
+def _lowpass(up: int, down: int) -> np.ndarray:
+  """The FIR filter resample_poly designs by default (Kaiser window, beta 5, 20 * max(up, down) + 1 taps),
+  designed once per rate pair instead of once per clip (its design cost as much as the filtering)."""
+  from scipy import signal
+  max_rate = max(up, down)
+  return signal.firwin(2 * 10 * max_rate + 1, 1.0 / max_rate, window=("kaiser", 5.0))
+
+
 def resample(audio_NxT: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
   """Resamples along the last axis by to_rate/from_rate (reduced by their gcd) with scipy's polyphase filter;
   the output has ceil(T * to_rate / from_rate) samples. float32 out."""
@@ -75,7 +85,8 @@ def resample(audio_NxT: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
   if from_rate == to_rate:
     return np.asarray(audio_NxT, np.float32)
   g = math.gcd(int(from_rate), int(to_rate))
-  out = signal.resample_poly(np.asarray(audio_NxT, np.float64), int(to_rate) // g, int(from_rate) // g, axis=-1)
+  up, down = int(to_rate) // g, int(from_rate) // g
+  out = signal.resample_poly(np.asarray(audio_NxT, np.float64), up, down, axis=-1, window=_lowpass(up, down))
   return out.astype(np.float32)
 
 
