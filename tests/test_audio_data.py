@@ -118,3 +118,26 @@ def test_spoken_digits_deterministic_disjoint_voices_and_cached(tmp_path, monkey
     audio.load_audio_set(config.data, "validation")
   with pytest.raises(UserError, match="data.path is not used by data source 'spoken_digits'"):
     data_lib.check_set_keys(config.data, ["data.path"])
+
+
+def test_speech_commands_sc09_through_tfds_mock_data(tmp_path, monkeypatch):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  from aigc_jax.data import tfds_source
+  from aigc_jax.data.sources import audio_speech_commands as sc
+  monkeypatch.setattr(tfds_source, "network_unreachable", lambda: False)  # mock_data stands in for the network
+  config = audio_config("speech_commands", sample_rate=8000, clip_seconds=1.0, data_dir=str(tmp_path))
+  with tfds.testing.mock_data(num_examples=6):
+    raw = sc.load_sc09(str(tmp_path), "test")
+    clips = audio.load_audio_set(config.data, "test")
+  # Mock clips are a few dozen samples long: zero-padded at the end to 1 s at 16 kHz, labels in 0..9.
+  assert raw.sample_rate == 16000 and raw.audio_NxT.shape == (6, 16000) and raw.class_names == sc.WORDS
+  assert np.all(raw.audio_NxT[:, 1000:] == 0) and np.all(np.abs(raw.audio_NxT).max(axis=1) > 0)
+  assert set(raw.labels_N.tolist()) <= set(range(10)) and raw.labels_N.dtype == np.int32
+  # Through the registry at 8 kHz: the polyphase resampling of the same clips, same labels.
+  assert clips.audio_NxT.shape == (6, 8000) and clips.class_names == sc.WORDS
+  np.testing.assert_array_equal(clips.labels_N, raw.labels_N)
+  np.testing.assert_allclose(clips.audio_NxT, audio.resample(raw.audio_NxT, 16000, 8000), atol=1e-7)
+  # Nothing prepared and no network: the one-line offline error naming the fix, within seconds.
+  monkeypatch.setattr(tfds_source, "network_unreachable", lambda: True)
+  with pytest.raises(UserError, match="could not download TFDS dataset 'speech_commands_digits'.*spoken_digits"):
+    audio.load_audio_set(config.data, "test")

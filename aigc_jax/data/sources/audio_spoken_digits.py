@@ -220,8 +220,7 @@ def load_arrays(data_dir: str, split: str, sample_rate: int, num_examples: int =
     logging.info("spoken_digits: synthesising %d %s clips at %d Hz into %s (once)", num_examples, split,
                  sample_rate, path)
     package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p),
-               JAX_PLATFORMS="cpu")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p))
     done = subprocess.run([sys.executable, "-m", __name__, path, split, str(num_examples), str(sample_rate),
                            str(seed)], env=env, capture_output=True, text=True)
     if done.returncode != 0 or not os.path.isfile(path):
