@@ -1,6 +1,8 @@
 """Audio data: the AudioSet contract (resampling, padding/cropping, batches, resume), the offline spoken_digits
 set (deterministic, disjoint test voices, cached), speech_commands under tfds.testing.mock_data, and
 audio_folder with its bad inputs."""
+import os
+
 import numpy as np
 import pytest
 
@@ -141,3 +143,77 @@ def test_speech_commands_sc09_through_tfds_mock_data(tmp_path, monkeypatch):
   monkeypatch.setattr(tfds_source, "network_unreachable", lambda: True)
   with pytest.raises(UserError, match="could not download TFDS dataset 'speech_commands_digits'.*spoken_digits"):
     audio.load_audio_set(config.data, "test")
+
+
+def write_wav(path, samples, rate, width, channels=1):
+  """Integer samples [T] or [T, C] as a `width`-byte PCM WAV (8-bit is unsigned, as the format says)."""
+  import wave
+  samples = np.asarray(samples, np.int64).reshape(len(samples), channels)
+  if width == 1:
+    raw = (samples + 128).astype(np.uint8).tobytes()
+  elif width == 3:
+    raw = samples.astype("<i4").view(np.uint8).reshape(-1, 4)[:, :3].tobytes()
+  else:
+    raw = samples.astype({2: "<i2", 4: "<i4"}[width]).tobytes()
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with wave.open(str(path), "wb") as w:
+    w.setnchannels(channels)
+    w.setsampwidth(width)
+    w.setframerate(rate)
+    w.writeframes(raw)
+
+
+def test_audio_folder_reads_pcm_widths_rates_and_channels(tmp_path):
+  rng = np.random.default_rng(0)
+  tone = np.round(12000 * np.sin(2 * np.pi * 100 * np.arange(2000) / 2000)).astype(np.int64)
+  write_wav(tmp_path / "a" / "1.wav", tone, 2000, 2)                       # 16-bit, 2 kHz, 1 s
+  left, right = rng.integers(-128, 128, 500), rng.integers(-128, 128, 500)
+  write_wav(tmp_path / "a" / "2.wav", np.stack([left, right], 1), 1000, 1, channels=2)  # 8-bit stereo
+  deep = rng.integers(-2**23, 2**23, 800)
+  write_wav(tmp_path / "b" / "3.wav", deep, 1000, 3)                       # 24-bit, 0.8 s
+  short = rng.integers(-2**31, 2**31, 300)
+  write_wav(tmp_path / "b" / "4.wav", short, 1000, 4)                      # 32-bit, 0.3 s
+  (tmp_path / "b" / "notes.txt").write_text("skipped")
+  (tmp_path / "a" / ".hidden.wav").write_bytes(b"skipped")
+  clips = audio.load_audio_set(audio_config("audio_folder", sample_rate=1000, clip_seconds=0.5,
+                                            path=str(tmp_path)).data)
+  assert clips.class_names == ("a", "b") and clips.labels_N.tolist() == [0, 0, 1, 1]
+  assert clips.audio_NxT.shape == (4, 500) and clips.sample_rate == 1000
+  # Exact decoding where no resampling happens: stereo averaged, 24-bit cropped to its loudest window,
+  # 32-bit zero-padded at the end.
+  np.testing.assert_array_equal(clips.audio_NxT[1], ((left + right) / 256.0).astype(np.float32))
+  np.testing.assert_array_equal(clips.audio_NxT[2], audio.fit_length((deep / 2.0**23)[None], 500)[0].astype(np.float32))
+  np.testing.assert_allclose(clips.audio_NxT[3], np.pad(short / 2.0**31, (0, 200)), atol=1e-7)
+  # The 2 kHz file: resampled once to 1 kHz (a 100 Hz tone survives), then its loudest half second.
+  expected = audio.fit_length(audio.resample(tone[None] / 32768.0, 2000, 1000), 500)[0]
+  np.testing.assert_allclose(clips.audio_NxT[0], expected, atol=1e-6)
+  assert abs(np.sqrt(np.mean(clips.audio_NxT[0] ** 2)) - 12000 / 32768 / np.sqrt(2)) < 0.003  # amplitude kept
+
+
+def test_audio_folder_bad_inputs_are_one_line_errors(tmp_path):
+  def error(path):
+    with pytest.raises(UserError) as info:
+      audio.load_audio_set(audio_config("audio_folder", path=str(path)).data)
+    assert "\n" not in str(info.value)
+    return str(info.value)
+
+  assert "does not exist; set --config.data.path" in error(tmp_path / "missing")
+  (tmp_path / "empty").mkdir()
+  assert "no WAV files found" in error(tmp_path / "empty") and "data.path" in error(tmp_path / "empty")
+  write_wav(tmp_path / "ok" / "digit" / "1.wav", np.zeros(10), 1000, 2)
+  (tmp_path / "ok" / "digit" / "2.wav").write_bytes(b"RIFF\x00\x00garbage")
+  assert "cannot read WAV file" in error(tmp_path / "ok") and "2.wav" in error(tmp_path / "ok")
+  (tmp_path / "ok" / "digit" / "2.wav").unlink()
+  write_wav(tmp_path / "float" / "f.wav", np.zeros(10), 1000, 4)
+  raw = bytearray((tmp_path / "float" / "f.wav").read_bytes())
+  raw[20:22] = (3).to_bytes(2, "little")  # WAVE_FORMAT_IEEE_FLOAT
+  (tmp_path / "float" / "f.wav").write_bytes(bytes(raw))
+  assert "integer PCM WAV" in error(tmp_path / "float")
+  (tmp_path / "ok" / "digit" / "3.mp3").write_bytes(b"ID3")
+  assert "3.mp3 is not a WAV file" in error(tmp_path / "ok")
+  (tmp_path / "ok" / "digit" / "3.mp3").unlink()
+  write_wav(tmp_path / "ok" / "loose.wav", np.zeros(10), 1000, 2)
+  assert "lies directly in data.path next to class sub-folders" in error(tmp_path / "ok")
+  (tmp_path / "ok" / "loose.wav").unlink()
+  write_wav(tmp_path / "ok" / "digit" / "deeper" / "4.wav", np.zeros(10), 1000, 2)
+  assert "2 folders deep" in error(tmp_path / "ok")

@@ -18,6 +18,7 @@ whose order is `pipeline.ShuffledRows` (a pure function of the batch index: exac
 import dataclasses
 import functools
 import math
+import wave
 from typing import Sequence
 
 import numpy as np
@@ -131,6 +132,28 @@ def conform(audio_set: AudioSet, data: ConfigDict) -> AudioSet:
     raise ValueError(f"labels must be -1 or index class_names ({len(audio_set.class_names)} classes), got "
                      f"{labels_N.min()}..{labels_N.max()}")
   return AudioSet(audio_NxT, labels_N, int(data.sample_rate), tuple(audio_set.class_names))
+
+
+def read_wav(file) -> tuple:
+  """(float32 mono samples in [-1, 1), sample rate, channel count) of a PCM WAV file (a path or a binary file
+  object) through the stdlib `wave` module: 8-bit (unsigned), 16-, 24- and 32-bit (signed) integer PCM.
+  Several channels are averaged to mono. Float or compressed WAVs raise wave.Error (the caller names the
+  file and the fix)."""
+  with wave.open(file, "rb") as w:
+    width, channels, rate = w.getsampwidth(), w.getnchannels(), w.getframerate()
+    raw = w.readframes(w.getnframes())
+  if width not in (1, 2, 3, 4) or channels < 1 or rate < 1:
+    raise wave.Error(f"{8 * width}-bit samples, {channels} channels at {rate} Hz")
+  frame = width * channels
+  raw = raw[:len(raw) // frame * frame]  # a truncated last frame
+  if width == 1:
+    x = (np.frombuffer(raw, np.uint8).astype(np.float32) - 128.0) / 128.0
+  elif width == 3:  # little-endian 24-bit: put each sample in the top bytes of an int32 (keeps the sign)
+    b = np.frombuffer(raw, np.uint8).reshape(-1, 3)
+    x = (np.pad(b, ((0, 0), (1, 0))).view("<i4")[:, 0] >> 8).astype(np.float32) / 2.0 ** 23
+  else:
+    x = np.frombuffer(raw, {2: "<i2", 4: "<i4"}[width]).astype(np.float32) / 2.0 ** (8 * width - 1)
+  return x.reshape(-1, channels).mean(axis=1, dtype=np.float32), rate, channels
 
 
 class AudioBatchIterator(ShuffledRows):
