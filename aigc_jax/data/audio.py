@@ -103,28 +103,41 @@ def fit_length(audio_NxT: np.ndarray, length: int) -> np.ndarray:
       [np.zeros((n, 1)), np.cumsum(np.square(audio_NxT, dtype=np.float64), axis=1)], axis=1)
   window_NxW = energy_Nx1T[:, length:] - energy_Nx1T[:, :-length]  # energy of windows starting at 0..t-length
   starts_N = np.argmax(window_NxW, axis=1)
-  return audio_NxT[np.arange(n)[:, None], starts_N[:, None] + np.arange(length)[None]]
+  windows_NxWxL = np.lib.stride_tricks.sliding_window_view(audio_NxT, length, axis=1)  # a view, no copy
+  return windows_NxWxL[np.arange(n), starts_N]
 
 
 def to_clips(waves: Sequence[np.ndarray], rates: Sequence[int], sample_rate: int, length: int) -> np.ndarray:
   """float32 [N, length] of variable-length, variable-rate mono waves (each float in [-1, 1]): every wave
   resampled to `sample_rate`, then fitted to `length` (fit_length)."""
   out_NxT = np.zeros((len(waves), length), np.float32)
-  for i, (wave, rate) in enumerate(zip(waves, rates)):
-    w_T = resample(np.asarray(wave, np.float32), rate, sample_rate) if rate != sample_rate else wave
-    out_NxT[i] = fit_length(np.asarray(w_T, np.float32)[None], length)[0] if len(w_T) else 0.0
+  for i, (samples_T, rate) in enumerate(zip(waves, rates)):
+    if len(samples_T):
+      out_NxT[i] = fit_length(resample(np.asarray(samples_T, np.float32)[None], rate, sample_rate), length)[0]
   return out_NxT
+
+
+# Rows per chunk when conforming a whole split: bounds the float64 temporaries of resampling and cropping
+# (SC09's 18,620 train clips at once would need ~2.4 GB each).
+CONFORM_CHUNK = 1024
 
 
 def conform(audio_set: AudioSet, data: ConfigDict) -> AudioSet:
   """The set at data.sample_rate and T = clip_samples(data), float32 in [-1, 1], int32 labels."""
   length = clip_samples(data)
-  audio_NxT = np.asarray(audio_set.audio_NxT, np.float32)
+  audio_NxT = audio_set.audio_NxT
   if audio_NxT.ndim != 2:
     raise ValueError(f"an AudioSet holds mono clips [N, T], got shape {audio_NxT.shape}")
-  if audio_set.sample_rate != data.sample_rate:
-    audio_NxT = resample(audio_NxT, audio_set.sample_rate, data.sample_rate)
-  audio_NxT = np.clip(fit_length(audio_NxT, length), -1.0, 1.0).astype(np.float32)
+  if audio_set.sample_rate != data.sample_rate or audio_NxT.shape[1] != length:
+    out_NxT = np.empty((len(audio_NxT), length), np.float32)
+    for i in range(0, len(audio_NxT), CONFORM_CHUNK):
+      chunk = resample(audio_NxT[i:i + CONFORM_CHUNK], audio_set.sample_rate, data.sample_rate)
+      out_NxT[i:i + CONFORM_CHUNK] = fit_length(chunk, length)
+    audio_NxT = out_NxT
+  else:
+    audio_NxT = np.asarray(audio_NxT, np.float32)
+  if len(audio_NxT) and (audio_NxT.min() < -1.0 or audio_NxT.max() > 1.0):  # resampling can overshoot
+    audio_NxT = np.clip(audio_NxT, -1.0, 1.0)
   labels_N = np.asarray(audio_set.labels_N, np.int32)
   if labels_N.shape != (len(audio_NxT),):
     raise ValueError(f"labels_N has shape {labels_N.shape}, not ({len(audio_NxT)},)")
