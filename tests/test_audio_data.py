@@ -217,3 +217,51 @@ def test_audio_folder_bad_inputs_are_one_line_errors(tmp_path):
   (tmp_path / "ok" / "loose.wav").unlink()
   write_wav(tmp_path / "ok" / "digit" / "deeper" / "4.wav", np.zeros(10), 1000, 2)
   assert "2 folders deep" in error(tmp_path / "ok")
+
+
+def test_speech_commands_builder_splits_the_archive_by_its_own_lists(tmp_path):
+  """The builder's own example generation (mock_data skips it) on a small archive shaped like Speech
+  Commands: digit folders only, validation/testing lists decide the split, the rest trains."""
+  import io
+  import tarfile
+  import wave
+  tfds = pytest.importorskip("tensorflow_datasets")
+  from aigc_jax.data.sources import audio_speech_commands as sc
+  rng = np.random.default_rng(0)
+  files = {"zero/a_nohash_0.wav": 16000, "zero/b_nohash_0.wav": 9000, "one/c_nohash_0.wav": 16000,
+           "nine/d_nohash_1.wav": 12000, "bed/e_nohash_0.wav": 16000, "_background_noise_/f.wav": 100}
+  samples = {name: rng.integers(-999, 999, n).astype("<i2") for name, n in files.items()}
+  archive = tmp_path / "speech_commands_v0.02.tar.gz"
+  with tarfile.open(archive, "w:gz") as tar:
+    entries = {"validation_list.txt": b"one/c_nohash_0.wav\nbed/e_nohash_0.wav\n",
+               "testing_list.txt": b"nine/d_nohash_1.wav\n"}
+    for name, x in samples.items():
+      buf = io.BytesIO()
+      with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(x.tobytes())
+      entries[name] = buf.getvalue()
+    for name, data in entries.items():
+      info = tarfile.TarInfo(name)
+      info.size = len(data)
+      tar.addfile(info, io.BytesIO(data))
+
+  class LocalDownloads:  # stands in for TFDS's download manager: no network
+    def download(self, url):
+      assert url == sc.ARCHIVE_URL
+      return str(archive)
+
+    def iter_archive(self, path):
+      return tfds.download.iter_archive(path, tfds.download.ExtractMethod.TAR_GZ)
+
+  builder = sc.builder_class()(data_dir=str(tmp_path / "tfds"))
+  splits = {name: dict(gen) for name, gen in builder._split_generators(LocalDownloads()).items()}
+  assert {k: sorted(v) for k, v in splits.items()} == {
+      "train": ["zero/a_nohash_0.wav", "zero/b_nohash_0.wav"], "validation": ["one/c_nohash_0.wav"],
+      "test": ["nine/d_nohash_1.wav"]}
+  for examples in splits.values():
+    for key, example in examples.items():
+      np.testing.assert_array_equal(example["audio"], samples[key])
+      assert example["label"] == key.split("/")[0] and example["label"] in sc.WORDS
