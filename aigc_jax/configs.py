@@ -22,14 +22,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.steps_per_dispatch = 1       # train steps per jitted call (lax.scan): cuts per-step host overhead of small models
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = "digits"         # digits | npz | image_folder | a TFDS image dataset (mnist, cifar10, ...)
+  c.data.name = "digits"         # digits | npz | image_folder | a TFDS image dataset (mnist, cifar10, ...) |
+                                 # audio: spoken_digits | speech_commands | audio_folder
   c.data.split = "train"
-  c.data.path = ""               # for npz / image_folder
-  c.data.data_dir = ""           # TFDS data_dir ("" = TFDS default)
+  c.data.path = ""               # for npz / image_folder / audio_folder
+  c.data.data_dir = ""           # TFDS data_dir ("" = TFDS default); spoken_digits cache ("" = ~/.cache/aigc_jax)
   c.data.image_size = 32
   c.data.channels = 1
   c.data.random_flip = False
   c.data.fraction = 1.0          # image sources: train on a fixed (class-stratified) share of the training split
+  c.data.sample_rate = 16000     # audio sources: Hz every clip is resampled to (SC09: 16,000)
+  c.data.clip_seconds = 1.0      # audio sources: clip length; T = round(sample_rate * clip_seconds) samples
 
   c.model = ml_collections.ConfigDict()
   c.optimizer = ml_collections.ConfigDict()
