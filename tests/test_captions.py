@@ -29,8 +29,12 @@ def config(name="captioned_shapes", image_size=32, channels=3, **data):
 def test_shapes_render_what_the_captions_say():
   test = captions.load_captioned(config(image_size=32).data, "test")
   assert len(test) == shapes.NUM_EXAMPLES["test"] and test.images.shape[1:] == (32, 32, 3)
-  assert test.num_classes == 30 and test.class_names[test.labels[0]] == (
-      f"{test.scenes[0]['objects'][0]['colour']} {test.scenes[0]['objects'][0]['shape']}")
+  assert test.num_classes == 30 and len(set(test.labels.tolist())) == 30
+  for scene, label in zip(test.scenes, test.labels):  # the main object: the largest, then the top-most
+    main = shapes.main_object(scene)
+    assert test.class_names[label] == f"{main['colour']} {main['shape']}"
+    assert all(shapes.SIZES[o["size"]] < shapes.SIZES[main["size"]] or o["box"][1] >= main["box"][1]
+               for o in scene["objects"])
   for image, scene, caps in zip(test.images[:300], test.scenes, test.captions):
     covered = np.zeros((32, 32), bool)
     for o in scene["objects"]:

@@ -15,8 +15,10 @@ downwards), so a relation is true of the rendered pixels too. Each image has two
 per step (captions.py). Mirroring would falsify "left of", so data.random_flip is refused.
 
 Splits: "train" (NUM_EXAMPLES["train"] = 10,000 scenes) and "test" (1,000), drawn from different seed streams;
-no test scene equals a train scene (tests check it). Labels: the first object's (colour, shape), 30 classes
-named "red circle", ... (the classifier backbone of FID/IS learns colour and shape from them). The loaded
+no test scene equals a train scene (tests check it). Loading a split renders it in ~1 CPU-s per 10,000 scenes
+at 32x32 (scenes ~0.5 s, PIL ~0.5 s; 2026-11 on this project's CPU). Labels: the (colour, shape) of the main
+object (`main_object`: the largest, the top-most among equals, so the label can be read off the image), 30
+classes named "red circle", ... (the classifier backbone of FID/IS learns colour and shape from them). The loaded
 set's `scenes[i]` is {"objects": [{"shape", "colour", "size", "box": [x0, y0, x1, y1] in [0, 1]}],
 "relations": [[i, "left of", j], ...]}; `pixel_box` maps a box to pixels, `relation_holds` checks a relation
 and `parse_caption` reads a caption (or a user's prompt in this grammar) back into objects and relations.
@@ -179,10 +181,15 @@ def render(s: dict, image_size: int) -> np.ndarray:
   return np.asarray(image, np.uint8)
 
 
+def main_object(s: dict) -> dict:
+  """The object a glance picks: the largest, the top-most among equals (drawn order is not visible)."""
+  return max(s["objects"], key=lambda o: (SIZES[o["size"]], -o["box"][1]))
+
+
 def label(s: dict) -> int:
-  """The class of a scene: its first object's (colour, shape), an index into CLASS_NAMES."""
-  first = s["objects"][0]
-  return list(COLOURS).index(first["colour"]) * len(SHAPES) + SHAPES.index(first["shape"])
+  """The class of a scene: its main object's (colour, shape), an index into CLASS_NAMES."""
+  main = main_object(s)
+  return list(COLOURS).index(main["colour"]) * len(SHAPES) + SHAPES.index(main["shape"])
 
 
 @functools.lru_cache(maxsize=4)
