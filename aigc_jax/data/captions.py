@@ -142,7 +142,7 @@ def make_tokenizer(data: ConfigDict) -> CaptionTokenizer:
     return tokenizer
   key = (data.name, data.get("data_dir", ""), data.split, size)
   if key not in _BPE_CACHE:
-    raw = captioned_source(data.name).load_raw(data, data.split)
+    raw = get_captioned_source(data.name).load_raw(data, data.split)
     _BPE_CACHE[key] = tok.train_bpe((c for caps in raw.captions for c in caps), size)
   if path:
     _BPE_CACHE[key].save(path)
@@ -194,17 +194,19 @@ class CaptionedSource(DataSource):
   load_raw: Optional[Callable[[ConfigDict, str], CaptionedSet]] = None
 
 
-def captioned_source(name: str, load_raw=None, *, keys=(), splits=(), doc: str = "",
+def get_captioned_source(name: str) -> CaptionedSource:
+  """The registered source `name`; a one-line error if it has no captions."""
+  source = get_source(name)
+  if not isinstance(source, CaptionedSource):
+    raise UserError(f"data source {name!r} has no captions; choose a captioned source (captioned_shapes, "
+                    "captioned_digits, captioned_mnist, coco_captions) with --config.data.name")
+  return source
+
+
+def captioned_source(name: str, load_raw, *, keys=(), splits=(), doc: str = "",
                      mirror_ok: bool = True) -> CaptionedSource:
-  """A captioned image source from `load_raw(data_config, split) -> CaptionedSet` (captions, no tokens), or the
-  registered source `name` when load_raw is None (a one-line error if it is not captioned). mirror_ok=False
-  refuses data.random_flip (captions that say "left of" would be false on a mirrored image)."""
-  if load_raw is None:
-    source = get_source(name)
-    if not isinstance(source, CaptionedSource):
-      raise UserError(f"data source {name!r} has no captions; choose a captioned source (captioned_shapes, "
-                      "captioned_digits, captioned_mnist, coco_captions) with --config.data.name")
-    return source
+  """A captioned image source from `load_raw(data_config, split) -> CaptionedSet` (captions, no tokens).
+  mirror_ok=False refuses data.random_flip (captions that say "left of" would be false on a mirrored image)."""
 
   def checked_raw(data, split):
     if data.random_flip and not mirror_ok:
@@ -219,7 +221,7 @@ def captioned_source(name: str, load_raw=None, *, keys=(), splits=(), doc: str =
     return dataclasses.replace(raw, captions=check_captions(name, raw.captions))
 
   def load(data, split):
-    bpe_vocab_size(data)  # bad tokenizer keys fail before any data is read
+    bpe_vocab_size(data), caption_length(data)  # bad caption keys fail before any data is read
     return tokenize_set(data, checked_raw(data, split))
 
   def make_iterator(config, captioned, start_batch=0):
@@ -258,5 +260,5 @@ def captioned_source(name: str, load_raw=None, *, keys=(), splits=(), doc: str =
 
 def load_captioned(data: ConfigDict, split: str = None) -> CaptionedSet:
   """The whole tokenised split (default data.split) of a captioned source (CLIP retrieval, zero-shot prompts)."""
-  return captioned_source(data.name).load(data, split or data.split)
+  return get_captioned_source(data.name).load(data, split or data.split)
 
