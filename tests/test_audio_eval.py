@@ -4,10 +4,9 @@ runner (FID/KID/IS/PR/mIS/AM/class_accuracy through the same evaluators as image
 protocol. A "generator" that replays the training clips must score FID 0, a zero KL term in AM and the
 classifier's own train accuracy; bad setups are one-line errors.
 
-An AudioSet-shaped source of tones is registered here (the contract of aigc_jax.data.audio), so this file needs
-no audio data on disk.
+A source of tones is registered here through aigc_jax.data.audio.audio_source, so this file needs no audio data on
+disk.
 """
-import dataclasses
 import math
 
 import jax
@@ -18,6 +17,8 @@ import pytest
 from aigc_jax import data as data_lib
 from aigc_jax import parallel
 from aigc_jax.configs import base_config
+from aigc_jax.data import audio as audio_data
+from aigc_jax.data.audio import AudioSet
 from aigc_jax.errors import UserError
 from aigc_jax.evaluation import inputs, logmel, metrics, runner
 from aigc_jax.evaluation.registry import check_eval_config
@@ -29,19 +30,7 @@ SOURCE = "test_tones"
 STEPS = 30
 
 
-@dataclasses.dataclass
-class ToneSet:
-  """The fields of aigc_jax.data.audio.AudioSet."""
-  audio_NxT: np.ndarray
-  labels_N: np.ndarray
-  sample_rate: int
-  class_names: tuple
-
-  def __len__(self):
-    return len(self.audio_NxT)
-
-
-def tones(split: str) -> ToneSet:
+def tones(split: str) -> AudioSet:
   """Class k = a tone near PITCHES_HZ[k] (+-3%), random phase and level, faint noise; stored at 16-bit levels so
   eval.quantize leaves them unchanged."""
   n = {"train": 64, "test": 32}[split]
@@ -51,23 +40,14 @@ def tones(split: str) -> ToneSet:
   t = np.arange(T) / RATE
   audio = rng.uniform(0.3, 0.8, (n, 1)) * np.sin(2 * np.pi * freq[:, None] * t + rng.uniform(0, 2 * np.pi, (n, 1)))
   audio = audio + 0.005 * rng.standard_normal((n, T))
-  return ToneSet(np.asarray(np.rint(audio * 32767) / 32767, np.float32), labels, RATE,
+  return AudioSet(np.asarray(np.rint(audio * 32767) / 32767, np.float32), labels, RATE,
                  tuple(f"{p:g}hz" for p in PITCHES_HZ))
 
 
 @pytest.fixture(scope="module")
 def tone_source():
   sets = {split: tones(split) for split in ("train", "test")}
-
-  def load(data_config, split):
-    if split not in sets:
-      raise UserError(f"{SOURCE} has splits train and test, not {split!r}; set --config.data.split")
-    return sets[split]
-
-  data_lib.register_source(data_lib.DataSource(
-      name=SOURCE, medium="audio", keys=("sample_rate", "clip_seconds"), load=load, splits=("train", "test"),
-      make_iterator=lambda config, loaded, start: None,
-      example_batch=lambda config, b: {"audio": np.zeros((b, T), np.float32), "label": np.zeros((b,), np.int32)}))
+  data_lib.register_source(audio_data.audio_source(SOURCE, lambda data, split: sets[split], splits=tuple(sets)))
   yield sets
   data_lib.unregister_source(SOURCE)
 
@@ -90,7 +70,7 @@ def audio_config(cache_dir, **eval_overrides):
   return c
 
 
-def replay_family(train: ToneSet):
+def replay_family(train: AudioSet):
   """Sample i is training clip i mod N with its label: its FID against the train split is 0."""
 
   def sample(state, rng, ids_B):

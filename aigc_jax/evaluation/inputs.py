@@ -14,6 +14,7 @@ from ml_collections import ConfigDict
 
 from aigc_jax import data as data_lib
 from aigc_jax import media
+from aigc_jax.data import audio as audio_data
 from aigc_jax.errors import UserError
 
 
@@ -92,40 +93,21 @@ AUDIO_QUANTIZATION = ("16-bit PCM: round(x * 32767) half to even, clipped to [-3
                       "as if saved as WAV")
 
 
-def load_audio_set(data: ConfigDict, split: str):
-  """The whole split of an audio source: an AudioSet (audio_NxT float32 in [-1, 1], labels_N, sample_rate,
-  class_names), through the data package's loader."""
-  try:
-    from aigc_jax.data.audio import load_audio_set as load
-  except ImportError:  # a tree without aigc_jax/data/audio.py yet: the same lookup through the registry
-    def load(data, split):
-      source = data_lib.get_source(data.name)
-      if source.medium != "audio":
-        raise UserError(f"data source {data.name!r} holds {source.medium}, not audio; this needs an audio dataset "
-                        "(set --config.data.name)")
-      return source.load(data, split)
-  return load(data, split)
-
-
 def sample_rate(config: ConfigDict) -> int:
-  rate = config.data.get("sample_rate", None)
-  if rate is None:
-    raise UserError(f"data source {config.data.name!r} makes audio but the config has no data.sample_rate; set "
-                    "--config.data.sample_rate (Hz)")
-  return int(rate)
+  return int(config.data.sample_rate)
 
 
 def _load_audio(data: ConfigDict, split: str) -> LabelledSplit:
-  audio_set = load_audio_set(data, split)
-  rate = data.get("sample_rate", None)
-  if rate is not None and int(audio_set.sample_rate) != int(rate):
+  """Clips labelled -1 (unlabelled, in a partly labelled folder) keep label -1; a set with no class names is
+  unlabelled (labels None)."""
+  audio_set = audio_data.load_audio_set(data, split)
+  rate = data.sample_rate
+  if int(audio_set.sample_rate) != int(rate):
     raise UserError(f"data source {data.name!r} split {split!r} holds {audio_set.sample_rate} Hz audio, but "
                     f"data.sample_rate={rate}; set --config.data.sample_rate={audio_set.sample_rate}")
-  labels = getattr(audio_set, "labels_N", None)
-  classes = len(getattr(audio_set, "class_names", ()) or ())
-  if labels is not None and not classes and len(labels):
-    classes = int(np.max(labels)) + 1
-  return LabelledSplit(np.asarray(audio_set.audio_NxT, np.float32), labels, classes if labels is not None else 0,
+  labelled = audio_set.num_classes > 0
+  return LabelledSplit(np.asarray(audio_set.audio_NxT, np.float32),
+                       np.asarray(audio_set.labels_N, np.int32) if labelled else None, audio_set.num_classes,
                        lambda x: np.asarray(x, np.float32))
 
 
@@ -149,9 +131,10 @@ def audio_of(samples: dict, config) -> np.ndarray:
 
 
 def _audio_key(config: ConfigDict) -> dict:
-  """Every data.* key the source reads (its rate, clip length, synthesis seed...), split excluded."""
+  """Every data.* key the source reads (rate, clip length, folder...), except where a copy is cached (data_dir:
+  the same clips wherever they are stored)."""
   d = config.data
-  keys = sorted(set(data_lib.get_source(d.name).keys) - {"split"})
+  keys = sorted(set(data_lib.get_source(d.name).keys) - {"split", "data_dir"})
   return {"sample_rate": sample_rate(config), "source_keys": {k: d.get(k, None) for k in keys}}
 
 
