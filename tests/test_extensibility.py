@@ -166,9 +166,9 @@ def test_a_metric_for_another_medium_is_a_one_line_error_at_train_start(toy_plug
                                                                         capsys):
   config_path = tmp_path / "toy_audio.py"
   config_path.write_text(CONFIG_FILE)
-  code = run_cli([f"--config={config_path}", f"--workdir={tmp_path / 'run'}", "--config.eval.metrics=('fid',)"],
+  code = run_cli([f"--config={config_path}", f"--workdir={tmp_path / 'run'}", "--config.eval.metrics=('parzen',)"],
                  monkeypatch)
   err = capsys.readouterr().err
   ours = [line for line in err.splitlines() if line.startswith("error: ")]
-  assert code == 2 and len(ours) == 1 and "'fid'" in ours[0] and "audio" in ours[0] and "rms" in ours[0], err
+  assert code == 2 and len(ours) == 1 and "'parzen'" in ours[0] and "audio" in ours[0] and "rms" in ours[0], err
   assert not (tmp_path / "run" / "checkpoints").exists()

@@ -128,6 +128,17 @@ def kernel_inception_distance(real_NxD, fake_MxD, num_subsets=100, subset_size=1
   return float(np.mean(values)), float(np.std(values)), size
 
 
+def log_softmax(logits_NxK) -> np.ndarray:
+  """float64 log-probabilities (max-shifted, so confident classifiers do not produce log(0))."""
+  logits = np.asarray(logits_NxK, np.float64)
+  log_p = logits - logits.max(axis=1, keepdims=True)
+  return log_p - np.log(np.exp(log_p).sum(axis=1, keepdims=True))
+
+
+def softmax(logits_NxK) -> np.ndarray:
+  return np.exp(log_softmax(logits_NxK))
+
+
 def inception_score(logits_NxK, num_splits=10):
   """(mean, std) over splits of exp(E_x KL(p(y|x) || p(y))), Salimans et al. 2016.
 
@@ -137,8 +148,7 @@ def inception_score(logits_NxK, num_splits=10):
   if len(logits) < num_splits:
     raise ValueError(f"the Inception Score with {num_splits} splits needs at least {num_splits} samples, "
                      f"got {len(logits)}")
-  log_p = logits - logits.max(axis=1, keepdims=True)
-  log_p -= np.log(np.exp(log_p).sum(axis=1, keepdims=True))
+  log_p = log_softmax(logits)
   scores = []
   for part in np.array_split(log_p, num_splits):
     p = np.exp(part)
@@ -146,6 +156,43 @@ def inception_score(logits_NxK, num_splits=10):
     kl = np.sum(p * (part - log_marginal), axis=1)
     scores.append(math.exp(kl.mean()))
   return float(np.mean(scores)), float(np.std(scores))
+
+
+def modified_inception_score(logits_NxK) -> float:
+  """exp(E_{x, x'} KL(p(y|x) || p(y|x'))) over independent pairs of samples, Gurumurthy et al. 2017 (DeLiGAN):
+  high when each sample is confidently classified AND samples differ from each other (within-class diversity
+  is invisible to it, but a generator repeating one confident sample scores 1).
+
+  The expectation over all N^2 ordered pairs (x = x' included, KL 0, as pairs drawn with replacement) is exact in
+  O(N K): KL(p_i || p_j) = sum_y p_i log p_i - sum_y p_i log p_j, so its mean over (i, j) is
+  mean_i sum_y p_i log p_i - sum_y mean_i p_i(y) mean_j log p_j(y). (SaShiMi's SC09 script estimates the same
+  mean from 10,000 random pairs.)
+  """
+  log_p = log_softmax(logits_NxK)
+  p = np.exp(log_p)
+  neg_entropy = np.mean(np.sum(p * log_p, axis=1))
+  cross = np.sum(p.mean(axis=0) * log_p.mean(axis=0))
+  return float(math.exp(neg_entropy - cross))
+
+
+def am_score(logits_NxK, train_probs_K) -> tuple:
+  """(AM score, KL term, entropy term), Zhou et al. 2018: KL(p_train(y) || p_gen(y)) + E_x H(p(y|x)), in nats;
+  lower is better (0: every sample confidently classified and the classes as frequent as in the training data).
+
+  p_train is the classifier's mean prediction on its training data, p_gen its mean prediction on the samples.
+  A class p_gen never predicts where p_train does makes the KL term infinite; float64 softmax keeps p_gen > 0 for
+  any finite logits.
+  """
+  log_p = log_softmax(logits_NxK)
+  p = np.exp(log_p)
+  p_train = np.asarray(train_probs_K, np.float64)
+  if p_train.shape != (p.shape[1],):
+    raise ValueError(f"p_train has shape {p_train.shape}, the classifier {p.shape[1]} classes")
+  p_gen = p.mean(axis=0)
+  present = p_train > 0
+  kl = float(np.sum(p_train[present] * (np.log(p_train[present]) - np.log(p_gen[present]))))
+  entropy = float(np.mean(-np.sum(p * log_p, axis=1)))
+  return kl + entropy, kl, entropy
 
 
 def _pairwise_sq_dists(a_NxD, b_MxD):

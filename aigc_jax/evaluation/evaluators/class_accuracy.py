@@ -1,15 +1,17 @@
 """class_accuracy: are class-conditional samples recognised as the class they were asked for?
 
-Each generated image goes, after the same quantisation as the other image metrics (eval.quantize), through the
-project's own classifier (evaluation/classifier.py: trained on data.name's train split and cached); its argmax
-is compared with the class the sample was generated for (the `labels` a class-conditional family's `sample`
-returns). When eval.backbone is the classifier, FID/KID/IS/PR and this metric share one loaded classifier and one
-compiled pass (`backbones.shared`), so it is trained at most once.
+Each generated sample goes, after the same quantisation as the other sample metrics (eval.quantize: uint8 images,
+16-bit audio), through the project's own classifier of its medium (`backbones.shared(ctx, "classifier")`: images,
+evaluation/classifier.py; audio, the SC09-protocol log-mel classifier of evaluation/audio_classifier.py; each
+trained on data.name's train split and cached); its argmax is compared with the class the sample was generated
+for (the `labels` a class-conditional family's `sample` returns). When eval.backbone is the classifier,
+FID/KID/IS/PR/mIS/AM and this metric share one loaded classifier and one compiled pass, so it is trained at most
+once.
 
 The card gives the accuracy over all samples, per requested class (with counts; a class no sample asked for, as
 with sample.label=k, has count 0 and accuracy null), the lowest class, and the classifier's own accuracy on real
-test images: the level samples can be compared with (samples cannot be judged more recognisable than the judge
-can recognise real images).
+test examples: the level samples can be compared with (samples cannot be judged more recognisable than the judge
+can recognise real data).
 
 "Class-conditional" means `model.num_classes > 0`: the key every conditional family reads and the one
 `families.check_sample_label` checks, so `sample.label` and this metric agree on which models qualify.
@@ -20,11 +22,9 @@ import json
 import numpy as np
 from ml_collections import ConfigDict
 
-from aigc_jax import data as data_lib
-from aigc_jax import media
 from aigc_jax.errors import UserError
 from aigc_jax.evaluation import backbones
-from aigc_jax.evaluation.evaluators.features import QUANTIZATION, images_of
+from aigc_jax.evaluation.inputs import get_inputs
 from aigc_jax.evaluation.registry import EvalContext, Evaluator, register_evaluator
 
 NAME = "class_accuracy"
@@ -36,10 +36,9 @@ def model_classes(config) -> int:
 
 
 @functools.lru_cache(maxsize=8)
-def _data_classes(data_json: str) -> int:
+def _data_classes(data_json: str, medium: str) -> int:
   """Classes of the train split's labels (0: none). Cached: --mode=eval checks the config twice."""
-  train = data_lib.load_image_set(ConfigDict(json.loads(data_json)), "train")
-  return int(train.num_classes or 0) if train.labels is not None else 0
+  return get_inputs(medium).load(ConfigDict(json.loads(data_json)), "train").num_classes
 
 
 def _check_classes(config, data_classes: int):
@@ -58,7 +57,9 @@ def check(config, family):
     raise UserError(f"eval.metrics has {NAME!r}, which needs a class-conditional model, and family {config.family!r} "
                     f"here is unconditional (model.num_classes={k}); set --config.model.num_classes or remove "
                     f"{NAME!r} from eval.metrics")
-  _check_classes(config, _data_classes(json.dumps(config.data.to_dict(), sort_keys=True, default=repr)))
+  backbones.check_backbone(config, family, "classifier")
+  medium = backbones.scored_medium(config, family)
+  _check_classes(config, _data_classes(json.dumps(config.data.to_dict(), sort_keys=True, default=repr), medium))
 
 
 def _requested(config, k: int) -> str:
@@ -77,20 +78,22 @@ class ClassAccuracy:
     self.config, self.num_classes = config, model_classes(config)
     # Before any sampling: a missing label or a classifier that cannot train fails in seconds.
     self.backbone, self.extract = backbones.shared(ctx, "classifier")
+    self.inputs = get_inputs(self.backbone.medium)
     self.classifier_classes = int(self.backbone.info["num_classes"])
     _check_classes(config, self.classifier_classes)
     # confusion[requested, predicted]: a few ints per class, so resuming only re-adds counts (exact).
     self.confusion = np.zeros((self.num_classes, self.classifier_classes), np.int64)
-    ctx.note("quantization", QUANTIZATION if config.eval.quantize else "none (float samples)", weak=True)
+    ctx.note("quantization", self._quantization(), weak=True)
+
+  def _quantization(self) -> str:
+    return self.inputs.quantization if self.config.eval.quantize else "none (float samples)"
 
   def record(self, samples: dict) -> dict:
     if "labels" not in samples:
       raise UserError(f"family {self.config.family!r} returns samples without 'labels' (the class each sample was "
                       f"asked for), so {NAME} cannot score them; remove {NAME!r} from eval.metrics")
-    images = images_of(samples, self.config)
-    if self.config.eval.quantize:
-      images = np.asarray(media.get_medium("images").quantize(images), np.float32)
-    logits = self.extract(images)["logits"]
+    x = self.inputs.samples_of(samples, self.config)
+    logits = self.extract(self.inputs.quantize(x) if self.config.eval.quantize else x)["logits"]
     return {"predicted": np.argmax(logits, axis=-1).astype(np.int32),
             "requested": np.asarray(samples["labels"], np.int32).reshape(-1)}
 
@@ -122,10 +125,12 @@ class ClassAccuracy:
                   "cache_path": info.get("cache_path")}
     section = {
         "classifier": classifier,
-        "compare_with": (f"the classifier recognises {test_accuracy:.4f} of real {self.config.data.name} test images"
-                         if test_accuracy is not None else "no test accuracy of the classifier on real images"),
-        "prediction": "argmax of the classifier's logits on each generated image, vs the class it was generated for",
-        "quantization": QUANTIZATION if self.config.eval.quantize else "none (float samples)",
+        "compare_with": (f"the classifier recognises {test_accuracy:.4f} of real {self.config.data.name} test "
+                         f"{self.inputs.noun}" if test_accuracy is not None else
+                         f"no test accuracy of the classifier on real {self.inputs.noun}"),
+        "prediction": (f"argmax of the classifier's logits on each generated {self.inputs.noun[:-1]}, vs the class "
+                       "it was generated for"),
+        "quantization": self._quantization(),
         "num_samples": int(counts.sum()),
         "num_classes": self.num_classes,
         "classes_requested": len(asked),
@@ -139,5 +144,5 @@ class ClassAccuracy:
 
 
 register_evaluator(Evaluator(
-    name=NAME, media=("images",), check=check, start=ClassAccuracy,
+    name=NAME, media=backbones.BackboneMedia(), check=check, start=ClassAccuracy,
     doc="share of class-conditional samples the dataset classifier recognises as their requested class, per class"))

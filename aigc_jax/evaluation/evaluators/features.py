@@ -1,37 +1,40 @@
-"""Sample-quality metrics on a feature backbone: FID, KID, Inception Score and precision/recall.
+"""Sample-quality metrics on a feature backbone: FID, KID, Inception Score, precision/recall, modified IS and the
+AM score, for any medium a backbone scores (images; audio through the SC09-protocol classifier).
 
-The four share one backbone, one reference-statistics cache and one feature pass over the generated images
+All share one backbone, one reference-statistics cache and one feature pass over the generated samples
 (`Features`, built once per evaluation through EvalContext.shared), so asking for all of them costs one
-extraction, not four.
+extraction, not six. The backbone registry (evaluation/backbones.py) picks the network for the samples' medium
+and evaluation/inputs.py says how that medium is read and quantised, so nothing here branches on the medium.
 """
 import numpy as np
 
-from aigc_jax import media
 from aigc_jax.errors import UserError
 from aigc_jax.evaluation import backbones, metrics, reference
+from aigc_jax.evaluation.inputs import IMAGE_QUANTIZATION, get_inputs, images_of  # noqa: F401 (re-exported)
 from aigc_jax.evaluation.registry import EvalContext, Evaluator, register_evaluator
 
 IS_SPLITS = 10   # Salimans et al. 2016
 PR_K = 3         # Kynkaanniemi et al. 2019
-QUANTIZATION = "uint8: round((x + 1) * 127.5) half to even, clipped to [0, 255], as if saved as PNG"
-
-
-def images_of(samples: dict, config) -> np.ndarray:
-  if "images" not in samples:
-    raise UserError(f"family {config.family!r} samples {sorted(samples)}, not images; image metrics need images "
-                    "(set --config.eval.metrics=\"('eval_step',)\")")
-  return np.asarray(samples["images"], np.float32)
+QUANTIZATION = IMAGE_QUANTIZATION
+PROBABILITY_METRICS = ("is", "mis", "am")  # the ones that keep each sample's logits
+AM_SPLIT = "train"  # p_train(y): the classifier's mean prediction on its training split (Zhou et al. 2018)
 
 
 class Features:
-  """Backbone, reference statistics and the running statistics of the generated images' features."""
+  """Backbone, reference statistics and the running statistics of the generated samples' features."""
 
   def __init__(self, ctx: EvalContext):
     e = ctx.config.eval
     self.config, self.wanted = ctx.config, set(e.metrics)
+    self.keep_logits = bool(self.wanted & set(PROBABILITY_METRICS))
     self.backbone, self.extract = backbones.shared(ctx)  # the classifier may be class_accuracy's too
+    self.inputs = get_inputs(self.backbone.medium)
     self.ref = reference.reference_stats(ctx.config, e.reference_split, self.backbone, self.extract, ctx.cache_dir,
                                          ctx.log)
+    self.train_classes = None
+    if "am" in self.wanted:  # before sampling, like the reference statistics
+      self.train_classes = reference.class_distribution(ctx.config, AM_SPLIT, self.backbone, self.extract,
+                                                        ctx.cache_dir, ctx.log)
     self.stats = metrics.RunningStats(self.backbone.info["feature_dim"])
     self.kept_features, self.kept_logits, self.count = [], [], 0
     self._last_chunk = None
@@ -39,20 +42,19 @@ class Features:
     ctx.note("backbone", {"name": self.backbone.name, **{k: v for k, v in info.items() if k != "cache_path"}})
     ctx.note("num_reference", self.ref["count"])
     ctx.note("reference", {"dataset": ctx.config.data.name, "split": e.reference_split,
-                           "num_images": self.ref["count"], "image_size": ctx.config.data.image_size,
+                           **self.inputs.describe(ctx.config, self.ref["count"]),
                            "stats_cache": self.ref["cache_path"], "stats_from_cache": self.ref["cached"]})
     ctx.note("reference_split", e.reference_split)
     ctx.note("resize", info["resize"])
-    ctx.note("quantization", QUANTIZATION if e.quantize else "none (float samples)")
+    ctx.note("quantization", self.inputs.quantization if e.quantize else "none (float samples)")
 
   def record(self, samples: dict) -> dict:
-    """What one chunk contributes, saved once for all four metrics: its backbone features (and IS logits)."""
-    e = self.config.eval
-    images = images_of(samples, self.config)
-    x = np.asarray(media.get_medium("images").quantize(images), np.float32) if e.quantize else images
-    out = self.extract(x)
+    """What one chunk contributes, saved once for every metric here: its backbone features (and the logits that
+    IS, mIS and AM read)."""
+    x = self.inputs.samples_of(samples, self.config)
+    out = self.extract(self.inputs.quantize(x) if self.config.eval.quantize else x)
     record = {"features": np.asarray(out["features"], np.float32)}
-    if "is" in self.wanted:
+    if self.keep_logits:
       record["logits"] = np.asarray(out["logits"], np.float32)
     return record
 
@@ -63,11 +65,11 @@ class Features:
     room = self.config.eval.max_pairwise_samples - sum(len(f) for f in self.kept_features)
     if room > 0:
       self.kept_features.append(features[:room])
-    if "is" in self.wanted:
+    if self.keep_logits:
       self.kept_logits.append(record["logits"])
 
   def consume(self, samples: dict):
-    if samples is self._last_chunk:  # another of the four already extracted this chunk
+    if samples is self._last_chunk:  # another of these metrics already extracted this chunk
       return
     self._last_chunk = samples
     self.absorb(self.record(samples))
@@ -75,9 +77,17 @@ class Features:
   def fake_features(self):
     return np.concatenate(self.kept_features)
 
+  def classifier_summary(self) -> dict:
+    """The network whose softmax the probability metrics read, and how well it recognises real data."""
+    info = self.backbone.info
+    test_accuracy = info.get("test_accuracy")
+    return {"name": self.backbone.name, "weights_sha256": info.get("weights_sha256"),
+            "test_accuracy": test_accuracy if test_accuracy is not None else "unknown (no labelled test split)",
+            "logits": info["logits_layer"]}
+
 
 class _Running:
-  """Adapts one metric's `finish(features)` to the evaluator protocol. The four share one record key, so the
+  """Adapts one metric's `finish(features)` to the evaluator protocol. They all share one record key, so the
   runner extracts, saves and absorbs each chunk's features once for all of them."""
   record_key = "features"
 
@@ -122,6 +132,22 @@ def _is(f: Features):
           {"splits": IS_SPLITS, "num_generated": f.count, "logits": f.backbone.info["logits_layer"]})
 
 
+def _mis(f: Features):
+  logits = np.concatenate(f.kept_logits)
+  return ({"mis": metrics.modified_inception_score(logits)},
+          {"num_generated": len(logits), "pairs": "all N^2 ordered pairs, exactly (closed form)",
+           "probabilities": "softmax of the backbone's logits", "classifier": f.classifier_summary()})
+
+
+def _am(f: Features):
+  logits = np.concatenate(f.kept_logits)
+  score, kl, entropy = metrics.am_score(logits, f.train_classes["probs"])
+  return ({"am": score, "am_kl": kl, "am_entropy": entropy},
+          {"num_generated": len(logits), "units": "nats (lower is better)",
+           "p_train": f"mean softmax on {f.config.data.name}/{AM_SPLIT} ({f.train_classes['count']} examples)",
+           "p_train_cache": f.train_classes["cache_path"], "classifier": f.classifier_summary()})
+
+
 def _pr(f: Features):
   fake = f.fake_features()
   precision, recall = metrics.precision_recall(f.ref["features"], fake, k=PR_K)
@@ -130,8 +156,9 @@ def _pr(f: Features):
 
 
 def _check_backbone(config, family):
-  if config.eval.backbone not in backbones.BACKBONES:
-    raise UserError(f"unknown eval.backbone {config.eval.backbone!r}; use one of {backbones.BACKBONES}")
+  backbones.check_backbone(config, family)
+
+
 
 
 def _check_is(config, family):
@@ -159,7 +186,9 @@ for _name, _finish, _check, _doc in (
     ("fid", _fid, _check_backbone, "Frechet distance of backbone features (Heusel et al. 2017)"),
     ("kid", _kid, _check_kid, "kernel distance, unbiased MMD^2 over subsets (Binkowski et al. 2018)"),
     ("is", _is, _check_is, "Inception Score over 10 splits (Salimans et al. 2016)"),
-    ("pr", _pr, _check_pr, "improved precision and recall, k=3 (Kynkaanniemi et al. 2019)")):
+    ("pr", _pr, _check_pr, "improved precision and recall, k=3 (Kynkaanniemi et al. 2019)"),
+    ("mis", _mis, _check_backbone, "modified IS, exp E_{x,x'} KL(p(y|x) || p(y|x')) (Gurumurthy et al. 2017)"),
+    ("am", _am, _check_backbone, "AM score, KL(p_train(y) || p_gen(y)) + E_x H(p(y|x)) (Zhou et al. 2018)")):
   register_evaluator(Evaluator(
-      name=_name, media=("images",), check=_check, doc=_doc,
+      name=_name, media=backbones.BackboneMedia(), check=_check, doc=_doc,
       start=lambda ctx, name=_name, finish=_finish: _Running(ctx, name, finish)))
