@@ -63,16 +63,21 @@ class WaveNet(nn.Module):
     r, g, s, k = self.residual_channels, self.dilation_channels, self.skip_channels, self.kernel_size
     self.dilations = dilations(self.layers_per_stack, self.stacks)
     n = len(self.dilations)
+    # Every layer's weights in one array per kind, layer first (one RNG draw each, a small init program;
+    # fan-in excludes the layer axis).
+    fan_in = nn.initializers.lecun_normal(batch_axis=(0,))
     # The one-hot input conv: one [256, R] table per tap, scaled so that the K-tap sum has unit variance.
     self.input_taps = self.param("input_taps", nn.initializers.normal(k ** -0.5), (k, MU_LAW_BINS, r))
     self.input_bias = self.param("input_bias", nn.initializers.zeros, (r,))
-    self.gate_taps = [self.param(f"gate_taps_{i}", nn.initializers.lecun_normal(), (k, r, 2 * g)) for i in range(n)]
-    self.gate_bias = [self.param(f"gate_bias_{i}", nn.initializers.zeros, (2 * g,)) for i in range(n)]
-    if self.num_classes:
-      self.label_embed = [nn.Embed(self.num_classes, 2 * g, name=f"label_{i}") for i in range(n)]
-    self.skip = [nn.Dense(s, dtype=self.dtype, name=f"skip_{i}") for i in range(n)]
+    self.gate_taps = self.param("gate_taps", fan_in, (n, k, r, 2 * g))        # [layer, tap, in, tanh|sigmoid]
+    self.gate_bias = self.param("gate_bias", nn.initializers.zeros, (n, 2 * g))
+    if self.num_classes:  # V_f,g of Eq. 3 as an embedding of the label, per layer
+      self.label_embed = self.param("label_embed", nn.initializers.normal(1.0), (n, self.num_classes, 2 * g))
+    self.skip_kernel = self.param("skip_kernel", fan_in, (n, g, s))
+    self.skip_bias = self.param("skip_bias", nn.initializers.zeros, (n, s))
     # The last layer's residual output would feed nothing.
-    self.residual = [nn.Dense(r, dtype=self.dtype, name=f"residual_{i}") for i in range(n - 1)]
+    self.residual_kernel = self.param("residual_kernel", fan_in, (n - 1, g, r))
+    self.residual_bias = self.param("residual_bias", nn.initializers.zeros, (n - 1, r))
     self.head_hidden = nn.Dense(s, dtype=self.dtype)
     self.head_out = nn.Dense(self.out_dim, dtype=self.dtype)
 
@@ -80,7 +85,7 @@ class WaveNet(nn.Module):
     """V_f,g y per layer, [B, 2G] (zeros when unconditional)."""
     if not self.num_classes:
       return [None] * len(self.dilations)
-    return [emb(labels_B).astype(self.dtype) for emb in self.label_embed]
+    return [jnp.take(self.label_embed[i], labels_B, axis=0).astype(self.dtype) for i in range(len(self.dilations))]
 
   def _input_tap(self, k: int, x_B):
     """Tap k's embedding of mu-law indices; index -1 (before the clip) is the zero one-hot."""
@@ -93,6 +98,9 @@ class WaveNet(nn.Module):
       z = z + (label_term[:, None] if z.ndim == 3 else label_term)
     zf, zg = jnp.split(z, 2, axis=-1)
     return jnp.tanh(zf) * jax.nn.sigmoid(zg)
+
+  def _one_by_one(self, v, kernel, bias, i: int):
+    return v @ kernel[i].astype(self.dtype) + bias[i].astype(self.dtype)
 
   def _head(self, skip):
     y = self.head_hidden(nn.relu(skip))
@@ -115,9 +123,9 @@ class WaveNet(nn.Module):
       for k in range(1, self.kernel_size):
         acc = acc + _shift_right(h, k * d) @ w[k]
       out = self._gate(acc, i, label_terms[i])
-      skip = skip + self.skip[i](out)
-      if i < len(self.residual):
-        h = h + self.residual[i](out)
+      skip = skip + self._one_by_one(out, self.skip_kernel, self.skip_bias, i)
+      if i < len(self.dilations) - 1:
+        h = h + self._one_by_one(out, self.residual_kernel, self.residual_bias, i)
     return self._head(skip)
 
   def queue_shapes(self, batch: int) -> List[Tuple[int, ...]]:
@@ -149,9 +157,9 @@ class WaveNet(nn.Module):
         acc = acc + ring(layer_qs[i], k * d).astype(self.dtype) @ w[k]
       new_layer_qs.append(write(layer_qs[i], h.astype(layer_qs[i].dtype)))
       out = self._gate(acc, i, label_terms[i])
-      skip = skip + self.skip[i](out)
-      if i < len(self.residual):
-        h = h + self.residual[i](out)
+      skip = skip + self._one_by_one(out, self.skip_kernel, self.skip_bias, i)
+      if i < len(self.dilations) - 1:
+        h = h + self._one_by_one(out, self.residual_kernel, self.residual_bias, i)
     return self._head(skip), [new_index_q] + new_layer_qs
 
 
