@@ -16,9 +16,9 @@ Two ways to run the same parameters (and the same arithmetic, tap by tap, so bot
   convolution is a sum over taps of a shifted matmul (pad left by k*d, drop the last k*d), not an XLA
   convolution, so its per-position sums are those of `column`.
 - `column(x_B, labels_B, queues, t)`: position t only, from per-layer queues of past layer inputs (Paine et
-  al. 2016, "Fast Wavenet Generation Algorithm"): layer l reads h_{t-k*d_l} (k = 1..K-1) from a ring buffer of
-  its last (K-1)*d_l inputs and writes h_t there, so one new sample costs one column of the network instead of
-  the whole receptive field.
+  al. 2016, "Fast Wavenet Generation Algorithm"): layer l writes h_t into a ring buffer of its last
+  (K-1)*d_l + 1 inputs and reads h_{t-k*d_l} (k = 1..K-1) from it, so one new sample costs one column of the
+  network instead of the whole receptive field.
 """
 from typing import Any, List, Optional, Tuple
 
@@ -129,38 +129,42 @@ class WaveNet(nn.Module):
     return self._head(skip)
 
   def queue_shapes(self, batch: int) -> List[Tuple[int, ...]]:
-    """Shapes of the generation queues: past input indices [B, K-1], then per layer its last (K-1)*d inputs."""
+    """Shapes of the generation queues: input indices [B, K], then per layer [B, (K-1)*d + 1, R] (its inputs
+    at positions t - (K-1)*d .. t: one slot more than the taps read, see `column`)."""
     k = self.kernel_size
-    return [(batch, k - 1)] + [(batch, (k - 1) * d, self.residual_channels)
-                                for d in dilations(self.layers_per_stack, self.stacks)]
+    return [(batch, k)] + [(batch, (k - 1) * d + 1, self.residual_channels)
+                           for d in dilations(self.layers_per_stack, self.stacks)]
 
   def column(self, x_B, labels_B, queues: list, t):
     """Logits [B, out_dim] at position t from x_B = x[:, t] and the queues of positions < t; returns
     (logits, queues with position t written). `queues` start as `empty_queues` (the causal padding)."""
     k_taps = self.kernel_size
     label_terms = self._label_terms(labels_B)
-    index_q, layer_qs = queues[0], queues[1:]
-    # Ring buffer of Q = (K-1)*d slots: input t lives at slot t mod Q, so h_{t - j*d} is at (t - j*d) mod Q.
+    # Ring buffers of Q = (K-1)*d + 1 slots: input t lives at slot t mod Q, so h_{t-j*d} (j = 1..K-1) is at
+    # (t - j*d) mod Q, never the slot t is written to. Each layer writes h_t first and reads its taps from the
+    # written buffer, so XLA updates the loop-carried buffer in place (reading the old buffer at the slot
+    # being overwritten made it copy every queue on every step: O(receptive field) work per sample).
     ring = lambda q, j_back: jax.lax.dynamic_index_in_dim(q, (t - j_back) % q.shape[1], axis=1, keepdims=False)
     write = lambda q, v: jax.lax.dynamic_update_index_in_dim(q, v, t % q.shape[1], axis=1)
+    index_q = write(queues[0], x_B)
     h = self._input_tap(0, x_B)
     for k in range(1, k_taps):
       h = h + self._input_tap(k, ring(index_q, k))
     h = h + self.input_bias.astype(self.dtype)
-    new_index_q = write(index_q, x_B)
     skip = 0.0
-    new_layer_qs = []
+    layer_qs = []
     for i, d in enumerate(self.dilations):
+      q = write(queues[1 + i], h.astype(queues[1 + i].dtype))
+      layer_qs.append(q)
       w = self.gate_taps[i].astype(self.dtype)
       acc = h @ w[0]
       for k in range(1, k_taps):
-        acc = acc + ring(layer_qs[i], k * d).astype(self.dtype) @ w[k]
-      new_layer_qs.append(write(layer_qs[i], h.astype(layer_qs[i].dtype)))
+        acc = acc + ring(q, k * d).astype(self.dtype) @ w[k]
       out = self._gate(acc, i, label_terms[i])
       skip = skip + self._one_by_one(out, self.skip_kernel, self.skip_bias, i)
       if i < len(self.dilations) - 1:
         h = h + self._one_by_one(out, self.residual_kernel, self.residual_bias, i)
-    return self._head(skip), [new_index_q] + new_layer_qs
+    return self._head(skip), [index_q] + layer_qs
 
 
 def empty_queues(model: WaveNet, batch: int) -> list:
