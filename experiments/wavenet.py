@@ -29,8 +29,10 @@ Presets:
   sc09_conditional     WaveNet-256 with the digit label, DiffWave Table 3
   cpu                  conditional, offline synthetic digits (spoken_digits: eSpeak NG voices, not SC09) at
                        8 kHz in 0.5-second clips, 2 stacks of 10 layers of width 32 (receptive field 2,048
-                       samples = 0.26 s); about 2 CPU-seconds per step of 8 clips measured on a contended
-                       2-core machine (see the commit's report); too short to reach the papers' quality
+                       samples = 0.26 s), 500 steps of 8 clips. Measured on a shared 2-core machine (load ~8):
+                       2.0 CPU-s per step (4.3 s wall while contended; ~1 s expected on 2 idle cores, so ~9
+                       minutes), cached generation of 10 clips 3.7 s wall after a ~30 s compile. Far too short
+                       to reach the papers' quality; what it reaches is to be measured
 Commands:
   python -m aigc_jax.main --config=experiments/wavenet.py --workdir=runs/wavenet_sc09
   python -m aigc_jax.main --config=experiments/wavenet.py:cpu --workdir=runs/wavenet_cpu
@@ -50,10 +52,10 @@ def get_config(preset: str = "sc09"):
   c = wavenet.default_config()
   if preset == "cpu":
     c.batch_size = 8
-    c.num_train_steps = 600
+    c.num_train_steps = 500
     c.log_every_steps = 25
-    c.checkpoint_every_steps = 200
-    c.sample_every_steps = 300
+    c.checkpoint_every_steps = 250
+    c.sample_every_steps = 250
     c.data.name = "spoken_digits"
     c.data.sample_rate = 8000
     c.data.clip_seconds = 0.5
