@@ -1,0 +1,92 @@
+"""WaveNet's pieces outside the network: 8-bit mu-law companding and the two compiled generators.
+
+Mu-law (ITU-T G.711; van den Oord et al. 2016, Section 2.2, Eq. 1): f(x) = sign(x) ln(1 + mu|x|) / ln(1 + mu),
+mu = 255, then 256 equal bins of f over [-1, 1]: index i has centre f_i = 2i/255 - 1, so encode(-1) = 0,
+encode(0) = 128 and encode(1) = 255, and f(decode(encode(x))) is within 1/255 of f(x) (half a bin).
+
+Generators (both one `lax.scan` over time inside jit, one categorical draw per sample and step):
+- cached (Paine et al. 2016, "Fast Wavenet Generation Algorithm"): `WaveNet.column` with per-layer queues,
+  O(layers) work per new sample;
+- naive: the full network over the last receptive_field inputs (the whole prefix while it is shorter, in a
+  fixed-size window so shapes stay static) for every new sample, O(receptive field x layers) per sample.
+Sample t of example b draws with fold_in(key_b, t) from the same logits (up to float rounding of the two
+evaluation orders), so both give the same mu-law indices; tests/test_wavenet.py checks it.
+"""
+import math
+
+import jax
+import jax.numpy as jnp
+
+from aigc_jax.models.wavenet import MU_LAW_BINS, WaveNet, empty_queues, receptive_field
+
+MU = MU_LAW_BINS - 1
+# The input before the first sample: the mu-law index of silence (encode(0.0)).
+START_INDEX = MU_LAW_BINS // 2
+
+
+def mu_law_compand(x):
+  """f(x) = sign(x) ln(1 + mu|x|) / ln(1 + mu) on [-1, 1] (x is clipped there first)."""
+  x = jnp.clip(jnp.asarray(x, jnp.float32), -1.0, 1.0)
+  return jnp.sign(x) * jnp.log1p(MU * jnp.abs(x)) / math.log1p(MU)
+
+
+def mu_law_encode(x):
+  """Float audio in [-1, 1] -> int32 mu-law indices 0..255 (the nearest bin centre of f(x))."""
+  f = mu_law_compand(x)
+  return jnp.clip(jnp.floor((f + 1.0) / 2.0 * MU + 0.5), 0, MU).astype(jnp.int32)
+
+
+def mu_law_decode(index):
+  """Mu-law indices -> float audio in [-1, 1]: the inverse of f at the bin centre 2i/255 - 1."""
+  f = (2.0 * jnp.asarray(index, jnp.float32) - MU) / MU  # exact numerator: no cancellation near index 128
+  return jnp.sign(f) * jnp.expm1(jnp.abs(f) * math.log1p(MU)) / MU
+
+
+def teacher_forcing_inputs(targets_BxT):
+  """Inputs x[:, t] = targets[:, t - 1], x[:, 0] = silence: position t predicts sample t from samples < t."""
+  start = jnp.full(targets_BxT[:, :1].shape, START_INDEX, targets_BxT.dtype)
+  return jnp.concatenate([start, targets_BxT[:, :-1]], axis=1)
+
+
+def pick(logits_BxV, keys_B, t, temperature: float):
+  """Sample t of each example: categorical(logits / temperature) with key fold_in(key_b, t); argmax at 0."""
+  if temperature == 0:
+    return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+  step_keys_B = jax.vmap(lambda k: jax.random.fold_in(k, t))(keys_B)
+  return jax.vmap(lambda k, l: jax.random.categorical(k, l / temperature))(step_keys_B, logits_BxV).astype(jnp.int32)
+
+
+def make_generate(model: WaveNet, temperature: float):
+  """generate(params, keys_B, labels_B, length, cached=True) -> int32 mu-law indices [B, length]."""
+  rf = receptive_field(model.layers_per_stack, model.stacks, model.kernel_size)
+
+  def generate(params, keys_B, labels_B, length: int, cached: bool = True):
+    b = keys_B.shape[0]
+    variables = {"params": params}
+    if cached:
+      def step(carry, t):
+        x_B, queues = carry
+        logits_BxV, queues = model.apply(variables, x_B, labels_B, queues, t, method=WaveNet.column)
+        next_B = pick(logits_BxV, keys_B, t, temperature)
+        return (next_B, queues), next_B
+
+      carry = (jnp.full((b,), START_INDEX, jnp.int32), empty_queues(model, b))
+      _, index_TxB = jax.lax.scan(step, carry, jnp.arange(length, dtype=jnp.int32))
+      return index_TxB.T
+
+    window = min(rf, length)
+
+    def naive_step(inputs_BxT1, t):
+      # inputs[:, t] = sample t - 1 (START_INDEX at 0); one extra slot so the last write stays in bounds.
+      start = jnp.clip(t - window + 1, 0, length - window)
+      window_BxW = jax.lax.dynamic_slice_in_dim(inputs_BxT1, start, window, axis=1)
+      logits_BxWxV = model.apply(variables, window_BxW, labels_B)
+      logits_BxV = jax.lax.dynamic_index_in_dim(logits_BxWxV, t - start, axis=1, keepdims=False)
+      next_B = pick(logits_BxV, keys_B, t, temperature)
+      return jax.lax.dynamic_update_index_in_dim(inputs_BxT1, next_B, t + 1, axis=1), next_B
+
+    inputs_BxT1 = jnp.full((b, length + 1), START_INDEX, jnp.int32)
+    _, index_TxB = jax.lax.scan(naive_step, inputs_BxT1, jnp.arange(length, dtype=jnp.int32))
+    return index_TxB.T
+
+  return generate

@@ -1,0 +1,173 @@
+"""WaveNet (van den Oord et al. 2016, "WaveNet: A Generative Model for Raw Audio", Sections 2.1-2.5).
+
+Input: the previous sample's 8-bit mu-law index (0..255) at every position, as a one-hot vector (the paper's
+choice). The first layer is a causal convolution of that one-hot sequence with `kernel_size` taps, which is a
+sum of one embedding lookup per tap (no 256-wide matmul). Then `stacks` x `layers_per_stack` residual layers,
+layer i of a stack dilated by 2^i (1, 2, ..., 2^(L-1), repeated, Section 2.1), each
+
+    z = W_f,g *_d h + V_f,g y                    (dilated causal conv with `kernel_size` taps, + label term)
+    out = tanh(z_f) * sigmoid(z_g)               (gated activation unit, Eq. 2; global conditioning, Eq. 3)
+    skip += 1x1(out);   h = h + 1x1(out)          (residual and parameterised skip connections, Section 2.4)
+
+and the head relu -> 1x1 -> relu -> 1x1 -> 256 logits over the mu-law bins (Fig. 4).
+
+Two ways to run the same parameters (and the same arithmetic, tap by tap, so both give the same numbers):
+- `__call__(x_BxT, labels_B)`: every position at once (teacher forcing, the naive generator). Each causal
+  convolution is a sum over taps of a shifted matmul (pad left by k*d, drop the last k*d), not an XLA
+  convolution, so its per-position sums are those of `column`.
+- `column(x_B, labels_B, queues, t)`: position t only, from per-layer queues of past layer inputs (Paine et
+  al. 2016, "Fast Wavenet Generation Algorithm"): layer l writes h_t into a ring buffer of its last
+  (K-1)*d_l + 1 inputs and reads h_{t-k*d_l} (k = 1..K-1) from it, so one new sample costs one column of the
+  network instead of the whole receptive field.
+"""
+from typing import Any, List, Optional, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+MU_LAW_BINS = 256
+
+
+def dilations(layers_per_stack: int, stacks: int) -> List[int]:
+  """1, 2, ..., 2^(L-1), repeated `stacks` times (van den Oord et al. 2016, Section 2.1)."""
+  return [2 ** i for i in range(layers_per_stack)] * stacks
+
+
+def receptive_field(layers_per_stack: int, stacks: int, kernel_size: int) -> int:
+  """Input positions the logits at one position depend on: the input layer's K taps plus (K-1)*d per layer.
+  With inputs shifted by one sample, the prediction of sample t sees samples t - receptive_field .. t - 1."""
+  return kernel_size + (kernel_size - 1) * sum(dilations(layers_per_stack, stacks))
+
+
+def _shift_right(v_BxTxC, shift: int):
+  """v[:, t - shift] at position t, zeros before the start (the causal padding)."""
+  t = v_BxTxC.shape[1]
+  if shift >= t:
+    return jnp.zeros_like(v_BxTxC)
+  return jnp.pad(v_BxTxC, ((0, 0), (shift, 0), (0, 0)))[:, :t]
+
+
+class WaveNet(nn.Module):
+  residual_channels: int = 64
+  dilation_channels: int = 64     # channels of each of the gate's tanh and sigmoid halves
+  skip_channels: int = 256
+  layers_per_stack: int = 10
+  stacks: int = 3
+  kernel_size: int = 2
+  num_classes: int = 0            # > 0: global conditioning on a class label (Eq. 3)
+  out_dim: int = MU_LAW_BINS      # logits per position
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    r, g, s, k = self.residual_channels, self.dilation_channels, self.skip_channels, self.kernel_size
+    self.dilations = dilations(self.layers_per_stack, self.stacks)
+    n = len(self.dilations)
+    # Every layer's weights in one array per kind, layer first (one RNG draw each, a small init program;
+    # fan-in excludes the layer axis).
+    fan_in = nn.initializers.lecun_normal(batch_axis=(0,))
+    # The one-hot input conv: one [256, R] table per tap, scaled so that the K-tap sum has unit variance.
+    self.input_taps = self.param("input_taps", nn.initializers.normal(k ** -0.5), (k, MU_LAW_BINS, r))
+    self.input_bias = self.param("input_bias", nn.initializers.zeros, (r,))
+    self.gate_taps = self.param("gate_taps", fan_in, (n, k, r, 2 * g))        # [layer, tap, in, tanh|sigmoid]
+    self.gate_bias = self.param("gate_bias", nn.initializers.zeros, (n, 2 * g))
+    if self.num_classes:  # V_f,g of Eq. 3 as an embedding of the label, per layer
+      self.label_embed = self.param("label_embed", nn.initializers.normal(1.0), (n, self.num_classes, 2 * g))
+    self.skip_kernel = self.param("skip_kernel", fan_in, (n, g, s))
+    self.skip_bias = self.param("skip_bias", nn.initializers.zeros, (n, s))
+    # The last layer's residual output would feed nothing.
+    self.residual_kernel = self.param("residual_kernel", fan_in, (n - 1, g, r))
+    self.residual_bias = self.param("residual_bias", nn.initializers.zeros, (n - 1, r))
+    self.head_hidden = nn.Dense(s, dtype=self.dtype)
+    self.head_out = nn.Dense(self.out_dim, dtype=self.dtype)
+
+  def _label_terms(self, labels_B) -> list:
+    """V_f,g y per layer, [B, 2G] (zeros when unconditional)."""
+    if not self.num_classes:
+      return [None] * len(self.dilations)
+    return [jnp.take(self.label_embed[i], labels_B, axis=0).astype(self.dtype) for i in range(len(self.dilations))]
+
+  def _input_tap(self, k: int, x_B):
+    """Tap k's embedding of mu-law indices; index -1 (before the clip) is the zero one-hot."""
+    e = jnp.take(self.input_taps[k], jnp.maximum(x_B, 0), axis=0)
+    return jnp.where((x_B >= 0)[..., None], e, 0.0).astype(self.dtype)
+
+  def _gate(self, acc, i: int, label_term):
+    z = acc + self.gate_bias[i].astype(self.dtype)
+    if label_term is not None:
+      z = z + (label_term[:, None] if z.ndim == 3 else label_term)
+    zf, zg = jnp.split(z, 2, axis=-1)
+    return jnp.tanh(zf) * jax.nn.sigmoid(zg)
+
+  def _one_by_one(self, v, kernel, bias, i: int):
+    return v @ kernel[i].astype(self.dtype) + bias[i].astype(self.dtype)
+
+  def _head(self, skip):
+    y = self.head_hidden(nn.relu(skip))
+    return self.head_out(nn.relu(y)).astype(jnp.float32)
+
+  def __call__(self, x_BxT, labels_B: Optional[jnp.ndarray] = None):
+    """Logits [B, T, out_dim] at every position; position t depends on x[:, t - receptive_field + 1 .. t]."""
+    label_terms = self._label_terms(labels_B)
+    h = self._input_tap(0, x_BxT)
+    for k in range(1, self.kernel_size):
+      h = h + _shift_right(self._input_tap(k, x_BxT), k)
+    h = h + self.input_bias.astype(self.dtype)
+    # A zero added to the first layer's output: its gradient (flax "perturbations") is d logits / d h per
+    # position, which tests/test_wavenet.py uses to check causality. A no-op without that collection.
+    h = self.perturb("input_h", h)
+    skip = 0.0
+    for i, d in enumerate(self.dilations):
+      w = self.gate_taps[i].astype(self.dtype)
+      acc = h @ w[0]
+      for k in range(1, self.kernel_size):
+        acc = acc + _shift_right(h, k * d) @ w[k]
+      out = self._gate(acc, i, label_terms[i])
+      skip = skip + self._one_by_one(out, self.skip_kernel, self.skip_bias, i)
+      if i < len(self.dilations) - 1:
+        h = h + self._one_by_one(out, self.residual_kernel, self.residual_bias, i)
+    return self._head(skip)
+
+  def queue_shapes(self, batch: int) -> List[Tuple[int, ...]]:
+    """Shapes of the generation queues: input indices [B, K], then per layer [B, (K-1)*d + 1, R] (its inputs
+    at positions t - (K-1)*d .. t: one slot more than the taps read, see `column`)."""
+    k = self.kernel_size
+    return [(batch, k)] + [(batch, (k - 1) * d + 1, self.residual_channels)
+                           for d in dilations(self.layers_per_stack, self.stacks)]
+
+  def column(self, x_B, labels_B, queues: list, t):
+    """Logits [B, out_dim] at position t from x_B = x[:, t] and the queues of positions < t; returns
+    (logits, queues with position t written). `queues` start as `empty_queues` (the causal padding)."""
+    k_taps = self.kernel_size
+    label_terms = self._label_terms(labels_B)
+    # Ring buffers of Q = (K-1)*d + 1 slots: input t lives at slot t mod Q, so h_{t-j*d} (j = 1..K-1) is at
+    # (t - j*d) mod Q, never the slot t is written to. Each layer writes h_t first and reads its taps from the
+    # written buffer, so XLA updates the loop-carried buffer in place (reading the old buffer at the slot
+    # being overwritten made it copy every queue on every step: O(receptive field) work per sample).
+    ring = lambda q, j_back: jax.lax.dynamic_index_in_dim(q, (t - j_back) % q.shape[1], axis=1, keepdims=False)
+    write = lambda q, v: jax.lax.dynamic_update_index_in_dim(q, v, t % q.shape[1], axis=1)
+    index_q = write(queues[0], x_B)
+    h = self._input_tap(0, x_B)
+    for k in range(1, k_taps):
+      h = h + self._input_tap(k, ring(index_q, k))
+    h = h + self.input_bias.astype(self.dtype)
+    skip = 0.0
+    layer_qs = []
+    for i, d in enumerate(self.dilations):
+      q = write(queues[1 + i], h.astype(queues[1 + i].dtype))
+      layer_qs.append(q)
+      w = self.gate_taps[i].astype(self.dtype)
+      acc = h @ w[0]
+      for k in range(1, k_taps):
+        acc = acc + ring(q, k * d).astype(self.dtype) @ w[k]
+      out = self._gate(acc, i, label_terms[i])
+      skip = skip + self._one_by_one(out, self.skip_kernel, self.skip_bias, i)
+      if i < len(self.dilations) - 1:
+        h = h + self._one_by_one(out, self.residual_kernel, self.residual_bias, i)
+    return self._head(skip), [index_q] + layer_qs
+
+
+def empty_queues(model: WaveNet, batch: int) -> list:
+  """Queues before position 0: input index -1 (the zero one-hot) and zero layer inputs (the causal padding)."""
+  shapes = model.queue_shapes(batch)
+  return [jnp.full(shapes[0], -1, jnp.int32)] + [jnp.zeros(s, model.dtype) for s in shapes[1:]]
