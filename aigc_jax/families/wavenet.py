@@ -40,6 +40,7 @@ from ml_collections import ConfigDict
 
 from aigc_jax import configs, optim, parallel
 from aigc_jax import data as data_lib
+from aigc_jax.data import audio
 from aigc_jax.errors import UserError
 from aigc_jax.families import Family, check_sample_label, sample_labels, wavenet_lib
 from aigc_jax.models.wavenet import WaveNet, dilations, receptive_field
@@ -55,9 +56,6 @@ def default_config() -> ConfigDict:
   c.batch_size = 16
   c.num_train_steps = 100_000
   c.data.name = "spoken_digits"    # spoken_digits (offline) | speech_commands (SC09, TFDS) | audio_folder
-  # Audio sources read these (the base config holds them once the audio data sources are in).
-  c.data.sample_rate = 16000       # Hz
-  c.data.clip_seconds = 1.0        # T = round(sample_rate * clip_seconds) samples per clip and per sample
   m = c.model
   m.residual_channels = 128        # R: width of the residual stream
   m.dilation_channels = 128        # G: channels of each half (tanh, sigmoid) of the gated unit
@@ -80,8 +78,8 @@ def default_config() -> ConfigDict:
 def clip_samples(config: ConfigDict) -> int:
   """T = round(data.sample_rate * data.clip_seconds): the training clip and the generated sample length."""
   d = config.data
-  t = int(round(d.sample_rate * d.clip_seconds))
-  if d.sample_rate <= 0 or t < 2:
+  t = audio.clip_samples(d)
+  if t < 2:
     raise UserError(f"data.sample_rate={d.sample_rate} and data.clip_seconds={d.clip_seconds} give {t} samples "
                     "per clip; WaveNet needs at least 2: set --config.data.clip_seconds (e.g. 1.0)")
   return t
