@@ -89,13 +89,11 @@ def test_guidance_formula_and_greedy_first_code(vq_workdir, random_prior):
   np.testing.assert_array_equal(codes[:, 0], jnp.argmax(first_uncond + 3.0 * (first_cond - first_uncond), -1))
 
 
-def test_cached_generation_equals_uncached(vq_workdir, random_prior):
-  """Guidance (the batch twice, conditional then null rows, in the cache) and top-k, top-p and temperature
-  filtering in one case (they were two cases, compiling generate four times; the filters act on the logits each
-  path computes, so together they check the same)."""
+@pytest.mark.parametrize("overrides", [{"sample.top_k": 5, "sample.top_p": 0.9},
+                                       {"sample.guidance_scale": 2.0, "sample.temperature": 0.7}])
+def test_cached_generation_equals_uncached(vq_workdir, random_prior, overrides):
   _, params = random_prior
-  built = code_prior_ar_lib.build(prior_config(vq_workdir, **{
-      "sample.guidance_scale": 2.0, "sample.temperature": 0.7, "sample.top_k": 5, "sample.top_p": 0.9}))
+  built = code_prior_ar_lib.build(prior_config(vq_workdir, **overrides))
   gen = jax.jit(built.generate, static_argnums=3)
   prefix, keys = built.prefix_tokens(jnp.array([0, 5, 9])), jax.random.split(jax.random.key(3), 3)
   cached, uncached = gen(params, prefix, keys, True), gen(params, prefix, keys, False)
