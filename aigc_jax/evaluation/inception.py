@@ -8,6 +8,7 @@ Weights come from a local file (`eval.inception_path`), never downloaded: the py
 `pt_inception-2015-12-05-6726825d.pth` (needs torch to read) or the same dict saved as .npz (see README).
 Parameter names follow that state dict ("Mixed_5b.branch1x1.conv.weight", PyTorch layouts).
 """
+import functools
 import hashlib
 import os
 import zipfile
@@ -256,11 +257,17 @@ def params_from_state_dict(state: dict, source: str = "weights") -> dict:
   return {"params": params, "batch_stats": stats}
 
 
+@functools.lru_cache(maxsize=1)
+def _expected_shapes():
+  """Every variable's shape, from a shape-only trace of the whole network (~1-2 CPU-s: traced once)."""
+  expected = jax.eval_shape(FIDInceptionV3().init, jax.random.key(0), jnp.zeros((1, 75, 75, 3)))
+  return jax.tree.map(lambda x: x.shape, expected)
+
+
 def check_input_channels(variables: dict, source: str):
   """Input channels are read from the file itself above; verify them against a shape-only trace."""
-  expected = jax.eval_shape(FIDInceptionV3().init, jax.random.key(0), jnp.zeros((1, 75, 75, 3)))
   got = jax.tree.map(np.shape, variables)
-  want = jax.tree.map(lambda x: x.shape, expected)
+  want = _expected_shapes()
   if got != want:
     bad = [str(jax.tree_util.keystr(p)) for (p, a), (_, b) in zip(
         jax.tree_util.tree_flatten_with_path(got, is_leaf=lambda x: isinstance(x, tuple))[0],
