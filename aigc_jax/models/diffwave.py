@@ -29,7 +29,8 @@ Computed for XLA:CPU's sake (same function as the stacked convolutions, measured
 - The N layers are one `nn.scan` (parameters stacked [N, ...]) with the dilation a scanned integer: unrolled,
   XLA fuses the cheap residual chain h_k = (h_{k-1} + r_k) / sqrt(2) into every consumer and recomputes it
   from the input and all earlier outputs, so a step's cost grew quadratically with N (16 layers of a C = 32
-  stack on [16, 8000] clips: 1.27 s per layer against 0.17 s for one, single-threaded). A scanned layer costs the same at any depth, and compiles once whatever N.
+  stack on [16, 8000] clips: 1.27 s per layer against 0.17 s for one, single-threaded). A scanned layer costs
+  the same at any depth, and compiles once whatever N.
 - The dilated convolution is one matmul of the taps [x(t - d), x(t), x(t + d)] (dynamic slices of the clip
   zero-padded by the largest dilation), as `DilatedConv`; XLA:CPU's convolution inside a loop ran ~10x slower.
 - The 1x1 convolutions' weight gradients are written out (`pointwise`): autodiff's own transpose of that
