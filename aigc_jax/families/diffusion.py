@@ -1,28 +1,42 @@
 """Denoising diffusion probabilistic models (Ho, Jain & Abbeel, NeurIPS 2020), with DDIM sampling (Song et
-al. 2021) and classifier-free guidance (Ho & Salimans 2022).
+al. 2021), classifier-free guidance (Ho & Salimans 2022), and DiffWave's waveform network and fast sampling
+(Kong et al., ICLR 2021).
+
+One family for every medium it has a row for in MEDIA: images [B, H, W, C] and audio clips [B, T]. The
+schedules, objectives, bound and samplers are shape-generic (diffusion_lib reduces over all non-batch axes);
+the medium decides the batch key, the decoder's quantisation grid for the bound, and the auxiliary sample
+outputs; `model.arch` picks the network from ARCHS (unet: Ho et al.'s U-Net, for images; diffwave: Kong et
+al.'s dilated residual network, for audio). A model.* key the chosen arch does not read, changed from its
+default, is an error.
 
 State: {step, params, opt_state, ema_params} (aigc_jax.optim's train state). A train step draws per example
-a timestep t ~ U{0..T-1} and noise, and regresses the U-Net on the configured target (eps / x0 / v) at x_t;
+a timestep t ~ U{0..T-1} and noise, and regresses the network on the configured target (eps / x0 / v) at x_t;
 with `model.num_classes` the label is replaced by the null class with probability `diffusion.label_dropout`,
 which trains the unconditional branch that guidance needs. `eval_step` is the variational bound in bits/dim
-(T network calls per batch). `sample` runs `sample.sampler` (ddpm | ddim) over `sample.steps` steps as one
-compiled loop; class-conditional models draw class (id // grid columns) % num_classes for sample id, so each
-row of the written grid is one class.
+(bits per sample for audio; T network calls per batch). `sample` runs `sample.sampler` (ddpm | ddim over
+`sample.steps` steps, or fast: DiffWave's T_infer steps on `sample.fast_schedule`) as one compiled loop and
+returns {medium: x in [-1, 1]} (+ 'audio_sample_rate' = data.sample_rate for audio); class-conditional models
+draw class (id // grid columns) % num_classes for sample id, so each row of the written grid (of images, or
+of spectrograms) is one class, or `sample.label` for every sample.
 
 The pieces live in `diffusion_lib/` (schedules, objectives, likelihood, samplers); this module wires them to
 the family contract and checks the config.
 """
+import dataclasses
 import math
+from typing import Callable, Tuple
 
 import jax
 import jax.numpy as jnp
 from ml_collections import ConfigDict
 
 from aigc_jax import configs, optim
+from aigc_jax import data as data_lib
 from aigc_jax.errors import UserError
 from aigc_jax.families import Family, check_sample_label, sample_labels
 from aigc_jax.families.diffusion_lib import likelihood, objectives, samplers
 from aigc_jax.families.diffusion_lib.schedules import make_schedule, q_sample
+from aigc_jax.models.diffwave import DiffWave
 from aigc_jax.models.unet import UNet
 from aigc_jax.parallel import DATA_AXIS, example_keys, keys_for_ids, masked_mean
 
@@ -33,11 +47,15 @@ def default_config() -> ConfigDict:
   c = configs.base_config()
   c.family = "diffusion"
   m = c.model
+  m.arch = "unet"                  # see ARCHS: unet (images) | diffwave (audio)
   m.ch = 128                       # U-Net base channels (every level's width a multiple of 32: GroupNorm)
   m.ch_mult = (1, 2, 2, 2)         # width multiplier per resolution level
   m.num_res_blocks = 2             # residual blocks per level
   m.attn_resolutions = (16,)       # feature-map sizes that get self-attention
   m.dropout = 0.1
+  m.residual_channels = 256        # diffwave: C (Kong et al.'s SC09 model)
+  m.residual_layers = 36           # diffwave: N
+  m.dilation_cycle = 12            # diffwave: dilations 1, 2, ..., 2^(cycle - 1), repeated
   m.num_classes = 0                # > 0: class-conditional, with an extra null class for guidance
   m.ema_decay = 0.9999             # EMA of the params, sampled and evaluated when sample.use_ema
 
@@ -54,14 +72,15 @@ def default_config() -> ConfigDict:
   c.diffusion.label_dropout = 0.0    # probability of training a labelled example as the null class
 
   c.optimizer = optim.optimizer_config(learning_rate=2e-4)
-  c.sample.sampler = "ddpm"          # ddpm (ancestral) | ddim
-  c.sample.steps = 0                 # 0 = all T; fewer respaces the chain (both samplers)
+  c.sample.sampler = "ddpm"          # ddpm (ancestral) | ddim | fast (DiffWave's, Kong et al. 2021 App. B)
+  c.sample.steps = 0                 # ddpm, ddim: 0 = all T; fewer respaces the chain
   c.sample.eta = 0.0                 # ddim only: 0 deterministic, 1 ancestral
+  c.sample.fast_schedule = samplers.FAST_SCHEDULE_T200  # fast only: the user-defined betas, T_infer of them
   c.sample.guidance_scale = 1.0      # uncond + scale (cond - uncond); != 1 needs label_dropout training
   return c
 
 
-def build_model(config: ConfigDict) -> UNet:
+def _unet(config: ConfigDict) -> UNet:
   m, d = config.model, config.data
   levels = len(m.ch_mult)
   if d.image_size % 2 ** (levels - 1):
@@ -73,6 +92,77 @@ def build_model(config: ConfigDict) -> UNet:
   return UNet(ch=m.ch, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
               attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout, num_classes=m.num_classes,
               out_channels=d.channels, dtype=optim.compute_dtype(config.dtype))
+
+
+def _diffwave(config: ConfigDict) -> DiffWave:
+  m = config.model
+  return DiffWave(residual_channels=m.residual_channels, num_layers=m.residual_layers,
+                  dilation_cycle=m.dilation_cycle, num_classes=m.num_classes, dtype=optim.compute_dtype(config.dtype))
+
+
+@dataclasses.dataclass(frozen=True)
+class Arch:
+  """A noise-prediction network: build(config) -> a Linen module called as (x, t_B, labels_B, train=...),
+  the model.* keys only it reads, the media it models, and the shape of one example it takes."""
+  build: Callable[[ConfigDict], object]
+  keys: Tuple[str, ...]
+  media: Tuple[str, ...]
+  example: str  # e.g. "[H, W, C]": its rank is the number of axes one example must have
+
+
+ARCHS = {
+    "unet": Arch(_unet, ("ch", "ch_mult", "num_res_blocks", "attn_resolutions", "dropout"), ("images",),
+                 "[H, W, C]"),
+    "diffwave": Arch(_diffwave, ("residual_channels", "residual_layers", "dilation_cycle"), ("audio",), "[T]"),
+}
+_ARCH_KEYS = sorted({k for arch in ARCHS.values() for k in arch.keys})
+
+
+@dataclasses.dataclass(frozen=True)
+class MediumSpec:
+  """What the family needs to know of a medium: the batch key of its examples, the grid its samples are
+  saved on (the bound's decoder), and the auxiliary outputs `sample` adds (extras(config, ids_B) -> dict)."""
+  batch_key: str
+  grid: likelihood.Quantisation
+  extras: Callable[[ConfigDict, jax.Array], dict]
+
+
+MEDIA = {
+    "images": MediumSpec("image", likelihood.IMAGES_8BIT, lambda config, ids_B: {}),
+    "audio": MediumSpec("audio", likelihood.AUDIO_16BIT, lambda config, ids_B: {
+        "audio_sample_rate": jnp.full(ids_B.shape, config.data.sample_rate, jnp.int32)}),
+}
+
+
+def _changed(config: ConfigDict, section: str, keys):
+  """Keys of config.<section> whose values differ from default_config()'s (lists read back from a saved config
+  compare as tuples)."""
+  defaults = default_config()[section]
+  norm = lambda v: tuple(v) if isinstance(v, list) else v
+  return [k for k in keys if norm(config[section][k]) != norm(defaults[k])]
+
+
+def check_arch(config: ConfigDict, medium: str = None) -> Arch:
+  """The chosen arch, after one-line errors for an unknown one, one that does not model `medium`, and a
+  model.* key of another arch changed from its default (it would be silently ignored)."""
+  m = config.model
+  if m.arch not in ARCHS:
+    raise UserError(f"unknown model.arch {m.arch!r} for the diffusion family; use one of {sorted(ARCHS)}")
+  arch = ARCHS[m.arch]
+  if medium is not None and medium not in arch.media:
+    fits = sorted(name for name, a in ARCHS.items() if medium in a.media)
+    raise UserError(f"model.arch={m.arch!r} models {'/'.join(arch.media)}, but data.name={config.data.name!r} "
+                    f"is {medium}; set --config.model.arch={' or '.join(fits)}")
+  ignored = _changed(config, "model", [k for k in _ARCH_KEYS if k not in arch.keys])
+  if ignored:
+    raise UserError(f"model.{ignored[0]} is not read by model.arch={m.arch!r}; leave it at its default or pick "
+                    "an arch that has it")
+  return arch
+
+
+def build_model(config: ConfigDict):
+  """The noise-prediction network of `model.arch`."""
+  return check_arch(config).build(config)
 
 
 def check_sampling(config: ConfigDict):
@@ -90,10 +180,22 @@ def check_sampling(config: ConfigDict):
                     "with diffusion.label_dropout > 0 has learned; set sample.guidance_scale=1.0")
   if s.sampler == "ddim" and s.eta < 0:
     raise UserError(f"sample.eta must be >= 0, got {s.eta}")
+  if s.sampler == "fast" and _changed(config, "sample", ["steps"]):
+    raise UserError(f"sample.steps={s.steps} is not read by sample.sampler=fast (the length of "
+                    "sample.fast_schedule is its number of steps); set --config.sample.steps=0")
+  if s.sampler != "fast" and _changed(config, "sample", ["fast_schedule"]):
+    raise UserError(f"sample.fast_schedule is read by sample.sampler=fast only, not {s.sampler!r}; set "
+                    "--config.sample.sampler=fast or leave sample.fast_schedule at its default")
 
 
 def make_family(config: ConfigDict) -> Family:
   dif, m = config.diffusion, config.model
+  medium = data_lib.medium(config)
+  if medium not in MEDIA:
+    raise UserError(f"the diffusion family models {sorted(MEDIA)}, but data.name={config.data.name!r} is "
+                    f"{medium}; pick another data.name or family")
+  spec = MEDIA[medium]
+  arch = check_arch(config, medium)
   objectives.check(dif.prediction, dif.loss_weighting)
   if not 0.0 <= dif.label_dropout < 1.0:
     raise UserError(f"diffusion.label_dropout must be in [0, 1), got {dif.label_dropout}")
@@ -103,15 +205,24 @@ def make_family(config: ConfigDict) -> Family:
   check_sample_label(config, m.num_classes)
   schedule = make_schedule(dif.schedule, dif.num_timesteps, dif.beta_start, dif.beta_end)
   schedule.model_log_variance(dif.variance)  # validates the name now rather than at the first eval
-  model = build_model(config)
+  if config.sample.sampler == "fast":
+    samplers.check_fast_schedule(schedule, config.sample.fast_schedule)
+  # One example's shape as the data source gives it ([H, W, C] images, [T] clips): what `sample` draws.
+  example_shape = tuple(data_lib.example_batch(config, 1)[spec.batch_key].shape[1:])
+  if len(example_shape) != arch.example.count(",") + 1:
+    raise UserError(f"model.arch={m.arch!r} takes examples shaped {arch.example}, but data.name="
+                    f"{config.data.name!r} gives {list(example_shape)}; pick a data source with that shape or "
+                    "another model.arch")
+  model = arch.build(config)
+  dropout = m.dropout if "dropout" in arch.keys else 0.0
   tx, lr_schedule = optim.make_optimizer(config.optimizer)
-  null_label = m.num_classes  # the extra embedding row of a conditional U-Net
+  null_label = m.num_classes  # the extra embedding row of a conditional network
   process = dict(schedule=schedule, prediction=dif.prediction)
 
   def apply(params, x, t_B, labels_B, dropout_keys_B=None):
-    """The U-Net; with dropout keys, each example gets its own dropout mask (independent of the batch split)."""
+    """The network; with dropout keys, each example gets its own dropout mask (independent of the batch split)."""
     labels_B = labels_B if m.num_classes else None
-    if dropout_keys_B is None or not m.dropout:
+    if dropout_keys_B is None or not dropout:
       return model.apply({"params": params}, x, t_B, labels_B, train=False)
 
     def one(x1, t1, y1, k):
@@ -120,14 +231,14 @@ def make_family(config: ConfigDict) -> Family:
     return jax.vmap(one)(x, t_B, labels_B, dropout_keys_B)
 
   def init(rng, example_batch):
-    image = example_batch["image"]
-    t_B = jnp.zeros((image.shape[0],), jnp.int32)
-    labels_B = jnp.zeros((image.shape[0],), jnp.int32) if m.num_classes else None
-    params = model.init({"params": rng}, image, t_B, labels_B, train=False)["params"]
+    x = example_batch[spec.batch_key]
+    t_B = jnp.zeros((x.shape[0],), jnp.int32)
+    labels_B = jnp.zeros((x.shape[0],), jnp.int32) if m.num_classes else None
+    params = model.init({"params": rng}, x, t_B, labels_B, train=False)["params"]
     return {"step": jnp.zeros((), jnp.int32), **optim.init_train_state(params, tx, ema=True)}
 
   def train_step(state, batch, rng):
-    x0 = batch["image"]
+    x0 = batch[spec.batch_key]
     b = x0.shape[0]
     keys = example_keys(rng, b)
     purpose = lambda p: jax.vmap(lambda k: jax.random.fold_in(k, p))(keys)
@@ -155,34 +266,37 @@ def make_family(config: ConfigDict) -> Family:
 
   def eval_step(state, batch, rng):
     """Bits/dim of the bound on -log p(x) (for a conditional model: of the unconditional, null-class branch)."""
-    x0 = batch["image"]
+    x0 = batch[spec.batch_key]
     params = eval_params(state)
     null_B = jnp.full((x0.shape[0],), null_label, jnp.int32)
     parts = likelihood.bound_bpd(lambda x, t_B: apply(params, x, t_B, null_B), x0, example_keys(rng, x0.shape[0]),
-                                 variance=dif.variance, clip_denoised=dif.clip_denoised, **process)
+                                 variance=dif.variance, clip_denoised=dif.clip_denoised, grid=spec.grid, **process)
     # Masked global means: rows with batch['mask'] == 0 pad the last batch of a split and must not count.
     per_example = jax.tree.map(lambda v: jnp.mean(v.reshape(x0.shape[0], -1), axis=1), parts)
     return masked_mean(per_example, batch, x0.shape[0])
 
-  timesteps = samplers.sampling_timesteps(dif.num_timesteps, config.sample.steps)
-  grid_columns = math.ceil(math.sqrt(config.sample.num))  # media.images.image_grid's default layout
+  s = config.sample
+  timesteps = samplers.sampling_timesteps(dif.num_timesteps, s.steps)
+  grid_columns = math.ceil(math.sqrt(s.num))  # media.images.image_grid's default layout (images, spectrograms)
+  common = dict(prediction=dif.prediction, clip_denoised=dif.clip_denoised)
+  run_sampler = {
+      "ddpm": lambda denoise, x_T, keys_B: samplers.ddpm(denoise, schedule, timesteps, x_T, keys_B,
+                                                         variance=dif.variance, **common),
+      "ddim": lambda denoise, x_T, keys_B: samplers.ddim(denoise, schedule, timesteps, x_T, keys_B, eta=s.eta,
+                                                         **common),
+      "fast": lambda denoise, x_T, keys_B: samplers.fast(denoise, schedule, tuple(s.fast_schedule), x_T, keys_B,
+                                                         variance=dif.variance, **common),
+  }[s.sampler]
 
   def sample(state, rng, ids_B):
-    s = config.sample
     params = eval_params(state)
     keys_Bx2 = jax.vmap(jax.random.split)(keys_for_ids(rng, ids_B))
-    image_shape = (config.data.image_size, config.data.image_size, config.data.channels)
-    x_T = jax.vmap(lambda k: jax.random.normal(k, image_shape))(keys_Bx2[:, 0])
+    x_T = jax.vmap(lambda k: jax.random.normal(k, example_shape))(keys_Bx2[:, 0])
     labels_B = sample_labels(config, ids_B, m.num_classes, grid_columns)
     denoise = samplers.guided(lambda x, t_B, y_B: apply(params, x, t_B, y_B), labels_B, null_label,
                               s.guidance_scale)
-    if s.sampler == "ddpm":
-      images = samplers.ddpm(denoise, schedule, timesteps, x_T, keys_Bx2[:, 1], variance=dif.variance,
-                             clip_denoised=dif.clip_denoised, prediction=dif.prediction)
-    else:
-      images = samplers.ddim(denoise, schedule, timesteps, x_T, keys_Bx2[:, 1], eta=s.eta,
-                             clip_denoised=dif.clip_denoised, prediction=dif.prediction)
-    out = {"images": jnp.clip(images, -1.0, 1.0)}
+    x0 = run_sampler(denoise, x_T, keys_Bx2[:, 1])
+    out = {medium: jnp.clip(x0, -1.0, 1.0), **spec.extras(config, ids_B)}
     if m.num_classes:
       out["labels"] = labels_B
     return out

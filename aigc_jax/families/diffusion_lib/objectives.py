@@ -27,25 +27,25 @@ def training_target(prediction: str, schedule: Schedule, x0, noise, t_B):
   if prediction == "x0":
     return x0
   abar = schedule.alphas_cumprod  # v = sqrt(abar) eps - sqrt(1 - abar) x0 (Salimans & Ho 2022)
-  return take(np.sqrt(abar), t_B) * noise - take(np.sqrt(1.0 - abar), t_B) * x0
+  return take(np.sqrt(abar), t_B, x0) * noise - take(np.sqrt(1.0 - abar), t_B, x0) * x0
 
 
 def to_x0_and_eps(prediction: str, schedule: Schedule, model_out, xt, t_B):
   """(x0_hat, eps_hat) implied by the network output at x_t."""
   abar = schedule.alphas_cumprod
   if prediction == "eps":
-    x0 = take(np.sqrt(1.0 / abar), t_B) * xt - take(np.sqrt(1.0 / abar - 1.0), t_B) * model_out
+    x0 = take(np.sqrt(1.0 / abar), t_B, xt) * xt - take(np.sqrt(1.0 / abar - 1.0), t_B, xt) * model_out
     return x0, model_out
   if prediction == "x0":
-    eps = (xt - take(np.sqrt(abar), t_B) * model_out) / take(np.sqrt(1.0 - abar), t_B)
+    eps = (xt - take(np.sqrt(abar), t_B, xt) * model_out) / take(np.sqrt(1.0 - abar), t_B, xt)
     return model_out, eps
-  s, s1 = take(np.sqrt(abar), t_B), take(np.sqrt(1.0 - abar), t_B)
+  s, s1 = take(np.sqrt(abar), t_B, xt), take(np.sqrt(1.0 - abar), t_B, xt)
   return s * xt - s1 * model_out, s1 * xt + s * model_out
 
 
 def eps_from_x0(schedule: Schedule, x0, xt, t_B):
   abar = schedule.alphas_cumprod
-  return (take(np.sqrt(1.0 / abar), t_B) * xt - x0) / take(np.sqrt(1.0 / abar - 1.0), t_B)
+  return (take(np.sqrt(1.0 / abar), t_B, xt) * xt - x0) / take(np.sqrt(1.0 / abar - 1.0), t_B, xt)
 
 
 def loss_weight(prediction: str, weighting: str, schedule: Schedule, t_B, min_snr_gamma: float = 5.0):
@@ -59,9 +59,9 @@ def loss_weight(prediction: str, weighting: str, schedule: Schedule, t_B, min_sn
 
 
 def loss(prediction, weighting, schedule, model_out, x0, noise, t_B, min_snr_gamma=5.0):
-  """Weighted mean-squared error, averaged over pixels then over the batch."""
+  """Weighted mean-squared error, averaged over every non-batch axis (pixels, samples) then over the batch."""
   target = training_target(prediction, schedule, x0, noise, t_B)
-  mse_B = jnp.mean(jnp.square(model_out - target), axis=(1, 2, 3))
+  mse_B = jnp.mean(jnp.square(model_out - target), axis=tuple(range(1, x0.ndim)))
   return jnp.mean(loss_weight(prediction, weighting, schedule, t_B, min_snr_gamma) * mse_B)
 
 
@@ -71,5 +71,5 @@ def p_mean_variance(prediction, variance, schedule, model_out, xt, t_B, clip_den
   x0, _ = to_x0_and_eps(prediction, schedule, model_out, xt, t_B)
   if clip_denoised:
     x0 = jnp.clip(x0, -1.0, 1.0)
-  mean = take(schedule.posterior_mean_coef1, t_B) * x0 + take(schedule.posterior_mean_coef2, t_B) * xt
-  return mean, take(schedule.model_log_variance(variance), t_B), x0
+  mean = take(schedule.posterior_mean_coef1, t_B, xt) * x0 + take(schedule.posterior_mean_coef2, t_B, xt) * xt
+  return mean, take(schedule.model_log_variance(variance), t_B, xt), x0

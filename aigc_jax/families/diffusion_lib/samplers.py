@@ -1,21 +1,29 @@
 """Reverse-process samplers, each a single `lax.fori_loop` (one compiled program, no Python loop over t).
 
-Both run on a subsequence of the T training timesteps (`sampling_timesteps`): the schedule is respaced to
-it (Nichol & Dhariwal 2021), so ancestral DDPM with fewer steps and DDIM share one code path; with all T
-steps the respaced schedule is the original one.
+DDPM and DDIM run on a subsequence of the T training timesteps (`sampling_timesteps`): the schedule is
+respaced to it (Nichol & Dhariwal 2021), so ancestral DDPM with fewer steps and DDIM share one code path;
+with all T steps the respaced schedule is the original one. `fast` is DiffWave's fast sampling (Kong et al.
+2021, Appendix B): ancestral steps on a short user-defined variance schedule, the network evaluated at the
+fractional training steps whose noise levels match it (`fast_alignment`).
 
 `denoise_fn(x_t, t_B) -> network output` is evaluated at the ORIGINAL timestep of each kept step (what the
-network was trained on); guidance, conditioning and parameters live inside it. Per-step noise for example
-i is normal(fold_in(key_i, step)), so a sample does not depend on how the batch is split across devices.
+network was trained on; fractional for `fast`); guidance, conditioning and parameters live inside it. Per-step
+noise for example i is normal(fold_in(key_i, step)), so a sample does not depend on how the batch is split
+across devices. x is any batch [B, ...] (images [B, H, W, C], signals [B, T]).
 """
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from aigc_jax.errors import UserError
 from aigc_jax.families.diffusion_lib import objectives
 from aigc_jax.families.diffusion_lib.schedules import Schedule, take
 
-SAMPLERS = ("ddpm", "ddim")
+SAMPLERS = ("ddpm", "ddim", "fast")
+# DiffWave's user-defined T_infer = 6 variance schedules (Kong et al. 2021, Appendix B): LARGE (trained with
+# T = 200, betas linear 1e-4 .. 0.02) and BASE (T = 50, betas linear 1e-4 .. 0.05).
+FAST_SCHEDULE_T200 = (0.0001, 0.001, 0.01, 0.05, 0.2, 0.7)
+FAST_SCHEDULE_T50 = (0.0001, 0.001, 0.01, 0.05, 0.2, 0.5)
 
 
 def sampling_timesteps(num_timesteps: int, steps: int) -> np.ndarray:
@@ -26,26 +34,70 @@ def sampling_timesteps(num_timesteps: int, steps: int) -> np.ndarray:
   return np.arange(steps) * (num_timesteps // steps)
 
 
+def check_fast_schedule(schedule: Schedule, fast_betas):
+  """One-line errors for a user-defined schedule the trained chain cannot serve: every cumulative noise level
+  gamma_bar_s = prod_{j<=s} (1 - eta_j) must lie between the training chain's abar at its first and last step,
+  or there is no training step to align it with."""
+  eta = np.asarray(fast_betas, np.float64)
+  if eta.ndim != 1 or not len(eta) or np.any(eta <= 0) or np.any(eta >= 1):
+    raise UserError(f"sample.fast_schedule must be a non-empty tuple of betas in (0, 1), got {tuple(fast_betas)}")
+  gbar, abar = np.cumprod(1.0 - eta), schedule.alphas_cumprod
+  outside = np.flatnonzero((gbar > abar[0] * (1 + 1e-12)) | (gbar < abar[-1] * (1 - 1e-12)))
+  if len(outside):
+    s = int(outside[0])
+    raise UserError(f"sample.fast_schedule step {s + 1}: its noise level gamma_bar = {gbar[s]:.6g} is outside the "
+                    f"trained chain's [{abar[-1]:.6g}, {abar[0]:.6g}] (abar at its last and first step); use "
+                    f"betas whose running product of (1 - beta) stays inside, e.g. {FAST_SCHEDULE_T200} for T = 200")
+
+
+def fast_alignment(schedule: Schedule, fast_betas) -> np.ndarray:
+  """Kong et al. 2021, Appendix B, eq. 14: the fractional training step t_s^align of each fast step s, where
+  sqrt(gamma_bar_s) is interpolated linearly between the consecutive training levels sqrt(abar_{t+1}) <=
+  sqrt(gamma_bar_s) <= sqrt(abar_t):  t_s^align = t + (sqrt(abar_t) - sqrt(gamma_bar_s)) / (sqrt(abar_t) -
+  sqrt(abar_{t+1})). 0-based like every timestep here (the paper's t - 1). float64 [T_infer]."""
+  gbar = np.cumprod(1.0 - np.asarray(fast_betas, np.float64))
+  sqrt_abar = np.sqrt(schedule.alphas_cumprod)  # decreasing in t; np.interp wants increasing abscissae
+  steps = np.arange(schedule.num_timesteps, dtype=np.float64)
+  return np.interp(np.sqrt(gbar), sqrt_abar[::-1], steps[::-1])
+
+
 def _step_noise(example_keys_B, step, shape):
   return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, step), shape))(example_keys_B)
+
+
+def _ancestral(denoise_fn, step_schedule: Schedule, model_t, x_T, example_keys_B, *, prediction, variance,
+               clip_denoised):
+  """x_{i-1} = mu_theta(x_i, i) + sigma_i z along `step_schedule` (one entry per sampling step), with the
+  network evaluated at training step model_t[i]; no noise at the last step."""
+  model_t = jnp.asarray(model_t)
+  num_steps, b = step_schedule.num_timesteps, x_T.shape[0]
+
+  def body(i, x):
+    idx = num_steps - 1 - i
+    idx_B = jnp.full((b,), idx, jnp.int32)
+    out = denoise_fn(x, jnp.full((b,), model_t[idx], model_t.dtype))
+    mean, logvar, _ = objectives.p_mean_variance(prediction, variance, step_schedule, out, x, idx_B, clip_denoised)
+    z = _step_noise(example_keys_B, idx, x.shape[1:])
+    return mean + jnp.where(idx > 0, jnp.exp(0.5 * logvar), 0.0) * z
+
+  return jax.lax.fori_loop(0, num_steps, body, x_T)
 
 
 def ddpm(denoise_fn, schedule: Schedule, timesteps, x_T, example_keys_B, *, prediction, variance, clip_denoised):
   """Ancestral sampling (Ho et al. 2020, Algorithm 2): x_{t-1} = mu_theta(x_t, t) + sigma_t z, no noise at
   the last step."""
-  respaced = schedule.respace(timesteps)
-  model_t = jnp.asarray(timesteps, jnp.int32)
-  num_steps, b = len(timesteps), x_T.shape[0]
+  return _ancestral(denoise_fn, schedule.respace(timesteps), np.asarray(timesteps, np.int32), x_T, example_keys_B,
+                    prediction=prediction, variance=variance, clip_denoised=clip_denoised)
 
-  def body(i, x):
-    idx = num_steps - 1 - i
-    idx_B = jnp.full((b,), idx, jnp.int32)
-    out = denoise_fn(x, jnp.full((b,), model_t[idx], jnp.int32))
-    mean, logvar, _ = objectives.p_mean_variance(prediction, variance, respaced, out, x, idx_B, clip_denoised)
-    z = _step_noise(example_keys_B, idx, x.shape[1:])
-    return mean + jnp.where(idx > 0, jnp.exp(0.5 * logvar), 0.0) * z
 
-  return jax.lax.fori_loop(0, num_steps, body, x_T)
+def fast(denoise_fn, schedule: Schedule, fast_betas, x_T, example_keys_B, *, prediction, variance, clip_denoised):
+  """DiffWave's fast sampling (Kong et al. 2021, Appendix B, Algorithm 3): T_infer ancestral steps on the
+  user-defined betas eta_s, mu = (x_s - eta_s / sqrt(1 - gamma_bar_s) eps_theta(x_s, t_s^align)) / sqrt(gamma_s)
+  and sigma_s^2 = eta~_s (variance 'fixedsmall'; 'fixedlarge' gives eta_s), reusing the network trained on
+  the T-step chain at the aligned fractional steps. No noise at the last step, as in `ddpm`."""
+  aligned = fast_alignment(schedule, fast_betas).astype(np.float32)
+  return _ancestral(denoise_fn, Schedule(np.asarray(fast_betas, np.float64)), aligned, x_T, example_keys_B,
+                    prediction=prediction, variance=variance, clip_denoised=clip_denoised)
 
 
 def ddim(denoise_fn, schedule: Schedule, timesteps, x_T, example_keys_B, *, eta: float, prediction, clip_denoised):
@@ -66,9 +118,9 @@ def ddim(denoise_fn, schedule: Schedule, timesteps, x_T, example_keys_B, *, eta:
     if clip_denoised:  # re-derive eps from the clipped x0 so the two stay consistent
       x0 = jnp.clip(x0, -1.0, 1.0)
       eps = objectives.eps_from_x0(respaced, x0, x, idx_B)
-    sigma_B = take(sigma, idx_B)
-    direction = jnp.sqrt(jnp.maximum(take(1.0 - abar_prev, idx_B) - sigma_B ** 2, 0.0)) * eps
-    x_prev = take(np.sqrt(abar_prev), idx_B) * x0 + direction
+    sigma_B = take(sigma, idx_B, x)
+    direction = jnp.sqrt(jnp.maximum(take(1.0 - abar_prev, idx_B, x) - sigma_B ** 2, 0.0)) * eps
+    x_prev = take(np.sqrt(abar_prev), idx_B, x) * x0 + direction
     if eta:
       x_prev = x_prev + sigma_B * _step_noise(example_keys_B, idx, x.shape[1:])
     return x_prev

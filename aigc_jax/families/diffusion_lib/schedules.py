@@ -1,5 +1,8 @@
 """Noise schedules and the Gaussian forward process q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I).
 
+Shape-generic: x is any batch [B, ...] (images [B, H, W, C], signals [B, T]); per-example schedule values are
+broadcast to x's rank (`take(values, t_B, like=x)`).
+
 Every schedule quantity is computed once in float64 numpy and only cast to float32 where a traced
 function reads it: 1 - abar_t is ~1e-4 at t = 0 and ~4e-5 from 1 at t = T - 1 for the linear schedule,
 and the posterior variances and log-variances lose digits in float32 (the paper's code does the same).
@@ -97,18 +100,20 @@ def make_schedule(kind: str, num_timesteps: int, beta_start: float = 1e-4, beta_
   raise UserError(f"unknown diffusion.schedule {kind!r}; use one of {SCHEDULES}")
 
 
-def take(values: np.ndarray, t_B):
-  """float64 table -> float32 values at traced timesteps, shaped [B, 1, 1, 1]."""
-  return jnp.asarray(values, jnp.float32)[t_B][:, None, None, None]
+def take(values: np.ndarray, t_B, like=None):
+  """float64 table -> float32 values at traced timesteps: [B], or [B, 1, ..., 1] with `like`'s rank so they
+  broadcast against a batch of any shape (images [B, H, W, C], signals [B, T])."""
+  v_B = jnp.asarray(values, jnp.float32)[t_B]
+  return v_B if like is None else v_B.reshape(v_B.shape + (1,) * (jnp.ndim(like) - 1))
 
 
-def q_sample(schedule: Schedule, x0_BxHxWxC, t_B, noise_BxHxWxC):
-  """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise."""
+def q_sample(schedule: Schedule, x0, t_B, noise):
+  """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise, for x0 and noise [B, ...] of any rank."""
   abar = schedule.alphas_cumprod
-  return take(np.sqrt(abar), t_B) * x0_BxHxWxC + take(np.sqrt(1.0 - abar), t_B) * noise_BxHxWxC
+  return take(np.sqrt(abar), t_B, x0) * x0 + take(np.sqrt(1.0 - abar), t_B, x0) * noise
 
 
 def q_posterior(schedule: Schedule, x0, xt, t_B):
   """Mean and log-variance of q(x_{t-1} | x_t, x_0)."""
-  mean = take(schedule.posterior_mean_coef1, t_B) * x0 + take(schedule.posterior_mean_coef2, t_B) * xt
-  return mean, take(schedule.posterior_log_variance_clipped, t_B)
+  mean = take(schedule.posterior_mean_coef1, t_B, x0) * x0 + take(schedule.posterior_mean_coef2, t_B, xt) * xt
+  return mean, take(schedule.posterior_log_variance_clipped, t_B, x0)
