@@ -93,6 +93,7 @@ def get_config(preset: str = "paper"):
     o.learning_rate = 1e-3
     o.warmup_steps = 100
     c.sample.num = 100             # 10 prompts x the 10 nearest test images
+    c.sample_every_steps = 1_500   # the retrieval figure at 1,500 steps
     if preset == "cpu":
       c.num_train_steps = o.decay_steps = 1_500
       c.checkpoint_every_steps = c.eval.every_steps = 1_500
