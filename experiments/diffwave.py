@@ -78,12 +78,13 @@ def get_config(preset: str = "paper"):
   c.sample.num = 16
 
   c.eval.num_samples = 1000             # Section 5.2: 1,000 samples; 5.3: 100 per digit
-  c.eval.metrics = ("fid", "is")
+  c.eval.metrics = ("fid", "is", "mis", "am")  # the SC09 protocol (evaluation/audio_classifier.py)
 
   if preset == "paper":
     pass
   elif preset == "conditional":
     c.model.num_classes = 10
+    c.eval.metrics = ("fid", "is", "mis", "am", "class_accuracy")
     c.sample.num = 100                  # a 10x10 grid of spectrograms, row r = digit r
   elif preset == "cpu":
     c.data.name = "spoken_digits"       # offline synthetic speech (eSpeak NG), not SC09
@@ -107,7 +108,9 @@ def get_config(preset: str = "paper"):
     c.sample.guidance_scale = 2.0
     c.sample.use_ema = True
     c.sample.num = 100
+    c.eval.num_samples = 100            # 10 per digit
     c.eval.batch_size = 100
+    c.eval.metrics = ("fid", "is", "mis", "am", "class_accuracy")
   else:
     raise ValueError(f"unknown preset {preset!r}; use paper, conditional or cpu")
   return lock(c)

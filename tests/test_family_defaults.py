@@ -14,8 +14,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = {"gan.py": "gan", "dcgan.py": "gan", "diffaugment.py": "gan", "gan_2d.py": "gan", "wgan_gp.py": "gan",
                "sngan.py": "gan", "cgan_projection.py": "gan", "ddpm.py": "diffusion", "vae.py": "vae",
                "vqvae.py": "vqvae", "vqgan.py": "vqvae", "gpt.py": "autoregressive", "dalle.py": "autoregressive",
-               "maskgit.py": "maskgit", "pix2pix.py": "pix2pix",
-               "wavenet.py": "wavenet"}
+               "maskgit.py": "maskgit", "pix2pix.py": "pix2pix", "clip.py": "clip",
+               "wavenet.py": "wavenet", "diffwave.py": "diffusion"}
 
 
 def test_every_family_module_has_an_experiment():
