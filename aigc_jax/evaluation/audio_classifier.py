@@ -30,7 +30,6 @@ import hashlib
 import json
 import os
 import time
-import uuid
 
 import flax.linen as nn
 import jax
@@ -42,6 +41,7 @@ from ml_collections import ConfigDict
 
 from aigc_jax.errors import UserError
 from aigc_jax.evaluation import inputs as inputs_lib
+from aigc_jax.evaluation.classifier import read_cache, write_atomic
 from aigc_jax.evaluation import logmel
 
 RECIPE_VERSION = 1  # bump when the architecture, front end or training changes, so stale caches are not reused
@@ -168,29 +168,6 @@ def accuracy(predict, params, audio_NxT, labels_N) -> float:
   return float(np.mean(predict(params, audio_NxT) == np.asarray(labels_N))) if len(labels_N) else 0.0
 
 
-def _read_cache(path, meta_path, template):
-  """(params, info, raw bytes), or None if absent or unreadable (then the caller retrains)."""
-  if not (os.path.isfile(path) and os.path.isfile(meta_path)):
-    return None
-  try:
-    with open(path, "rb") as f:
-      raw = f.read()
-    params = serialization.from_bytes(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template), raw)
-    with open(meta_path) as f:
-      return params, json.load(f), raw
-  except (OSError, ValueError, KeyError, TypeError):
-    return None
-
-
-def _write_atomic(target: str, payload, mode: str):
-  # A temporary name per writer: every process of a multi-host job (and any run sharing the cache) writes the
-  # same bytes, and none may rename another's half-written file.
-  tmp = f"{target}.{uuid.uuid4().hex}.tmp"
-  with open(tmp, mode) as f:
-    f.write(payload)
-  os.replace(tmp, target)
-
-
 def load_or_train(config: ConfigDict, cache_dir: str, log=print):
   """(model, params, info) for the configured audio dataset; trains on its train split once and caches."""
   if config.eval.classifier_steps < 1:
@@ -209,7 +186,7 @@ def load_or_train(config: ConfigDict, cache_dir: str, log=print):
   path = cache_path(config, cache_dir, train_split.num_classes, num_samples)
   meta_path = path.replace(".msgpack", ".json")
   template = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, num_samples)))
-  cached = _read_cache(path, meta_path, template)
+  cached = read_cache(path, meta_path, template)
   if cached is not None:
     params, info, raw = cached
   else:
@@ -233,7 +210,7 @@ def load_or_train(config: ConfigDict, cache_dir: str, log=print):
     info["num_train"] = len(train_labels)
     raw = serialization.to_bytes(params)
     os.makedirs(cache_dir, exist_ok=True)
-    _write_atomic(path, raw, "wb")
-    _write_atomic(meta_path, json.dumps(info, indent=1, default=repr), "w")
+    write_atomic(path, raw, "wb")
+    write_atomic(meta_path, json.dumps(info, indent=1, default=repr), "w")
   info = {**info, "weights_sha256": hashlib.sha256(raw).hexdigest(), "cache_path": path}
   return model, params, info

@@ -112,8 +112,8 @@ def accuracy(model, params, images_uint8, labels, chunk=1024) -> float:
   return correct / max(1, len(images_uint8))
 
 
-def _read_cache(path, meta_path, template):
-  """(params, info) from the cache, or None if absent or unreadable (then the caller retrains)."""
+def read_cache(path, meta_path, template):
+  """(params, info, raw bytes) from the cache, or None if absent or unreadable (then the caller retrains)."""
   if not (os.path.isfile(path) and os.path.isfile(meta_path)):
     return None
   try:
@@ -124,6 +124,15 @@ def _read_cache(path, meta_path, template):
       return params, json.load(f), raw
   except (OSError, ValueError, KeyError, TypeError):
     return None
+
+
+def write_atomic(target: str, payload, mode: str):
+  """Writes under a temporary name of its own, then renames: every process of a multi-host job (and any run
+  sharing the cache) writes the same bytes; a shared ".tmp" let one rename another's half-written file."""
+  tmp = f"{target}.{uuid.uuid4().hex}.tmp"
+  with open(tmp, mode) as f:
+    f.write(payload)
+  os.replace(tmp, target)
 
 
 def load_or_train(config: ConfigDict, cache_dir: str, log=print):
@@ -138,7 +147,7 @@ def load_or_train(config: ConfigDict, cache_dir: str, log=print):
   path = cache_path(config, cache_dir, train.num_classes)
   meta_path = path.replace(".msgpack", ".json")
   template = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *train.images.shape[1:])))
-  cached = _read_cache(path, meta_path, template)
+  cached = read_cache(path, meta_path, template)
   if cached is not None:
     params, info, raw = cached
   else:
@@ -157,12 +166,7 @@ def load_or_train(config: ConfigDict, cache_dir: str, log=print):
       pass  # no test split: the card just lacks the number
     raw = serialization.to_bytes(params)
     os.makedirs(cache_dir, exist_ok=True)
-    for target, payload, mode in ((path, raw, "wb"), (meta_path, json.dumps(info, indent=1), "w")):
-      # A temporary name of its own: every process of a multi-host job (and any run sharing the cache) writes
-      # the same bytes; a shared ".tmp" let one rename another's half-written file and then crash.
-      tmp = f"{target}.{uuid.uuid4().hex}.tmp"
-      with open(tmp, mode) as f:
-        f.write(payload)
-      os.replace(tmp, target)
+    write_atomic(path, raw, "wb")
+    write_atomic(meta_path, json.dumps(info, indent=1), "w")
   info = {**info, "weights_sha256": hashlib.sha256(raw).hexdigest(), "cache_path": path}
   return model, params, info
