@@ -35,10 +35,11 @@ def pytest_unconfigure(config):
 _LONGEST_FIRST = ("test_evaluation.py", "test_multiprocess.py", "test_golden.py", "test_tf_free.py",
                   "test_parallel.py", "test_diffusion.py", "test_autoregressive.py", "test_vqvae.py", "test_vqgan.py",
                   "test_cli_errors.py", "test_vae.py", "test_dalle.py", "test_maskgit.py", "test_checkpointing.py",
-                  "test_eval_resume.py", "test_reliability.py", "test_pix2pix.py", "test_colab.py", "test_codes.py",
-                  "test_gan_augment.py", "test_class_accuracy.py", "test_extensibility.py", "test_data.py",
-                  "test_media.py", "test_gan_2d.py", "test_dcgan_model.py", "test_gan_models.py", "test_gan_zoo.py",
-                  "test_family_defaults.py")
+                  "test_wavenet.py", "test_eval_resume.py", "test_reliability.py", "test_pix2pix.py", "test_colab.py",
+                  "test_codes.py", "test_diffwave.py", "test_clip.py", "test_gan_augment.py", "test_audio_data.py",
+                  "test_class_accuracy.py", "test_extensibility.py", "test_data.py", "test_captions.py",
+                  "test_media.py", "test_audio_eval.py", "test_gan_2d.py", "test_dispatch.py", "test_dcgan_model.py",
+                  "test_gan_models.py", "test_gan_zoo.py", "test_family_defaults.py")
 
 
 def pytest_collection_modifyitems(session, config, items):
