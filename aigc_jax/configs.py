@@ -52,6 +52,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.metrics = ("fid", "kid", "is", "pr")  # also: parzen (GAN likelihood), eval_step (family likelihoods)
   c.eval.backbone = "classifier"  # classifier (trained on data.name's train split, offline) | inception
   c.eval.inception_path = ""      # FID Inception weights file (.pth or .npz), see README
+  c.eval.clip_workdir = ""        # clip_score: the CLIP run (experiments/clip.py) that judges text-image fit
   c.eval.reference_split = "train"
   c.eval.quantize = True          # round samples to uint8 first, as if saved as PNG (the usual FID protocol)
   c.eval.max_pairwise_samples = 10000  # cap per set for KID and precision/recall (O(n^2))

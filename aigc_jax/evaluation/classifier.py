@@ -78,7 +78,7 @@ def _random_shifts(x_NxHxWxC, rng):
   return padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
-def _train(model, images_uint8, labels, steps, seed=0, batch_size=BATCH_SIZE, learning_rate=LEARNING_RATE):
+def train_classifier(model, images_uint8, labels, steps, seed=0, batch_size=BATCH_SIZE, learning_rate=LEARNING_RATE):
   x_all = data_lib.to_model_range(images_uint8)
   rng = np.random.default_rng(seed)
   params = model.init(jax.random.key(seed), jnp.zeros((1, *x_all.shape[1:])))
@@ -154,7 +154,7 @@ def load_or_train(config: ConfigDict, cache_dir: str, log=print):
     log(f"training the {config.data.name} classifier backbone ({config.eval.classifier_steps} steps), cached "
         f"at {path}")
     start = time.time()
-    params, loss = _train(model, train.images, train.labels, config.eval.classifier_steps)
+    params, loss = train_classifier(model, train.images, train.labels, config.eval.classifier_steps)
     info = {**_recipe(config, train.num_classes), "final_loss": loss,
             "train_accuracy": accuracy(model, params, train.images, train.labels),
             "train_seconds": round(time.time() - start, 1)}

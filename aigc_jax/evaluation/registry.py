@@ -116,5 +116,8 @@ def check_eval_config(config: ConfigDict, family):
                     "--config.eval.metrics=\"('eval_step',)\" (reconstruction PSNR/SSIM, code usage)")
   if sampled and (e.num_samples < 2 or e.batch_size < 1):
     raise UserError(f"eval.num_samples must be >= 2 and eval.batch_size >= 1, got {e.num_samples}, {e.batch_size}")
+  if e.get("clip_workdir", "") and "clip_score" not in wanted:
+    raise UserError(f"eval.clip_workdir={e.clip_workdir} is only read by the clip_score metric, which eval.metrics "
+                    f"{list(wanted)} lacks; add 'clip_score' to eval.metrics or leave eval.clip_workdir empty")
   for ev in evaluators:
     ev.check(config, family)
