@@ -68,7 +68,7 @@ def _config(**eval_overrides):
 
 
 def _family(prompts, text_conditional=True):
-  return types.SimpleNamespace(text_conditional=text_conditional, prompts_of=lambda samples: prompts,
+  return types.SimpleNamespace(prompts_of=(lambda samples: prompts) if text_conditional else None,
                                samples_are_generated=True, media=("images",))
 
 

@@ -1,14 +1,14 @@
 """What the text-alignment metrics (clip_score, compositional_accuracy) need of a family: the prompt of each sample.
 
-A text-conditional family says so with a true `text_conditional` attribute and gives `prompts_of(samples) -> list
-of str`, the prompt each row of a `sample` output was generated for (its `sample` carries them as token arrays:
-strings cannot leave a jitted, data-parallel function). The metrics never branch on the family.
+A text-conditional family sets `Family.prompts_of(samples) -> list of str`, the prompt each row of a `sample` output
+was generated for (its `sample` carries them as arrays, e.g. token ids: strings cannot leave a jitted, data-parallel
+function). The metrics never branch on the family.
 """
 from aigc_jax.errors import UserError
 
 
 def check_text_conditional(config, family, metric: str):
-  if not getattr(family, "text_conditional", False):
+  if getattr(family, "prompts_of", None) is None:
     raise UserError(f"eval.metrics has {metric!r}, which scores images against their prompts, and family "
                     f"{config.family!r} here is not text-conditional; train a text-conditional model (e.g. "
                     f"experiments/latent_diffusion.py) or remove {metric!r} from eval.metrics")

@@ -25,7 +25,7 @@ here nor in the trainer.
 import dataclasses
 import importlib
 import pkgutil
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from ml_collections import ConfigDict
 
@@ -50,6 +50,9 @@ class Family:
   # False when `sample` shows data and its reconstructions (VQ-VAE) rather than new samples: sample-quality
   # metrics (FID, IS, ...) would score real images, so evaluation refuses them.
   samples_are_generated: bool = True
+  # Text-conditional families: prompts_of(sample outputs) -> the prompt (str) each row was generated for, which
+  # the text-alignment metrics (clip_score, compositional_accuracy; evaluation/prompts.py) score against.
+  prompts_of: Optional[Callable[[dict], Sequence[str]]] = None
 
 
 # Families registered at run time (a notebook, a test, a user's package): name -> make_family(config).
