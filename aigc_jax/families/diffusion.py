@@ -12,7 +12,12 @@ default, is an error.
 State: {step, params, opt_state, ema_params} (aigc_jax.optim's train state). A train step draws per example
 a timestep t ~ U{0..T-1} and noise, and regresses the network on the configured target (eps / x0 / v) at x_t;
 with `model.num_classes` the label is replaced by the null class with probability `diffusion.label_dropout`,
-which trains the unconditional branch that guidance needs. `eval_step` is the variational bound in bits/dim
+which trains the unconditional branch that guidance needs. With `model.text_encoder` (joint | clip) the model is
+text-conditional on captioned data: the U-Net cross-attends to the caption's token states, and
+`diffusion.caption_dropout` swaps in the null (all-masked) caption (diffusion_lib/text.py); its samples carry
+`prompt_ids` into the prompt table (`sample.prompt`, `sample.prompts_file` or the test captions), which
+`prompts_of` turns back into text for the text-alignment metrics and `write_figures` writes as
+`<step>_prompts.txt` next to the grid. `eval_step` is the variational bound in bits/dim
 (bits per sample for audio; T network calls per batch). `sample` runs `sample.sampler` (ddpm | ddim over
 `sample.steps` steps, or fast: DiffWave's T_infer steps on `sample.fast_schedule`) as one compiled loop and
 returns {medium: x in [-1, 1]} (+ 'audio_sample_rate' = data.sample_rate for audio); class-conditional models
@@ -24,10 +29,12 @@ the family contract and checks the config.
 """
 import dataclasses
 import math
+import os
 from typing import Callable, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from ml_collections import ConfigDict
 
 from aigc_jax import configs, optim
@@ -35,6 +42,7 @@ from aigc_jax import data as data_lib
 from aigc_jax.errors import UserError
 from aigc_jax.families import Family, check_sample_label, sample_labels
 from aigc_jax.families.diffusion_lib import likelihood, objectives, samplers
+from aigc_jax.families.diffusion_lib import text as text_lib
 from aigc_jax.families.diffusion_lib.schedules import make_schedule, q_sample
 from aigc_jax.models.diffwave import DiffWave
 from aigc_jax.models.unet import UNet
@@ -76,7 +84,8 @@ def default_config() -> ConfigDict:
   c.sample.steps = 0                 # ddpm, ddim: 0 = all T; fewer respaces the chain
   c.sample.eta = 0.0                 # ddim only: 0 deterministic, 1 ancestral
   c.sample.fast_schedule = samplers.FAST_SCHEDULE_T200  # fast only: the user-defined betas, T_infer of them
-  c.sample.guidance_scale = 1.0      # uncond + scale (cond - uncond); != 1 needs label_dropout training
+  c.sample.guidance_scale = 1.0      # uncond + scale (cond - uncond); != 1 needs label/caption dropout training
+  text_lib.add_config_keys(c)        # model.text_encoder & co (diffusion_lib/text.py)
   return c
 
 
@@ -172,12 +181,15 @@ def check_sampling(config: ConfigDict):
     raise UserError(f"unknown sample.sampler {s.sampler!r}; use one of {samplers.SAMPLERS}")
   if not 0 <= s.steps <= T:
     raise UserError(f"sample.steps={s.steps} must be between 1 and diffusion.num_timesteps={T} (0 = all T)")
-  if s.guidance_scale != 1.0 and not config.model.num_classes:
-    raise UserError(f"sample.guidance_scale={s.guidance_scale} needs a class-conditional model "
-                    "(model.num_classes > 0); leave it at 1.0 for an unconditional model")
-  if s.guidance_scale != 1.0 and not config.diffusion.label_dropout:
-    raise UserError(f"sample.guidance_scale={s.guidance_scale} needs the null class, which only a model trained "
-                    "with diffusion.label_dropout > 0 has learned; set sample.guidance_scale=1.0")
+  text = text_lib.enabled(config)
+  if s.guidance_scale != 1.0 and not (config.model.num_classes or text):
+    raise UserError(f"sample.guidance_scale={s.guidance_scale} needs a class-conditional model (model.num_classes "
+                    "> 0) or a text-conditional one (model.text_encoder); leave it at 1.0 for an unconditional model")
+  dropout_key = "caption_dropout" if text else "label_dropout"
+  if s.guidance_scale != 1.0 and not config.diffusion[dropout_key]:
+    raise UserError(f"sample.guidance_scale={s.guidance_scale} needs the null {'caption' if text else 'class'}, "
+                    f"which only a model trained with diffusion.{dropout_key} > 0 has learned; set "
+                    "sample.guidance_scale=1.0")
   if s.sampler == "ddim" and s.eta < 0:
     raise UserError(f"sample.eta must be >= 0, got {s.eta}")
   if s.sampler == "fast" and _changed(config, "sample", ["steps"]):
@@ -201,6 +213,7 @@ def make_family(config: ConfigDict) -> Family:
     raise UserError(f"diffusion.label_dropout must be in [0, 1), got {dif.label_dropout}")
   if dif.label_dropout and not m.num_classes:
     raise UserError("diffusion.label_dropout > 0 needs a class-conditional model; set model.num_classes")
+  text_lib.check(config, lambda section, keys: [f"{section}.{k}" for k in _changed(config, section, keys)])
   check_sampling(config)
   check_sample_label(config, m.num_classes)
   schedule = make_schedule(dif.schedule, dif.num_timesteps, dif.beta_start, dif.beta_end)
@@ -214,27 +227,57 @@ def make_family(config: ConfigDict) -> Family:
                     f"{config.data.name!r} gives {list(example_shape)}; pick a data source with that shape or "
                     "another model.arch")
   model = arch.build(config)
+  text = text_lib.build(config, optim.compute_dtype(config.dtype)) if text_lib.enabled(config) else None
+  if text is not None:
+    model = model.clone(context_dim=text.context_dim)
   dropout = m.dropout if "dropout" in arch.keys else 0.0
   tx, lr_schedule = optim.make_optimizer(config.optimizer)
   null_label = m.num_classes  # the extra embedding row of a conditional network
   process = dict(schedule=schedule, prediction=dif.prediction)
 
-  def apply(params, x, t_B, labels_B, dropout_keys_B=None):
-    """The network; with dropout keys, each example gets its own dropout mask (independent of the batch split)."""
-    labels_B = labels_B if m.num_classes else None
-    if dropout_keys_B is None or not dropout:
-      return model.apply({"params": params}, x, t_B, labels_B, train=False)
+  # The network's params: the U-Net's own tree, or {"unet", "text"} with a jointly trained text encoder.
+  joint = text is not None and text.kind == "joint"
+  unet_params = (lambda params: params["unet"]) if joint else (lambda params: params)
 
-    def one(x1, t1, y1, k):
-      y = None if y1 is None else y1[None]
-      return model.apply({"params": params}, x1[None], t1[None], y, train=True, rngs={"dropout": k})[0]
-    return jax.vmap(one)(x, t_B, labels_B, dropout_keys_B)
+  def condition(params, batch_or_cond):
+    """The network's conditioning inputs: {"labels"} (class-conditional), {"ctx", "mask"} (text), or {}."""
+    if m.num_classes:
+      return {"labels": batch_or_cond["labels"]}
+    if text is not None:
+      if "ctx" in batch_or_cond:
+        return {"ctx": batch_or_cond["ctx"], "mask": batch_or_cond["mask"]}
+      tokens, mask = batch_or_cond["caption_tokens"], batch_or_cond["caption_mask"]
+      return {"ctx": text.context(params, tokens, mask), "mask": mask}
+    return {}
+
+  def apply(params, x, t_B, cond, dropout_keys_B=None):
+    """The network on conditioning `cond` (from `condition`); with dropout keys, each example gets its own
+    dropout mask (independent of the batch split)."""
+    # Only a text model's U-Net takes a context (DiffWave's signature has no such arguments).
+    args = lambda c: (c.get("labels"), c["ctx"], c["mask"]) if text is not None else (c.get("labels"),)  # noqa: E731
+    if dropout_keys_B is None or not dropout:
+      return model.apply({"params": unet_params(params)}, x, t_B, *args(cond), train=False)
+
+    def one(x1, t1, c1, k):
+      c = jax.tree.map(lambda v: v[None], c1)
+      return model.apply({"params": unet_params(params)}, x1[None], t1[None], *args(c), train=True,
+                         rngs={"dropout": k})[0]
+    return jax.vmap(one)(x, t_B, cond, dropout_keys_B)
 
   def init(rng, example_batch):
     x = example_batch[spec.batch_key]
-    t_B = jnp.zeros((x.shape[0],), jnp.int32)
-    labels_B = jnp.zeros((x.shape[0],), jnp.int32) if m.num_classes else None
-    params = model.init({"params": rng}, x, t_B, labels_B, train=False)["params"]
+    b = x.shape[0]
+    t_B = jnp.zeros((b,), jnp.int32)
+    labels_B = jnp.zeros((b,), jnp.int32) if m.num_classes else None
+    if text is None:
+      params = model.init({"params": rng}, x, t_B, labels_B, train=False)["params"]
+    else:
+      rng, text_rng = jax.random.split(rng)
+      tokens, mask = jnp.zeros((b, text.length), jnp.int32), jnp.ones((b, text.length), bool)
+      ctx = jnp.zeros((b, text.length, text.context_dim), jnp.float32)
+      params = model.init({"params": rng}, x, t_B, None, ctx, mask, train=False)["params"]
+      if joint:
+        params = {"unet": params, "text": text.init_params(text_rng, tokens, mask)}
     return {"step": jnp.zeros((), jnp.int32), **optim.init_train_state(params, tx, ema=True)}
 
   def train_step(state, batch, rng):
@@ -244,14 +287,19 @@ def make_family(config: ConfigDict) -> Family:
     purpose = lambda p: jax.vmap(lambda k: jax.random.fold_in(k, p))(keys)
     t_B = jax.vmap(lambda k: jax.random.randint(k, (), 0, dif.num_timesteps))(purpose(0))
     noise = jax.vmap(lambda k: jax.random.normal(k, x0.shape[1:]))(purpose(1))
-    labels_B = batch["label"].astype(jnp.int32)
+    given = {"labels": batch["label"].astype(jnp.int32)}
     if m.num_classes and dif.label_dropout:
       drop_B = jax.vmap(lambda k: jax.random.bernoulli(k, dif.label_dropout))(purpose(2))
-      labels_B = jnp.where(drop_B, null_label, labels_B)
+      given["labels"] = jnp.where(drop_B, null_label, given["labels"])
+    if text is not None:
+      given["caption_tokens"], given["caption_mask"] = batch["caption_tokens"], batch["caption_mask"]
+      if dif.caption_dropout:  # the null caption: every token masked
+        drop_B = jax.vmap(lambda k: jax.random.bernoulli(k, dif.caption_dropout))(purpose(2))
+        given["caption_mask"] = given["caption_mask"] & ~drop_B[:, None]
     xt = q_sample(schedule, x0, t_B, noise)
 
     def loss_fn(params):
-      out = apply(params, xt, t_B, labels_B, purpose(3))
+      out = apply(params, xt, t_B, condition(params, given), purpose(3))
       return objectives.loss(dif.prediction, dif.loss_weighting, schedule, out, x0, noise, t_B, dif.min_snr_gamma)
 
     loss, grads = jax.value_and_grad(loss_fn)(state["params"])
@@ -264,12 +312,22 @@ def make_family(config: ConfigDict) -> Family:
   def eval_params(state):
     return state["ema_params"] if config.sample.use_ema else state["params"]
 
+  def null_condition(params, b):
+    """The unconditional branch's conditioning: the null class, or the null (all-masked) caption."""
+    if m.num_classes:
+      return {"labels": jnp.full((b,), null_label, jnp.int32)}
+    if text is not None:
+      return {"ctx": jnp.zeros((b, text.length, text.context_dim), jnp.float32),
+              "mask": jnp.zeros((b, text.length), bool)}
+    return {}
+
   def eval_step(state, batch, rng):
-    """Bits/dim of the bound on -log p(x) (for a conditional model: of the unconditional, null-class branch)."""
+    """Bits/dim of the bound on -log p(x) (for a conditional model: of the unconditional, null-class or
+    null-caption branch)."""
     x0 = batch[spec.batch_key]
     params = eval_params(state)
-    null_B = jnp.full((x0.shape[0],), null_label, jnp.int32)
-    parts = likelihood.bound_bpd(lambda x, t_B: apply(params, x, t_B, null_B), x0, example_keys(rng, x0.shape[0]),
+    null = null_condition(params, x0.shape[0])
+    parts = likelihood.bound_bpd(lambda x, t_B: apply(params, x, t_B, null), x0, example_keys(rng, x0.shape[0]),
                                  variance=dif.variance, clip_denoised=dif.clip_denoised, grid=spec.grid, **process)
     # Masked global means: rows with batch['mask'] == 0 pad the last batch of a split and must not count.
     per_example = jax.tree.map(lambda v: jnp.mean(v.reshape(x0.shape[0], -1), axis=1), parts)
@@ -288,17 +346,48 @@ def make_family(config: ConfigDict) -> Family:
                                                          variance=dif.variance, **common),
   }[s.sampler]
 
+  if text is not None:
+    prompts, table_tokens_PxL, table_mask_PxL, layout = text_lib.prompt_table(config, text)
+
   def sample(state, rng, ids_B):
     params = eval_params(state)
     keys_Bx2 = jax.vmap(jax.random.split)(keys_for_ids(rng, ids_B))
     x_T = jax.vmap(lambda k: jax.random.normal(k, example_shape))(keys_Bx2[:, 0])
-    labels_B = sample_labels(config, ids_B, m.num_classes, grid_columns)
-    denoise = samplers.guided(lambda x, t_B, y_B: apply(params, x, t_B, y_B), labels_B, null_label,
+    b = ids_B.shape[0]
+    extra = {}
+    if m.num_classes:
+      cond = {"labels": sample_labels(config, ids_B, m.num_classes, grid_columns)}
+      extra["labels"] = cond["labels"]
+    elif text is not None:
+      extra["prompt_ids"] = text_lib.prompt_ids(layout, len(prompts), ids_B, grid_columns).astype(jnp.int32)
+      rows = {"caption_tokens": jnp.asarray(table_tokens_PxL)[extra["prompt_ids"]],
+              "caption_mask": jnp.asarray(table_mask_PxL)[extra["prompt_ids"]]}
+      cond = condition(params, rows)  # the text context once, not at every denoising step
+    else:
+      cond = {}
+    denoise = samplers.guided(lambda x, t_B, c: apply(params, x, t_B, c), cond, null_condition(params, b),
                               s.guidance_scale)
     x0 = run_sampler(denoise, x_T, keys_Bx2[:, 1])
-    out = {medium: jnp.clip(x0, -1.0, 1.0), **spec.extras(config, ids_B)}
-    if m.num_classes:
-      out["labels"] = labels_B
-    return out
+    return {medium: jnp.clip(x0, -1.0, 1.0), **spec.extras(config, ids_B), **extra}
 
-  return Family(init=init, train_step=train_step, sample=sample, eval_step=eval_step)
+  if text is None:
+    return Family(init=init, train_step=train_step, sample=sample, eval_step=eval_step)
+
+  def prompts_of(samples):
+    return [prompts[int(i)] for i in np.asarray(samples["prompt_ids"]).reshape(-1)]
+
+  def write_figures(state, directory, step):
+    """`<step>_prompts.txt`: the prompt of each row of the sample grid (`sample` draws prompts by id alone)."""
+    ids = np.arange(s.num)
+    shown = prompts_of({"prompt_ids": np.asarray(text_lib.prompt_ids(layout, len(prompts), ids, grid_columns))})
+    lines = [f"row {r}: " + " | ".join(dict.fromkeys(shown[r * grid_columns:(r + 1) * grid_columns]))
+             for r in range(math.ceil(s.num / grid_columns))]
+    path = os.path.join(directory, f"{step}_prompts.txt")
+    os.makedirs(directory, exist_ok=True)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+      f.write("\n".join(lines) + "\n")
+    os.replace(path + ".tmp", path)
+    return [path]
+
+  return Family(init=init, train_step=train_step, sample=sample, eval_step=eval_step, prompts_of=prompts_of,
+                write_figures=write_figures)

@@ -40,7 +40,7 @@ def media_in(outputs: dict) -> list:
 
 
 def write_samples(outputs: dict, directory: str, step: int, echo: bool = False) -> list:
-  """Writes each medium's files and one `<step>.npz` with every medium's arrays (and 'labels' when present);
+  """Writes each medium's files and one `<step>.npz` with every medium's arrays (and GENERIC_KEYS when present);
   prints text samples when `echo`. Every file is written to a temporary name and renamed. Returns the paths."""
   present = media_in(outputs)
   os.makedirs(directory, exist_ok=True)
@@ -50,8 +50,9 @@ def write_samples(outputs: dict, directory: str, step: int, echo: bool = False) 
     arrays.update(medium.npz_arrays(outputs))
     if echo and medium.echo_text is not None:
       print(medium.echo_text(outputs), flush=True)
-  if "labels" in outputs:
-    arrays["labels"] = np.asarray(outputs["labels"])
+  for key in GENERIC_KEYS:
+    if key in outputs:
+      arrays[key] = np.asarray(outputs[key])
   if arrays:
     path = os.path.join(directory, f"{step}.npz")
     np.savez_compressed(tmp_path(path), **arrays)

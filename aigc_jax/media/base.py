@@ -37,8 +37,9 @@ class Medium:
   echo_text: Optional[Callable[[dict], str]] = None
 
 
-# Keys any medium may come with: class labels [N] (class-conditional diffusion), saved in the npz.
-GENERIC_KEYS = ("labels",)
+# Keys any medium may come with, saved in the npz: class labels [N] (class-conditional diffusion) and prompt_ids
+# [N] (text-conditional diffusion: each sample's row in the family's prompt table, `Family.prompts_of`).
+GENERIC_KEYS = ("labels", "prompt_ids")
 
 _REGISTRY: Dict[str, Medium] = {}
 

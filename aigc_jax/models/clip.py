@@ -73,10 +73,12 @@ class TextTransformer(nn.Module):
   embed_dim: int
   dtype: jnp.dtype = jnp.float32
   attention_impl: Optional[str] = None
+  token_states: bool = False  # True: return every token's final state [B, L, width] (a diffusion model's context)
 
   @nn.compact
   def __call__(self, tokens_BxL, mask_BxL):
-    """Unnormalised text features [B, E] in float32, read at each caption's EOS (its last unmasked token)."""
+    """Unnormalised text features [B, E] in float32, read at each caption's EOS (its last unmasked token); with
+    token_states, the final layer-normed states of all tokens [B, L, width] instead (same params, no `proj`)."""
     b, length = tokens_BxL.shape
     init = nn.initializers.normal(INIT_STD)
     x_BxLxD = nn.Embed(self.vocab_size, self.width, dtype=self.dtype, embedding_init=init, name="wte")(tokens_BxL)
@@ -86,6 +88,8 @@ class TextTransformer(nn.Module):
       x_BxLxD, _ = Block(self.num_heads, 0.0, True, self.num_layers, self.dtype, self.attention_impl,
                          causal=True, name=f"h_{i}")(x_BxLxD, False)
     x_BxLxD = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="ln_final")(x_BxLxD)
+    if self.token_states:
+      return x_BxLxD.astype(jnp.float32)
     eos_B = jnp.clip(jnp.sum(mask_BxL.astype(jnp.int32), axis=-1) - 1, 0, length - 1)
     h_BxD = x_BxLxD[jnp.arange(b), eos_B]
     return nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype,

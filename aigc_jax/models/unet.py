@@ -8,6 +8,11 @@
 Every ResBlock adds a projection of the timestep embedding (sinusoidal -> MLP, 4 * ch wide). With
 `num_classes > 0` a learned class embedding is added to it too; index `num_classes` is the "null" class
 that classifier-free guidance trains with label dropout and samples the unconditional branch with.
+With `context_dim > 0` the network is text-conditional as in latent diffusion (Rombach et al., CVPR 2022,
+Section 3.3): after every self-attention block (the attention resolutions and the middle) a cross-attention block
+lets each position attend to the caption's token states ctx_BxLxD under a key mask; masked tokens get exactly
+zero weight and the block's output projection has no bias, so a caption with every token masked (the null caption
+of classifier-free guidance) adds exactly nothing and the network is the same function as without text.
 Initialisation follows the paper's code: fan-average uniform variance scaling, and the last conv of every
 residual branch (and of the network) starts at zero, so each block starts as the identity.
 """
@@ -72,6 +77,30 @@ class AttnBlock(nn.Module):
     return x_BxHxWxC + h.reshape(b, hgt, wid, c)
 
 
+class CrossAttnBlock(nn.Module):
+  """Multi-head attention from the H*W positions (queries) to the context tokens (keys, values), 64 channels a
+  head as in latent diffusion's SpatialTransformer; the residual branch starts at zero (zero-initialised output
+  projection) and is exactly zero for a query whose every key is masked."""
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BxHxWxC, ctx_BxLxD, mask_BxL):
+    b, hgt, wid, c = x_BxHxWxC.shape
+    heads = max(1, c // 64)
+    h = group_norm(c, self.dtype)(x_BxHxWxC).reshape(b, hgt * wid, heads, c // heads)
+    ctx = ctx_BxLxD.astype(self.dtype)
+    proj = lambda name: nn.DenseGeneral((heads, c // heads), kernel_init=default_init, dtype=self.dtype, name=name)
+    q_BxPxNxK = proj("query")(h.reshape(b, hgt * wid, c))
+    k_BxLxNxK, v_BxLxNxK = proj("key")(ctx), proj("value")(ctx)
+    logits = jnp.einsum("bpnk,blnk->bnpl", q_BxPxNxK, k_BxLxNxK).astype(jnp.float32) / math.sqrt(c // heads)
+    keep_Bx1x1xL = mask_BxL[:, None, None, :]
+    weights = nn.softmax(jnp.where(keep_Bx1x1xL, logits, -1e9), axis=-1) * keep_Bx1x1xL  # all masked: 0, not 1/L
+    out_BxPxNxK = jnp.einsum("bnpl,blnk->bpnk", weights.astype(v_BxLxNxK.dtype), v_BxLxNxK)
+    out = nn.DenseGeneral(c, axis=(-2, -1), use_bias=False, kernel_init=nn.initializers.zeros, dtype=self.dtype,
+                          name="out")(out_BxPxNxK)
+    return x_BxHxWxC + out.reshape(b, hgt, wid, c)
+
+
 class UNet(nn.Module):
   ch: int = 128
   ch_mult: Sequence[int] = (1, 2, 2, 2)
@@ -80,11 +109,19 @@ class UNet(nn.Module):
   dropout: float = 0.1
   num_classes: int = 0        # 0: unconditional; else labels in [0, num_classes], num_classes = null class
   out_channels: int = 3
+  context_dim: int = 0        # > 0: cross-attention to a text context [B, L, context_dim] after each attention
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x_BxHxWxC, t_B, labels_B=None, *, train: bool = False):
+  def __call__(self, x_BxHxWxC, t_B, labels_B=None, ctx_BxLxD=None, mask_BxL=None, *, train: bool = False):
     det = not train
+    if self.context_dim and (ctx_BxLxD is None or mask_BxL is None):
+      raise ValueError("a text-conditional UNet needs a context and its mask (an all-False mask = no caption)")
+
+    def attend(h):
+      h = AttnBlock(self.dtype)(h)
+      return CrossAttnBlock(self.dtype)(h, ctx_BxLxD, mask_BxL) if self.context_dim else h
+
     temb = timestep_embedding(t_B, self.ch)
     temb = nn.Dense(4 * self.ch, kernel_init=default_init, dtype=self.dtype)(temb)
     temb = nn.Dense(4 * self.ch, kernel_init=default_init, dtype=self.dtype)(nn.swish(temb))
@@ -99,21 +136,21 @@ class UNet(nn.Module):
       for _ in range(self.num_res_blocks):
         h = ResnetBlock(self.ch * mult, self.dropout, self.dtype)(h, temb, det)
         if h.shape[1] in self.attn_resolutions:
-          h = AttnBlock(self.dtype)(h)
+          h = attend(h)
         skips.append(h)
       if level != len(self.ch_mult) - 1:
         h = nn.Conv(h.shape[-1], (3, 3), strides=(2, 2), kernel_init=default_init, dtype=self.dtype)(h)
         skips.append(h)
 
     h = ResnetBlock(h.shape[-1], self.dropout, self.dtype)(h, temb, det)
-    h = AttnBlock(self.dtype)(h)
+    h = attend(h)
     h = ResnetBlock(h.shape[-1], self.dropout, self.dtype)(h, temb, det)
 
     for level, mult in reversed(list(enumerate(self.ch_mult))):
       for _ in range(self.num_res_blocks + 1):
         h = ResnetBlock(self.ch * mult, self.dropout, self.dtype)(jnp.concatenate([h, skips.pop()], -1), temb, det)
         if h.shape[1] in self.attn_resolutions:
-          h = AttnBlock(self.dtype)(h)
+          h = attend(h)
       if level != 0:
         b, hgt, wid, c = h.shape
         h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)  # nearest-neighbour upsampling

@@ -128,18 +128,22 @@ def ddim(denoise_fn, schedule: Schedule, timesteps, x_T, example_keys_B, *, eta:
   return jax.lax.fori_loop(0, num_steps, body, x_T)
 
 
-def guided(apply_fn, labels_B, null_label: int, scale: float):
+def guided(apply_fn, cond_B, null_B, scale: float):
   """Classifier-free guidance (Ho & Salimans 2022) as a denoise_fn: out_uncond + scale (out_cond - out_uncond).
 
   scale = 0 is the unconditional model, 1 the conditional one, > 1 guided (the paper's w = scale - 1).
-  Both branches go through the network as one doubled batch. `apply_fn(x, t_B, labels_B) -> output`.
+  Both branches go through the network as one doubled batch. `apply_fn(x, t_B, cond_B) -> output`; the condition
+  is class labels [B] with `null_B` the null class's index, or any pytree of [B, ...] arrays (a caption's context
+  and mask) with `null_B` the same pytree for the null condition.
   """
   if scale == 1.0:
-    return lambda x, t_B: apply_fn(x, t_B, labels_B)
-  null_B = jnp.full_like(labels_B, null_label)
+    return lambda x, t_B: apply_fn(x, t_B, cond_B)
+  if isinstance(null_B, int):
+    null_B = jnp.full_like(cond_B, null_B)
+  both_cond = jax.tree.map(lambda c, n: jnp.concatenate([c, n]), cond_B, null_B)
 
   def denoise(x, t_B):
-    both = apply_fn(jnp.concatenate([x, x]), jnp.concatenate([t_B, t_B]), jnp.concatenate([labels_B, null_B]))
+    both = apply_fn(jnp.concatenate([x, x]), jnp.concatenate([t_B, t_B]), both_cond)
     cond, uncond = jnp.split(both, 2)
     return uncond + scale * (cond - uncond)
 

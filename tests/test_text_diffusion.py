@@ -1,0 +1,124 @@
+"""Text-conditional diffusion: an all-masked (or empty) caption makes the cross-attention U-Net exactly the U-Net
+without text; guidance 0 is the unconditional and 1 the conditional network (and 3 their extrapolation); a 2-step run through the trainer on
+captioned digits samples a prompts file row by row (prompts.txt, prompt_ids, prompts_of) and the trained model
+feeds the text-alignment metrics; bad text settings are one-line errors. Tiny: 8x8 digits, width 32, batch 8."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from aigc_jax import configs, trainer
+from aigc_jax.data import captions
+from aigc_jax.errors import UserError
+from aigc_jax.families import diffusion, get_family
+from aigc_jax.families.diffusion_lib import samplers
+from aigc_jax.families.diffusion_lib import text as text_lib
+from aigc_jax.models.unet import UNet
+
+UNET = dict(ch=32, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(8,), dropout=0.0, out_channels=1)
+
+
+def tiny_config(**overrides):
+  c = diffusion.default_config()
+  captions.add_caption_keys(c.data)
+  c.data.name, c.data.image_size, c.data.channels, c.data.random_flip = "captioned_digits", 8, 1, False
+  c.data.caption_length = 32
+  c.batch_size = 8
+  m = c.model
+  m.ch, m.ch_mult, m.num_res_blocks, m.attn_resolutions, m.dropout = 32, (1,), 1, (8,), 0.0
+  m.text_encoder, m.text_width, m.text_layers, m.text_heads = "joint", 16, 1, 2
+  c.diffusion.num_timesteps, c.diffusion.caption_dropout = 20, 0.2
+  c.sample.sampler, c.sample.steps, c.sample.guidance_scale = "ddim", 2, 3.0
+  configs.lock(c)
+  return configs.override(c, overrides)
+
+
+def _perturbed_params(model, *args):
+  params = jax.jit(model.init)(jax.random.key(0), *args)
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(1), len(leaves))  # zero-initialised projections must not hide anything
+  return jax.tree.unflatten(tree, [v + 0.1 * jax.random.normal(k, v.shape) for v, k in zip(leaves, keys)])
+
+
+def test_a_masked_caption_is_exactly_the_network_without_text_and_guidance_0_1_are_its_branches():
+  x, t = jax.random.normal(jax.random.key(2), (2, 8, 8, 1)), jnp.array([3, 17])
+  ctx = jax.random.normal(jax.random.key(3), (2, 5, 16))
+  with_text, without = UNet(**UNET, context_dim=16), UNet(**UNET)
+  params = _perturbed_params(with_text, x, t, None, ctx, jnp.ones((2, 5), bool))
+  plain = {"params": {k: v for k, v in params["params"].items() if not k.startswith("CrossAttnBlock")}}
+  reference = jax.jit(without.apply)(plain, x, t)
+  net = jax.jit(lambda p, x, t_B, c: with_text.apply(p, x, t_B, None, c["ctx"], c["mask"]))
+  apply = lambda x, t_B, c: net(params, x, t_B, c)  # noqa: E731
+  cond = {"ctx": ctx, "mask": jnp.ones((2, 5), bool)}
+  null = {"ctx": ctx, "mask": jnp.zeros((2, 5), bool)}
+  # Same compiled program: with every token masked, neither the context nor the cross-attention weights can
+  # change a single bit; against the separately compiled no-text network, equal up to XLA's fusion rounding.
+  other = {"params": {k: jax.tree.map(lambda v: -3 * v, v) if k.startswith("CrossAttnBlock") else v
+                      for k, v in params["params"].items()}}
+  masked = np.asarray(apply(x, t, null))
+  assert np.array_equal(masked, np.asarray(net(other, x, t, {**null, "ctx": 5 * ctx})))
+  np.testing.assert_allclose(masked, reference, rtol=0, atol=1e-6)
+  assert not np.allclose(apply(x, t, cond), reference)  # a caption does change the output: not vacuous
+  # Classifier-free guidance: scale 0 is the unconditional branch, 1 the conditional one.
+  np.testing.assert_allclose(samplers.guided(apply, cond, null, 0.0)(x, t), reference, atol=1e-5)
+  np.testing.assert_array_equal(samplers.guided(apply, cond, null, 1.0)(x, t), apply(x, t, cond))
+  g3 = samplers.guided(apply, cond, null, 3.0)(x, t)
+  np.testing.assert_allclose(g3, reference + 3 * (apply(x, t, cond) - reference), atol=1e-4)
+  # The empty prompt encodes to the null caption: all masked, whatever its BOS/EOS tokens.
+  text = text_lib.build(tiny_config(), jnp.float32)
+  tokens, mask = text_lib.encode(text, ["", "a handwritten two"])
+  assert not mask[0].any() and mask[1].sum() == len("a handwritten two") + 2
+
+
+def test_two_steps_through_the_trainer_then_prompt_rows(tmp_path):
+  prompts = tmp_path / "prompts.txt"
+  prompts.write_text("a handwritten seven\n\nthe digit two\n")
+  config = tiny_config(num_devices=2, num_train_steps=2, sample_every_steps=0, checkpoint_every_steps=2,
+                       log_every_steps=1, **{"sample.num": 8, "sample.prompts_file": str(prompts),
+                                                          "sample.guidance_scale": 1.0})
+  workdir = str(tmp_path / "run")
+  trainer.train_and_evaluate(config, workdir)
+  samples = trainer.sample(config, workdir)  # --mode=sample
+  rows = (tmp_path / "run" / "samples" / "2_prompts.txt").read_text().splitlines()
+  assert rows == ["row 0: a handwritten seven", "row 1: the digit two", "row 2: a handwritten seven"]
+  saved = np.load(tmp_path / "run" / "samples" / "2.npz")
+  assert saved["images"].shape == (8, 8, 8, 1) and np.isfinite(saved["images"]).all()
+  np.testing.assert_array_equal(saved["prompt_ids"], [0, 0, 0, 1, 1, 1, 0, 0])  # 3 columns: a row per prompt
+  assert get_family(config).prompts_of(samples) == ["a handwritten seven"] * 3 + ["the digit two"] * 3 + [
+      "a handwritten seven"] * 2
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"model.text_encoder": "none", "diffusion.caption_dropout": 0.1, "sample.guidance_scale": 1.0},
+     "is only read by a text-conditional model"),
+    ({"model.text_encoder": "none", "sample.prompt": "a seven", "sample.guidance_scale": 1.0},
+     "is only read by a text-conditional model"),
+    ({"model.text_encoder": "clip"}, "model.text_width is not read by model.text_encoder='clip'"),
+    ({"model.text_encoder": "bert"}, "unknown model.text_encoder"),
+    ({"diffusion.caption_dropout": 0.0}, "needs the null caption"),
+    ({"data.name": "digits"}, "has no captions"),
+    ({"model.num_classes": 10}, "not both"),
+    ({"sample.prompt": "a handwritten seven " * 3}, "more than the data.caption_length=32"),
+    ({"sample.prompts_file": "/nonexistent/prompts.txt"}, "does not exist"),
+])
+def test_bad_text_settings_are_one_line_errors(overrides, message):
+  with pytest.raises(UserError, match=message) as error:
+    diffusion.make_family(tiny_config(**overrides))
+  assert "\n" not in str(error.value)
+
+
+def test_clip_encoder_errors_name_the_key(tmp_path):
+  config = tiny_config(**{"model.text_encoder": "clip", "model.text_width": 128, "model.text_layers": 2,
+                          "model.text_heads": 4})
+  with pytest.raises(UserError, match="model.clip_workdir"):
+    diffusion.make_family(config)
+  config = configs.override(config, {"model.clip_workdir": str(tmp_path)})
+  with pytest.raises(UserError, match="model.clip_workdir=.* has no checkpoints"):
+    diffusion.make_family(config)
+
+
+def test_an_empty_prompts_file_is_an_error(tmp_path):
+  empty = tmp_path / "empty.txt"
+  empty.write_text("\n  \n")
+  with pytest.raises(UserError, match="has no prompts"):
+    diffusion.make_family(tiny_config(**{"sample.prompts_file": str(empty)}))
