@@ -124,3 +124,12 @@ def test_clip_score_setup_errors():
     check_eval_config(_config(metrics=("fid",), clip_workdir="runs/clip_cpu"), _family([]))
   with pytest.raises(UserError, match="not text-conditional"):
     check_eval_config(_config(metrics=("clip_score",), clip_workdir="runs/clip_cpu"), _family([], False))
+
+
+def test_class_accuracy_reads_the_requested_class_off_the_prompt():
+  from aigc_jax.data.sources.captioned_digits import DIGIT_NAMES
+  from aigc_jax.evaluation.evaluators.class_accuracy import prompt_classes
+  got = prompt_classes(["a handwritten seven", "the number one", "seven or one", "a cat", "sevenfold"], DIGIT_NAMES)
+  np.testing.assert_array_equal(got, [7, 1, -1, -1, -1])  # whole words only; none or several: not scored
+  got = prompt_classes(["a large red circle", "a red circle above a blue square", "a red star"], shapes.CLASS_NAMES)
+  np.testing.assert_array_equal(got, [shapes.CLASS_NAMES.index("red circle"), -1, shapes.CLASS_NAMES.index("red star")])

@@ -14,10 +14,14 @@ test examples: the level samples can be compared with (samples cannot be judged 
 can recognise real data).
 
 "Class-conditional" means `model.num_classes > 0`: the key every conditional family reads and the one
-`families.check_sample_label` checks, so `sample.label` and this metric agree on which models qualify.
+`families.check_sample_label` checks, so `sample.label` and this metric agree on which models qualify. A
+text-conditional family (`Family.prompts_of`) on a dataset with class names qualifies too: the class a sample
+was asked for is the one whose name its prompt contains ("a handwritten seven" -> seven; "a large red circle" ->
+red circle); prompts naming no class, or several, are counted on the card and not scored.
 """
 import functools
 import json
+import re
 
 import numpy as np
 from ml_collections import ConfigDict
@@ -33,6 +37,32 @@ NAME = "class_accuracy"
 def model_classes(config) -> int:
   model = config.get("model", None)
   return int(model.get("num_classes", 0) or 0) if model is not None else 0
+
+
+@functools.lru_cache(maxsize=8)
+def _class_names(data_json: str) -> tuple:
+  from aigc_jax.data import captions  # only text-conditional runs need it
+  return tuple(captions.load_captioned(ConfigDict(json.loads(data_json)), "test").class_names)
+
+
+def class_names(config) -> tuple:
+  """The data's class names (captioned sources), () when it has none."""
+  return _class_names(json.dumps(config.data.to_dict(), sort_keys=True, default=repr))
+
+
+def prompt_classes(prompts, names) -> np.ndarray:
+  """int32 [N]: the class whose name prompt i contains as whole words, -1 when none or several do."""
+  patterns = [re.compile(rf"\b{re.escape(n)}\b") for n in names]
+  out = np.full(len(prompts), -1, np.int32)
+  for i, prompt in enumerate(prompts):
+    hits = [k for k, p in enumerate(patterns) if p.search(prompt)]
+    if len(hits) == 1:
+      out[i] = hits[0]
+  return out
+
+
+def _text_conditional(family) -> bool:
+  return getattr(family, "prompts_of", None) is not None
 
 
 @functools.lru_cache(maxsize=8)
@@ -52,6 +82,12 @@ def _check_classes(config, data_classes: int):
 
 
 def check(config, family):
+  if _text_conditional(family):
+    if not class_names(config):
+      raise UserError(f"eval.metrics has {NAME!r}, which reads the requested class off each prompt by the data's "
+                      f"class names, and {config.data.name} has none; remove {NAME!r} from eval.metrics")
+    backbones.check_backbone(config, family, "classifier")
+    return
   k = model_classes(config)
   if k <= 0:
     raise UserError(f"eval.metrics has {NAME!r}, which needs a class-conditional model, and family {config.family!r} "
@@ -76,6 +112,11 @@ class ClassAccuracy:
   def __init__(self, ctx: EvalContext):
     config = ctx.config
     self.config, self.num_classes = config, model_classes(config)
+    self.prompts, self.unscored = None, 0
+    if _text_conditional(ctx.family):  # text: the class each prompt names (module docstring)
+      from aigc_jax.evaluation import prompts as prompts_lib
+      self.names = class_names(config)
+      self.num_classes, self.prompts = len(self.names), prompts_lib.prompt_reader(ctx)
     # Before any sampling: a missing label or a classifier that cannot train fails in seconds.
     self.backbone, self.extract = backbones.shared(ctx, "classifier")
     self.inputs = get_inputs(self.backbone.medium)
@@ -89,6 +130,8 @@ class ClassAccuracy:
     return self.inputs.quantization if self.config.eval.quantize else "none (float samples)"
 
   def record(self, samples: dict) -> dict:
+    if self.prompts is not None:
+      samples = {**samples, "labels": prompt_classes(self.prompts(samples), self.names)}
     if "labels" not in samples:
       raise UserError(f"family {self.config.family!r} returns samples without 'labels' (the class each sample was "
                       f"asked for), so {NAME} cannot score them; remove {NAME!r} from eval.metrics")
@@ -99,6 +142,9 @@ class ClassAccuracy:
 
   def absorb(self, record: dict):
     requested, predicted = record["requested"], record["predicted"]
+    if self.prompts is not None:  # prompts naming no class (or several) are counted, not scored
+      self.unscored += int(np.sum(requested < 0))
+      requested, predicted = requested[requested >= 0], predicted[requested >= 0]
     if requested.size and (requested.min() < 0 or requested.max() >= self.num_classes):
       raise ValueError(f"sample labels {sorted(set(requested.tolist()))} outside 0..{self.num_classes - 1}")
     np.add.at(self.confusion, (requested, predicted), 1)
@@ -115,6 +161,9 @@ class ClassAccuracy:
         entry["most_mistaken_for"] = {"class": int(wrong.argmax()), "count": int(wrong.max())}
       per_class.append(entry)
     asked = [e for e in per_class if e["count"]]
+    if not asked:
+      raise UserError(f"{NAME}: none of the {self.unscored} prompts names one of {self.config.data.name}'s classes "
+                      f"{list(self.names)[:4]}...; sample from prompts that name a class, or remove {NAME!r}")
     lowest = min(asked, key=lambda e: (e["accuracy"], e["class"]))
     info = self.backbone.info
     test_accuracy = info.get("test_accuracy")
@@ -134,7 +183,9 @@ class ClassAccuracy:
         "num_samples": int(counts.sum()),
         "num_classes": self.num_classes,
         "classes_requested": len(asked),
-        "requested_labels": _requested(self.config, self.num_classes),
+        "requested_labels": (f"the class named in each prompt ({self.unscored} prompts naming no class or several "
+                             "were not scored)" if self.prompts is not None else
+                             _requested(self.config, self.num_classes)),
         "mean_over_requested_classes": float(np.mean([e["accuracy"] for e in asked])),
         "lowest_class": {k: lowest[k] for k in ("class", "accuracy", "count")},
         "per_class": per_class,
