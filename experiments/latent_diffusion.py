@@ -87,6 +87,7 @@ def get_config(preset: str = "coco_pixel64"):
     c.optimizer.warmup_steps = 200
     c.sample.steps = 50
     c.sample.guidance_scale = 3.0
+    c.sample.guidance_grid = (0.0, 1.0, 3.0, 7.0)  # --mode=sample: samples/<step>_guidance.png
     c.sample.num = 100
     c.eval.num_samples = 500
     c.eval.batch_size = 100

@@ -75,7 +75,8 @@ def test_two_steps_through_the_trainer_then_prompt_rows(tmp_path):
   prompts.write_text("a handwritten seven\n\nthe digit two\n")
   config = tiny_config(num_devices=2, num_train_steps=2, sample_every_steps=0, checkpoint_every_steps=2,
                        log_every_steps=1, **{"sample.num": 8, "sample.prompts_file": str(prompts),
-                                                          "sample.guidance_scale": 1.0})
+                                                          "sample.guidance_scale": 1.0,
+                                                          "sample.guidance_grid": (0.0, 7.0)})
   workdir = str(tmp_path / "run")
   trainer.train_and_evaluate(config, workdir)
   samples = trainer.sample(config, workdir)  # --mode=sample
@@ -84,6 +85,13 @@ def test_two_steps_through_the_trainer_then_prompt_rows(tmp_path):
   saved = np.load(tmp_path / "run" / "samples" / "2.npz")
   assert saved["images"].shape == (8, 8, 8, 1) and np.isfinite(saved["images"]).all()
   np.testing.assert_array_equal(saved["prompt_ids"], [0, 0, 0, 1, 1, 1, 0, 0])  # 3 columns: a row per prompt
+  from PIL import Image
+  grid = np.asarray(Image.open(tmp_path / "run" / "samples" / "2_guidance.png"))
+  assert grid.shape[:2] == (2 * (8 + 2) + 2, 8 * (8 + 2) + 2)  # 2 guidance rows x 8 samples, 2-pixel padding
+  top, bottom = grid[2:10], grid[12:20]
+  assert not np.array_equal(top, bottom)  # same noise, different guidance: different images
+  assert (tmp_path / "run" / "samples" / "2_guidance.txt").read_text().splitlines() == [
+      "prompt: a handwritten seven", "row 0: guidance_scale 0.0", "row 1: guidance_scale 7.0"]
   assert get_family(config).prompts_of(samples) == ["a handwritten seven"] * 3 + ["the digit two"] * 3 + [
       "a handwritten seven"] * 2
 

@@ -28,6 +28,7 @@ The pieces live in `diffusion_lib/` (schedules, objectives, likelihood, samplers
 the family contract and checks the config.
 """
 import dataclasses
+import functools
 import math
 import os
 from typing import Callable, Tuple
@@ -44,6 +45,7 @@ from aigc_jax.families import Family, check_sample_label, sample_labels
 from aigc_jax.families.diffusion_lib import likelihood, objectives, samplers
 from aigc_jax.families.diffusion_lib import text as text_lib
 from aigc_jax.families.diffusion_lib.schedules import make_schedule, q_sample
+from aigc_jax.media import images as images_lib
 from aigc_jax.models.diffwave import DiffWave
 from aigc_jax.models.unet import UNet
 from aigc_jax.parallel import DATA_AXIS, example_keys, keys_for_ids, masked_mean
@@ -376,8 +378,33 @@ def make_family(config: ConfigDict) -> Family:
   def prompts_of(samples):
     return [prompts[int(i)] for i in np.asarray(samples["prompt_ids"]).reshape(-1)]
 
+  @functools.partial(jax.jit, static_argnums=3)
+  def guided_row(params, scale, key, n):
+    """n samples of the first prompt at a traced guidance scale: one program for every scale of the grid."""
+    keys_Nx2 = jax.vmap(jax.random.split)(jax.random.split(key, n))
+    x_T = jax.vmap(lambda k: jax.random.normal(k, example_shape))(keys_Nx2[:, 0])
+    first = {"caption_tokens": jnp.repeat(jnp.asarray(table_tokens_PxL[:1]), n, 0),
+             "caption_mask": jnp.repeat(jnp.asarray(table_mask_PxL[:1]), n, 0)}
+    denoise = samplers.guided(lambda x, t_B, c: apply(params, x, t_B, c), condition(params, first),
+                              null_condition(params, n), scale)
+    return jnp.clip(run_sampler(denoise, x_T, keys_Nx2[:, 1]), -1.0, 1.0)
+
+  def guidance_figure(state, directory, step, n=8):
+    """`<step>_guidance.png`: row k = the first prompt at sample.guidance_grid[k], the same noise in every row,
+    so the rows differ by guidance alone (low scales: diverse; high: faithful to the prompt, less varied)."""
+    params, key = eval_params(state), jax.random.key(config.sample.seed)
+    rows = [np.asarray(guided_row(params, jnp.float32(g), key, n)) for g in s.guidance_grid]
+    path = os.path.join(directory, f"{step}_guidance.png")
+    images_lib.save_png(path, images_lib.image_grid(images_lib.to_uint8(np.concatenate(rows)), ncols=n))
+    with open(path[:-4] + ".txt.tmp", "w", encoding="utf-8") as f:
+      f.write(f"prompt: {prompts[0]}\n" + "".join(f"row {k}: guidance_scale {g}\n"
+                                                  for k, g in enumerate(s.guidance_grid)))
+    os.replace(path[:-4] + ".txt.tmp", path[:-4] + ".txt")
+    return [path, path[:-4] + ".txt"]
+
   def write_figures(state, directory, step):
-    """`<step>_prompts.txt`: the prompt of each row of the sample grid (`sample` draws prompts by id alone)."""
+    """`<step>_prompts.txt`: the prompt of each row of the sample grid (`sample` draws prompts by id alone);
+    with sample.guidance_grid, also the guidance figure."""
     ids = np.arange(s.num)
     shown = prompts_of({"prompt_ids": np.asarray(text_lib.prompt_ids(layout, len(prompts), ids, grid_columns))})
     lines = [f"row {r}: " + " | ".join(dict.fromkeys(shown[r * grid_columns:(r + 1) * grid_columns]))
@@ -387,7 +414,7 @@ def make_family(config: ConfigDict) -> Family:
     with open(path + ".tmp", "w", encoding="utf-8") as f:
       f.write("\n".join(lines) + "\n")
     os.replace(path + ".tmp", path)
-    return [path]
+    return [path] + (guidance_figure(state, directory, step) if s.guidance_grid else [])
 
   return Family(init=init, train_step=train_step, sample=sample, eval_step=eval_step, prompts_of=prompts_of,
                 write_figures=write_figures)

@@ -136,7 +136,7 @@ def guided(apply_fn, cond_B, null_B, scale: float):
   is class labels [B] with `null_B` the null class's index, or any pytree of [B, ...] arrays (a caption's context
   and mask) with `null_B` the same pytree for the null condition.
   """
-  if scale == 1.0:
+  if not isinstance(scale, jax.Array) and scale == 1.0:  # a traced scale (one program for many) takes both
     return lambda x, t_B: apply_fn(x, t_B, cond_B)
   if isinstance(null_B, int):
     null_B = jnp.full_like(cond_B, null_B)

@@ -46,6 +46,8 @@ def add_config_keys(c: ConfigDict):
   c.diffusion.caption_dropout = 0.0  # probability of training a captioned example with the null caption
   c.sample.prompt = ""               # text models: every sample shows this prompt
   c.sample.prompts_file = ""         # text models: one prompt per line; grid row r shows prompt r mod the count
+  c.sample.guidance_grid = ()        # text models, --mode=sample: <step>_guidance.png, a row of the first prompt
+                                     # per guidance scale (same noise), e.g. (0, 1, 3, 7); needs caption_dropout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +76,7 @@ def check(config: ConfigDict, changed: Callable[[str, list], list]):
     raise UserError(f"unknown model.text_encoder {m.text_encoder!r}; use one of {ENCODERS}")
   if m.text_encoder == "none":
     ignored = (changed("model", list(JOINT_KEYS + CLIP_KEYS)) + changed("diffusion", ["caption_dropout"]) +
-               changed("sample", ["prompt", "prompts_file"]))
+               changed("sample", ["prompt", "prompts_file", "guidance_grid"]))
     if ignored:
       raise UserError(f"{ignored[0]} is only read by a text-conditional model, and model.text_encoder='none'; set "
                       "--config.model.text_encoder=joint (or clip) with captioned data, or leave it at its default")
@@ -91,6 +93,9 @@ def check(config: ConfigDict, changed: Callable[[str, list], list]):
   captions.get_captioned_source(config.data.name)  # text needs captions: a one-line error otherwise
   if not 0.0 <= config.diffusion.caption_dropout < 1.0:
     raise UserError(f"diffusion.caption_dropout must be in [0, 1), got {config.diffusion.caption_dropout}")
+  if s.guidance_grid and (not config.diffusion.caption_dropout or min(s.guidance_grid) < 0):
+    raise UserError(f"sample.guidance_grid={tuple(s.guidance_grid)} needs scales >= 0 and the null caption "
+                    "(diffusion.caption_dropout > 0); fix the scales or set --config.sample.guidance_grid='()'")
   if s.prompt and s.prompts_file:
     raise UserError("sample.prompt and sample.prompts_file are both set; keep one")
   if m.text_encoder == "joint" and min(m.text_width, m.text_layers, m.text_heads) < 1:
