@@ -43,6 +43,7 @@ from aigc_jax import data as data_lib
 from aigc_jax.errors import UserError
 from aigc_jax.families import Family, check_sample_label, sample_labels
 from aigc_jax.families.diffusion_lib import likelihood, objectives, samplers
+from aigc_jax.families.diffusion_lib import latent as latent_lib
 from aigc_jax.families.diffusion_lib import text as text_lib
 from aigc_jax.families.diffusion_lib.schedules import make_schedule, q_sample
 from aigc_jax.media import images as images_lib
@@ -88,13 +89,14 @@ def default_config() -> ConfigDict:
   c.sample.fast_schedule = samplers.FAST_SCHEDULE_T200  # fast only: the user-defined betas, T_infer of them
   c.sample.guidance_scale = 1.0      # uncond + scale (cond - uncond); != 1 needs label/caption dropout training
   text_lib.add_config_keys(c)        # model.text_encoder & co (diffusion_lib/text.py)
+  latent_lib.add_config_keys(c)      # model.autoencoder (diffusion_lib/latent.py)
   return c
 
 
 def _unet(config: ConfigDict) -> UNet:
   m, d = config.model, config.data
   levels = len(m.ch_mult)
-  if d.image_size % 2 ** (levels - 1):
+  if d.image_size % 2 ** (levels - 1) and not latent_lib.enabled(config):  # latent: latent.load checks
     raise UserError(f"image_size {d.image_size} is not divisible by 2^{levels - 1} for {levels} U-Net levels; "
                     "change data.image_size or model.ch_mult")
   widths = [m.ch * k for k in m.ch_mult]
@@ -229,6 +231,13 @@ def make_family(config: ConfigDict) -> Family:
                     f"{config.data.name!r} gives {list(example_shape)}; pick a data source with that shape or "
                     "another model.arch")
   model = arch.build(config)
+  latent = latent_lib.load(config, medium) if latent_lib.enabled(config) else None
+  if latent is not None:
+    if dif.clip_denoised:
+      raise UserError("diffusion.clip_denoised=True would clip latents to [-1, 1], and the autoencoder's scaled "
+                      "latents have unit variance; set --config.diffusion.clip_denoised=false")
+    example_shape = latent.latent_shape
+    model = model.clone(out_channels=latent.latent_shape[-1])
   text = text_lib.build(config, optim.compute_dtype(config.dtype)) if text_lib.enabled(config) else None
   if text is not None:
     model = model.clone(context_dim=text.context_dim)
@@ -269,6 +278,7 @@ def make_family(config: ConfigDict) -> Family:
   def init(rng, example_batch):
     x = example_batch[spec.batch_key]
     b = x.shape[0]
+    x = x if latent is None else jnp.zeros((b, *example_shape), jnp.float32)
     t_B = jnp.zeros((b,), jnp.int32)
     labels_B = jnp.zeros((b,), jnp.int32) if m.num_classes else None
     if text is None:
@@ -283,7 +293,7 @@ def make_family(config: ConfigDict) -> Family:
     return {"step": jnp.zeros((), jnp.int32), **optim.init_train_state(params, tx, ema=True)}
 
   def train_step(state, batch, rng):
-    x0 = batch[spec.batch_key]
+    x0 = batch[spec.batch_key] if latent is None else latent.encode(batch[spec.batch_key])
     b = x0.shape[0]
     keys = example_keys(rng, b)
     purpose = lambda p: jax.vmap(lambda k: jax.random.fold_in(k, p))(keys)
@@ -370,8 +380,11 @@ def make_family(config: ConfigDict) -> Family:
     denoise = samplers.guided(lambda x, t_B, c: apply(params, x, t_B, c), cond, null_condition(params, b),
                               s.guidance_scale)
     x0 = run_sampler(denoise, x_T, keys_Bx2[:, 1])
+    if latent is not None:
+      x0 = latent.decode(x0)
     return {medium: jnp.clip(x0, -1.0, 1.0), **spec.extras(config, ids_B), **extra}
 
+  eval_step = eval_step if latent is None else None  # latent bits/dim would not compare with pixels
   if text is None:
     return Family(init=init, train_step=train_step, sample=sample, eval_step=eval_step)
 
@@ -387,7 +400,8 @@ def make_family(config: ConfigDict) -> Family:
              "caption_mask": jnp.repeat(jnp.asarray(table_mask_PxL[:1]), n, 0)}
     denoise = samplers.guided(lambda x, t_B, c: apply(params, x, t_B, c), condition(params, first),
                               null_condition(params, n), scale)
-    return jnp.clip(run_sampler(denoise, x_T, keys_Nx2[:, 1]), -1.0, 1.0)
+    x0 = run_sampler(denoise, x_T, keys_Nx2[:, 1])
+    return jnp.clip(x0 if latent is None else latent.decode(x0), -1.0, 1.0)
 
   def guidance_figure(state, directory, step, n=8):
     """`<step>_guidance.png`: row k = the first prompt at sample.guidance_grid[k], the same noise in every row,
