@@ -1,13 +1,13 @@
 """Text-conditional diffusion: an all-masked (or empty) caption makes the cross-attention U-Net exactly the U-Net
-without text; guidance 0 is the unconditional and 1 the conditional network (and 3 their extrapolation); a 2-step run through the trainer on
-captioned digits samples a prompts file row by row (prompts.txt, prompt_ids, prompts_of) and the trained model
-feeds the text-alignment metrics; bad text settings are one-line errors. Tiny: 8x8 digits, width 32, batch 8."""
+without text; guidance 0 is the unconditional and 1 the conditional network (and 3 their extrapolation); a
+data-parallel train step on captioned digits, then sampling a prompts file row by row (prompts.txt, prompt_ids, prompts_of) and the guidance
+figure; latent mode on a stand-in autoencoder; bad text settings are one-line errors. Tiny: 8x8 digits, width 32, batch 8."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from aigc_jax import configs, trainer
+from aigc_jax import configs
 from aigc_jax import data as data_lib
 from aigc_jax.data import captions
 from aigc_jax.errors import UserError
@@ -73,30 +73,42 @@ def test_a_masked_caption_is_exactly_the_network_without_text_and_guidance_0_1_a
   assert not mask[0].any() and mask[1].sum() == len("a handwritten two") + 2
 
 
-def test_two_steps_through_the_trainer_then_prompt_rows(tmp_path):
+def test_a_train_step_then_prompt_rows_and_the_guidance_figure(tmp_path):
+  """A data-parallel train step with caption dropout, then what --mode=sample does (trainer.sample: the
+  data-parallel sampler, then write_figures) from a prompts file."""
+  from aigc_jax import parallel, runtime
   prompts = tmp_path / "prompts.txt"
   prompts.write_text("a handwritten seven\n\nthe digit two\n")
-  config = tiny_config(num_devices=2, num_train_steps=2, sample_every_steps=0, checkpoint_every_steps=2,
-                       log_every_steps=1, **{"sample.num": 8, "sample.prompts_file": str(prompts),
-                                                          "sample.guidance_scale": 1.0,
-                                                          "sample.guidance_grid": (0.0, 7.0)})
-  workdir = str(tmp_path / "run")
-  trainer.train_and_evaluate(config, workdir)
-  samples = trainer.sample(config, workdir)  # --mode=sample
-  rows = (tmp_path / "run" / "samples" / "2_prompts.txt").read_text().splitlines()
-  assert rows == ["row 0: a handwritten seven", "row 1: the digit two", "row 2: a handwritten seven"]
-  saved = np.load(tmp_path / "run" / "samples" / "2.npz")
-  assert saved["images"].shape == (8, 8, 8, 1) and np.isfinite(saved["images"]).all()
-  np.testing.assert_array_equal(saved["prompt_ids"], [0, 0, 0, 1, 1, 1, 0, 0])  # 3 columns: a row per prompt
-  from PIL import Image
-  grid = np.asarray(Image.open(tmp_path / "run" / "samples" / "2_guidance.png"))
-  assert grid.shape[:2] == (2 * (8 + 2) + 2, 8 * (8 + 2) + 2)  # 2 guidance rows x 8 samples, 2-pixel padding
-  top, bottom = grid[2:10], grid[12:20]
-  assert not np.array_equal(top, bottom)  # same noise, different guidance: different images
-  assert (tmp_path / "run" / "samples" / "2_guidance.txt").read_text().splitlines() == [
-      "prompt: a handwritten seven", "row 0: guidance_scale 0.0", "row 1: guidance_scale 7.0"]
-  assert get_family(config).prompts_of(samples) == ["a handwritten seven"] * 3 + ["the digit two"] * 3 + [
+  config = tiny_config(num_devices=2, **{"sample.num": 8, "sample.prompts_file": str(prompts),
+                                         "sample.guidance_scale": 1.0, "sample.guidance_grid": (0.0, 7.0)})
+  family, mesh = get_family(config), parallel.make_mesh(config)
+  batch = {k: jnp.asarray(v) for k, v in data_lib.example_batch(config, 8).items()}
+  batch["caption_tokens"], batch["caption_mask"] = text_lib.encode(text_lib.build(config, jnp.float32),
+                                                                   ["a handwritten seven"] * 8)
+  state = family.init(jax.random.key(0), batch)
+  step = parallel.data_parallel(family.train_step, mesh, donate_state=False)
+  state, metrics = step(parallel.replicate(state, mesh), parallel.shard_batch(batch, mesh), jax.random.key(1))
+  assert np.isfinite(float(metrics["loss"])) and int(state["step"]) == 1
+  samples = runtime.make_sampler(family, mesh)(state, jax.random.key(config.sample.seed), 8)
+  assert samples["images"].shape == (8, 8, 8, 1) and np.isfinite(samples["images"]).all()
+  np.testing.assert_array_equal(samples["prompt_ids"], [0, 0, 0, 1, 1, 1, 0, 0])  # 3 columns: a row per prompt
+  assert family.prompts_of(samples) == ["a handwritten seven"] * 3 + ["the digit two"] * 3 + [
       "a handwritten seven"] * 2
+  # One step barely moves the zero-initialised cross-attention: perturb the sampled weights so guidance matters.
+  state = jax.device_get(state)
+  rng = np.random.default_rng(0)
+  state["ema_params"] = jax.tree.map(lambda v: v + 0.05 * rng.standard_normal(v.shape).astype(v.dtype),
+                                     state["ema_params"])
+  paths = family.write_figures(state, str(tmp_path / "samples"), 1)
+  assert [p.rsplit("/", 1)[1] for p in paths] == ["1_prompts.txt", "1_guidance.png", "1_guidance.txt"]
+  rows = (tmp_path / "samples" / "1_prompts.txt").read_text().splitlines()
+  assert rows == ["row 0: a handwritten seven", "row 1: the digit two", "row 2: a handwritten seven"]
+  from PIL import Image
+  grid = np.asarray(Image.open(tmp_path / "samples" / "1_guidance.png"))
+  assert grid.shape[:2] == (2 * (8 + 2) + 2, 8 * (8 + 2) + 2)  # 2 guidance rows x 8 samples, 2-pixel padding
+  assert not np.array_equal(grid[2:10], grid[12:20])  # same noise, different guidance: different images
+  assert (tmp_path / "samples" / "1_guidance.txt").read_text().splitlines() == [
+      "prompt: a handwritten seven", "row 0: guidance_scale 0.0", "row 1: guidance_scale 7.0"]
 
 
 @pytest.mark.parametrize("overrides, message", [
