@@ -144,6 +144,15 @@ def cases(tmp):
       "workdir_is_file": ([cfg, f"--workdir={a_file}"], env()),
       "batch_not_divisible": ([cfg, wd("batch_not_divisible"), *TINY, "--config.batch_size=12",
                               "--config.num_devices=8"], env(devices=8)),
+      # --mode=eval of a checkpoint: the inception backbone without its weights file, and a reference split the
+      # data has not got (both found as the evaluators start, before any sampling; the split after the classifier
+      # backbone is built: one training step).
+      "eval_missing_inception_weights": ([cfg, f"--workdir={workdir_with_checkpoint(tmp, 'eval_missing_inception_weights')}",
+                                          "--mode=eval", *TINY, "--config.eval.backbone=inception",
+                                          f"--config.eval.inception_path={tmp / 'pt_inception.pth'}"], env()),
+      "eval_bad_reference_split": ([cfg, f"--workdir={workdir_with_checkpoint(tmp, 'eval_bad_reference_split')}",
+                                    "--mode=eval", *TINY, "--config.eval.classifier_steps=1",
+                                    "--config.eval.reference_split=validation"], env()),
       # Adam moves every generator weight by ~1e30 in step 1 (still finite, so checkpoint 1 is good); step 2's
       # batch-norm statistics overflow to NaN.
       "nan_loss": ([cfg, wd("nan_loss"), *TINY, "--config.optimizer.g_learning_rate=1e30",
@@ -285,6 +294,16 @@ def test_second_run_in_a_locked_workdir_is_refused(results):
   assert f"pid {os.getpid()} on host" in line and "another run is training" in line and "--workdir" in line
   assert "held-by-the-test" in (tmp / "workdir_locked" / "run.lock").read_text()  # the holder's lock untouched
   assert_notes_kept(tmp, "workdir_locked")
+
+
+@pytest.mark.parametrize("name,key", [("eval_missing_inception_weights", "eval.inception_path"),
+                                      ("eval_bad_reference_split", "eval.reference_split")])
+def test_eval_config_errors_name_the_key(results, name, key):
+  tmp, done = results
+  line = the_error_line(done[name])
+  assert done[name][0] == 2 and key in line
+  assert (tmp / name / "notes.txt").read_text() == SENTINEL
+  assert not (tmp / name / "eval").exists() or not [f for f in os.listdir(tmp / name / "eval") if f.endswith(".json")]
 
 
 @pytest.mark.parametrize("name,key", [("batch_size_zero", "batch_size"), ("image_size_zero", "data.image_size")])

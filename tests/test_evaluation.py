@@ -1,12 +1,11 @@
 """Evaluation: every metric against a closed form or a peer implementation, the Flax FID Inception port
 against Keras's InceptionV3 with shared random weights, the digits classifier backbone, and --mode=eval end
-to end (metric card, TensorBoard scalars, chunked generation, one-line errors)."""
+to end (metric card, TensorBoard scalars, chunked generation, one-line errors; the CLI's own eval errors are
+tests/test_cli_errors.py's cases)."""
 import hashlib
 import json
 import os
 import re
-import subprocess
-import sys
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")  # Keras as the independent implementation: its TF ops
 
@@ -332,7 +331,8 @@ def experiment_config(name, preset="cpu", **overrides):
 
 
 def test_classifier_backbone_real_vs_real_fid_is_small(tmp_path):
-  config = experiment_config("dcgan", **{"data.image_size": 16, "eval.classifier_steps": 150})
+  # 80 steps: test accuracy 0.82, real-vs-real FID 0.07 of noise-vs-real (150 steps: 0.90 and 0.06).
+  config = experiment_config("dcgan", **{"data.image_size": 16, "eval.classifier_steps": 80})
   logs = []
   backbone = backbones.get_backbone(config, str(tmp_path), logs.append)
   assert backbone.name == "classifier:digits" and backbone.info["test_accuracy"] > 0.75 and logs
@@ -385,17 +385,17 @@ def read_scalars(workdir):
 
 @pytest.fixture(scope="module")
 def trained_gan(tmp_path_factory):
-  """A tiny DCGAN trained 4 steps in-process, with the periodic eval hook on at step 2."""
+  """A tiny DCGAN trained 4 steps in-process, with the periodic eval hook on at step 3 (only)."""
   workdir = str(tmp_path_factory.mktemp("eval_gan"))
-  config = experiment_config("dcgan", **TINY_GAN, **{"eval.every_steps": 2})
+  config = experiment_config("dcgan", **TINY_GAN, **{"eval.every_steps": 3})
   trainer.train_and_evaluate(config, workdir)
   return config, workdir
 
 
 def test_mode_eval_writes_the_metric_card_and_scalars(trained_gan, monkeypatch):
   config, workdir = trained_gan
-  in_training = read_json(os.path.join(workdir, "eval", "2.json"))
-  assert in_training["step"] == 2 and "none" in in_training["checkpoint"]
+  in_training = read_json(os.path.join(workdir, "eval", "3.json"))
+  assert in_training["step"] == 3 and "none" in in_training["checkpoint"]
 
   calls = []
   make_sampler = trainer.make_sampler
@@ -421,7 +421,7 @@ def test_mode_eval_writes_the_metric_card_and_scalars(trained_gan, monkeypatch):
   assert re.fullmatch(r"[0-9a-f]{64}", on_disk["backbone"]["weights_sha256"])
   assert on_disk["num_generated"] == 40 and on_disk["num_reference"] == 1500
   assert on_disk["reference_split"] == "train" and on_disk["reference"]["split"] == "train"
-  assert on_disk["reference"]["stats_from_cache"]  # computed by the in-training eval at step 2
+  assert on_disk["reference"]["stats_from_cache"]  # computed by the in-training eval at step 3
   assert on_disk["resize"]["size"] == [8, 8] and "method" in on_disk["resize"]
   assert on_disk["quantization"].startswith("uint8")
   assert on_disk["seed"] == config.eval.seed and on_disk["sampling"]["chunks"] == 3
@@ -431,7 +431,7 @@ def test_mode_eval_writes_the_metric_card_and_scalars(trained_gan, monkeypatch):
   scalars = read_scalars(workdir)
   assert scalars[("eval/fid", 4)] == pytest.approx(m["fid"], rel=1e-5)
   assert scalars[("eval/parzen_ll", 4)] == pytest.approx(m["parzen_ll"], rel=1e-5)
-  assert ("eval/fid", 2) in scalars  # the periodic in-training eval
+  assert ("eval/fid", 3) in scalars and ("eval/fid", 2) not in scalars  # the periodic in-training eval
 
 
 def test_eval_bad_input_is_one_line_user_error(trained_gan):
@@ -449,28 +449,6 @@ def test_eval_bad_input_is_one_line_user_error(trained_gan):
   text = experiment_config("gpt", **{"eval.metrics": ("fid",)})  # image metrics on text: says what applies
   with pytest.raises(UserError, match="eval_step"):
     runner.check_eval_config(text, get_family(text))
-
-
-def test_cli_eval_errors_are_one_line(trained_gan, tmp_path):
-  _, workdir = trained_gan
-  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
-  flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", "")).strip()
-  env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count=1".strip()  # not the CLI's one per core
-  base = [sys.executable, "-m", "aigc_jax.main", "--config=experiments/dcgan.py:cpu", f"--workdir={workdir}",
-          "--mode=eval"] + [f"--config.{k}={v}" for k, v in TINY_GAN.items() if not k.startswith("eval.metrics")]
-  runs = {
-      "missing_weights": base + ["--config.eval.backbone=inception",
-                                 f"--config.eval.inception_path={tmp_path / 'pt_inception.pth'}"],
-      "bad_split": base + ["--config.eval.reference_split=validation"],
-  }
-  procs = {name: subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for name, argv in runs.items()}
-  for name, proc in procs.items():
-    _, err = proc.communicate(timeout=120)
-    ours = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert proc.returncode == 2 and len(ours) == 1, (name, err)
-    assert ("eval.inception_path" if name == "missing_weights" else "eval.reference_split") in ours[0]
-    assert "Traceback" not in err
 
 
 def test_sample_quality_metrics_on_a_reconstructing_family_are_a_one_line_error():
