@@ -1,0 +1,170 @@
+"""The DiffWave training step of the diffusion family (aigc_jax/families/diffusion.py, model.arch=diffwave) in
+PyTorch eager: the reference that bench/audio.py times ours against.
+
+The network is aigc_jax/models/diffwave.py built from the experiment config (default `diffwave.py:cpu`: C = 32,
+10 layers, dilations 1 .. 512, 10 classes + the null class, 1-second clips at 8 kHz), written as the paper's
+PyTorch code is (Kong et al., ICLR 2021, Section 3 and Figure 2): input 1x1 conv (1 -> C) + ReLU; the 128-d
+sinusoidal step encoding (bench/torch_unet.py's, the same as ours) -> Linear 512 -> swish -> Linear 512 ->
+swish, shared; per residual layer a Linear (512 -> C) step projection added over time, a dilated
+`nn.Conv1d(C, 2C, 3, padding=d, dilation=d)`, a Linear (128 -> 2C) of the shared 128-d label embedding added
+after it, tanh x sigmoid, a 1x1 conv (C -> 2C) split into residual and skip, h = (h + residual) / sqrt(2);
+skips summed / sqrt(N) -> 1x1 conv + ReLU -> zero-initialised 1x1 conv (C -> 1). Parameter count equal to ours
+(printed). The step: t ~ U{0..T-1}, eps ~ N(0, I), label replaced by the null class with probability
+diffusion.label_dropout, x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, mean (eps_theta(x_t, t) - eps)^2,
+global-norm clipping, Adam with linear warm-up, EMA of the params with decay min(ema_decay, (1+t)/(10+t)).
+
+  pip install torch==2.13.0
+  python bench/torch_diffwave.py [--config=diffwave.py:cpu] [--batch=8] [--steps=20] [--threads=N]
+
+`--threads` unset = torch's own default intra-op thread count. Prints one human line, then one JSON line (what
+bench/audio.py reads).
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from torch_dcgan import experiment_config  # noqa: E402
+from torch_unet import timestep_embedding  # noqa: E402
+
+STEP_EMBED_DIM, STEP_HIDDEN_DIM, LABEL_EMBED_DIM = 128, 512, 128
+
+
+class ResidualLayer(nn.Module):
+
+  def __init__(self, c, dilation, conditional):
+    super().__init__()
+    self.step_projection = nn.Linear(STEP_HIDDEN_DIM, c)
+    self.dilated_conv = nn.Conv1d(c, 2 * c, 3, padding=dilation, dilation=dilation)
+    self.label_projection = nn.Linear(LABEL_EMBED_DIM, 2 * c) if conditional else None
+    self.output_projection = nn.Conv1d(c, 2 * c, 1)
+    for conv in (self.dilated_conv, self.output_projection):
+      nn.init.kaiming_normal_(conv.weight)
+
+  def forward(self, h, step, label):
+    y = self.dilated_conv(h + self.step_projection(step)[:, :, None])
+    if label is not None:
+      y = y + self.label_projection(label)[:, :, None]
+    gate, filt = y.chunk(2, dim=1)
+    residual, skip = self.output_projection(torch.tanh(gate) * torch.sigmoid(filt)).chunk(2, dim=1)
+    return (h + residual) / math.sqrt(2.0), skip
+
+
+class DiffWave(nn.Module):
+
+  def __init__(self, residual_channels, num_layers, dilation_cycle, num_classes):
+    super().__init__()
+    c = residual_channels
+    self.input_projection = nn.Conv1d(1, c, 1)
+    self.step_fc1 = nn.Linear(STEP_EMBED_DIM, STEP_HIDDEN_DIM)
+    self.step_fc2 = nn.Linear(STEP_HIDDEN_DIM, STEP_HIDDEN_DIM)
+    self.label_embedding = nn.Embedding(num_classes + 1, LABEL_EMBED_DIM) if num_classes else None
+    self.layers = nn.ModuleList(ResidualLayer(c, 2 ** (i % dilation_cycle), bool(num_classes))
+                                for i in range(num_layers))
+    self.skip_projection = nn.Conv1d(c, c, 1)
+    self.output_projection = nn.Conv1d(c, 1, 1)
+    nn.init.zeros_(self.output_projection.weight)
+
+  def forward(self, x_BxT, t_B, labels_B=None):
+    h = F.relu(self.input_projection(x_BxT[:, None]))
+    step = F.silu(self.step_fc2(F.silu(self.step_fc1(timestep_embedding(t_B, STEP_EMBED_DIM)))))
+    label = self.label_embedding(labels_B) if self.label_embedding is not None else None
+    skips = 0.0
+    for layer in self.layers:
+      h, skip = layer(h, step, label)
+      skips = skips + skip
+    out = F.relu(self.skip_projection(skips / math.sqrt(len(self.layers))))
+    return self.output_projection(out)[:, 0]
+
+
+def build(config):
+  m = config.model
+  return DiffWave(m.residual_channels, m.residual_layers, m.dilation_cycle, m.num_classes)
+
+
+def make_step(config, model):
+  dif, o, m = config.diffusion, config.optimizer, config.model
+  if dif.schedule != "linear" or dif.prediction != "eps" or dif.loss_weighting != "simple":
+    raise SystemExit("torch_diffwave.py implements the linear schedule with eps prediction and L_simple only")
+  if o.name != "adam" or o.get("schedule", "constant") != "constant":
+    raise SystemExit("torch_diffwave.py implements Adam with a constant rate after linear warm-up only")
+  betas = np.linspace(dif.beta_start, dif.beta_end, dif.num_timesteps, dtype=np.float64)
+  abar = torch.tensor(np.cumprod(1.0 - betas), dtype=torch.float32)
+  sqrt_abar, sqrt_1m_abar = abar.sqrt(), (1.0 - abar).sqrt()
+  opt = torch.optim.Adam(model.parameters(), lr=o.learning_rate, betas=(o.b1, o.b2), eps=o.eps)
+  params = list(model.parameters())
+  ema = [p.detach().clone() for p in params]
+  state = {"step": 0}
+
+  def step(x0_BxT, labels_B):
+    b = x0_BxT.shape[0]
+    t = torch.randint(0, dif.num_timesteps, (b,))
+    noise = torch.randn_like(x0_BxT)
+    if m.num_classes and dif.label_dropout:
+      labels_B = torch.where(torch.rand(b) < dif.label_dropout, torch.full_like(labels_B, m.num_classes), labels_B)
+    xt = sqrt_abar[t][:, None] * x0_BxT + sqrt_1m_abar[t][:, None] * noise
+    loss = (model(xt, t, labels_B if m.num_classes else None) - noise).square().mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if o.grad_clip_norm:
+      torch.nn.utils.clip_grad_norm_(params, o.grad_clip_norm)
+    s = state["step"]
+    for group in opt.param_groups:
+      group["lr"] = o.learning_rate * min(1.0, s / o.warmup_steps) if o.warmup_steps else o.learning_rate
+    opt.step()
+    decay = min(m.ema_decay, (1.0 + s) / (10.0 + s))
+    with torch.no_grad():
+      torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - decay)
+    state["step"] = s + 1
+    return loss.detach()
+
+  return step
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--config", default="diffwave.py:cpu", help="experiment file[:preset] whose DiffWave to build")
+  p.add_argument("--batch", type=int, default=0, help="0 = the config's batch_size")
+  p.add_argument("--steps", type=int, default=20)
+  p.add_argument("--warmup", type=int, default=2)
+  p.add_argument("--threads", type=int, default=0, help="torch intra-op threads; 0 = torch's default")
+  a = p.parse_args()
+  if a.threads:
+    torch.set_num_threads(a.threads)
+  torch.manual_seed(0)
+  config = experiment_config(a.config)
+  if config.model.arch != "diffwave":
+    raise SystemExit(f"{a.config} has model.arch={config.model.arch!r}; bench/torch_unet.py twins the U-Net")
+  batch = a.batch or config.batch_size
+  length = round(config.data.sample_rate * config.data.clip_seconds)
+  model = build(config)
+  model.train()
+  n_params = sum(p.numel() for p in model.parameters())
+  x0 = torch.rand(batch, length) * 2 - 1
+  labels = torch.randint(0, max(config.model.num_classes, 1), (batch,))
+  step = make_step(config, model)
+  for _ in range(a.warmup):
+    step(x0, labels)
+  start = time.perf_counter()
+  for _ in range(a.steps):
+    loss = step(x0, labels)
+  float(loss)
+  rate = a.steps / (time.perf_counter() - start)
+  impl = f"PyTorch {torch.__version__} eager"
+  threads = torch.get_num_threads()
+  print(f"{impl} DiffWave ({a.config}, {n_params:,} params, batch {batch} x {length} samples, {threads} threads): "
+        f"{rate:.3f} steps/s, {rate * batch:.1f} clips/s")
+  print(json.dumps({"impl": impl, "config": a.config, "batch": batch, "threads": threads, "params": n_params,
+                    "steps_per_s": rate, "examples_per_s": rate * batch, "ms_per_step": 1000 / rate}))
+
+
+if __name__ == "__main__":
+  main()

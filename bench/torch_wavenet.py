@@ -1,0 +1,158 @@
+"""The WaveNet training step of the wavenet family (aigc_jax/families/wavenet.py) in PyTorch eager: the reference
+that bench/audio.py times ours against.
+
+The network is aigc_jax/models/wavenet.py built from the experiment config (default `wavenet.py:cpu`: 2 stacks
+of 10 layers, R = G = 32, S = 64, kernel 2, 10 classes, 0.5-second clips at 8 kHz), written the way a PyTorch
+user would write it (van den Oord et al. 2016, Sections 2.1-2.5): the one-hot input convolution as one
+embedding table per tap (the same function as a 256-channel causal conv with those taps, without the 256-wide
+matmul, as ours), per layer a causal dilated `nn.Conv1d(R, 2G, K, dilation=d)` on the left-padded signal plus
+a per-layer label embedding [classes, 2G] (global conditioning, Eq. 3), tanh x sigmoid gate, 1x1 skip
+(G -> S) and residual (G -> R, none after the last layer) convolutions, and the head relu -> 1x1 (S -> S) ->
+relu -> 1x1 (S -> 256). Parameter count equal to ours (printed). The step: mu-law encode the float clip to 256
+bins, teacher forcing (input t = bin of sample t - 1, silence before the first), mean cross-entropy over all
+positions, global-norm clipping, Adam (the config's rate, betas, eps, warm-up), EMA of the params when
+model.ema_decay > 0.
+
+  pip install torch==2.13.0
+  python bench/torch_wavenet.py [--config=wavenet.py:cpu] [--batch=8] [--steps=20] [--threads=N]
+
+`--threads` unset = torch's own default intra-op thread count. Prints one human line, then one JSON line (what
+bench/audio.py reads).
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from torch_dcgan import experiment_config  # noqa: E402
+
+MU_LAW_BINS = 256
+START_INDEX = MU_LAW_BINS // 2  # mu-law bin of silence: the input before the first sample
+
+
+def mu_law_encode(x):
+  """Float audio in [-1, 1] -> int64 bins 0..255 (aigc_jax/families/wavenet_lib.py's encode)."""
+  mu = MU_LAW_BINS - 1
+  x = x.clamp(-1.0, 1.0)
+  f = torch.sign(x) * torch.log1p(mu * x.abs()) / math.log1p(mu)
+  return torch.floor((f + 1.0) / 2.0 * mu + 0.5).clamp(0, mu).long()
+
+
+class WaveNet(nn.Module):
+
+  def __init__(self, residual_channels, dilation_channels, skip_channels, layers_per_stack, stacks, kernel_size,
+               num_classes):
+    super().__init__()
+    r, g, s, k = residual_channels, dilation_channels, skip_channels, kernel_size
+    self.k = k
+    self.dilations = [2 ** i for i in range(layers_per_stack)] * stacks
+    self.input_taps = nn.ModuleList(nn.Embedding(MU_LAW_BINS, r) for _ in range(k))
+    for e in self.input_taps:
+      nn.init.normal_(e.weight, std=k ** -0.5)
+    self.input_bias = nn.Parameter(torch.zeros(r))
+    self.gates = nn.ModuleList(nn.Conv1d(r, 2 * g, k, dilation=d) for d in self.dilations)
+    self.labels = nn.ModuleList(nn.Embedding(num_classes, 2 * g) for _ in self.dilations) if num_classes else None
+    self.skips = nn.ModuleList(nn.Conv1d(g, s, 1) for _ in self.dilations)
+    self.residuals = nn.ModuleList(nn.Conv1d(g, r, 1) for _ in self.dilations[:-1])
+    self.head_hidden, self.head_out = nn.Conv1d(s, s, 1), nn.Conv1d(s, MU_LAW_BINS, 1)
+
+  def forward(self, x_BxT, labels_B=None):
+    """Logits [B, 256, T]; position t depends on inputs t - receptive field + 1 .. t."""
+    h = self.input_taps[0](x_BxT)
+    for j in range(1, self.k):  # tap j reads the input j samples back (zeros before the clip)
+      h = h + F.pad(self.input_taps[j](x_BxT), (0, 0, j, 0))[:, :x_BxT.shape[1]]
+    h = (h + self.input_bias).transpose(1, 2)  # [B, R, T]
+    skip = 0.0
+    for i, d in enumerate(self.dilations):
+      z = self.gates[i](F.pad(h, ((self.k - 1) * d, 0)))  # causal: pad on the left only
+      if self.labels is not None:
+        z = z + self.labels[i](labels_B)[:, :, None]
+      zf, zg = z.chunk(2, dim=1)
+      out = torch.tanh(zf) * torch.sigmoid(zg)
+      skip = skip + self.skips[i](out)
+      if i < len(self.dilations) - 1:
+        h = h + self.residuals[i](out)
+    return self.head_out(F.relu(self.head_hidden(F.relu(skip))))
+
+
+def build(config):
+  m = config.model
+  return WaveNet(m.residual_channels, m.dilation_channels, m.skip_channels, m.layers_per_stack, m.stacks,
+                 m.kernel_size, m.num_classes)
+
+
+def make_step(config, model):
+  o, m = config.optimizer, config.model
+  if o.name != "adam" or o.get("schedule", "constant") != "constant":
+    raise SystemExit("torch_wavenet.py implements Adam with a constant rate after linear warm-up only")
+  opt = torch.optim.Adam(model.parameters(), lr=o.learning_rate, betas=(o.b1, o.b2), eps=o.eps)
+  params = list(model.parameters())
+  ema = [p.detach().clone() for p in params] if m.ema_decay else None
+  state = {"step": 0}
+
+  def step(audio_BxT, labels_B):
+    targets = mu_law_encode(audio_BxT)
+    inputs = torch.cat([torch.full_like(targets[:, :1], START_INDEX), targets[:, :-1]], 1)
+    loss = F.cross_entropy(model(inputs, labels_B if m.num_classes else None), targets)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if o.grad_clip_norm:
+      torch.nn.utils.clip_grad_norm_(params, o.grad_clip_norm)
+    s = state["step"]
+    for group in opt.param_groups:
+      group["lr"] = o.learning_rate * min(1.0, s / o.warmup_steps) if o.warmup_steps else o.learning_rate
+    opt.step()
+    if ema is not None:
+      decay = min(m.ema_decay, (1.0 + s) / (10.0 + s))
+      with torch.no_grad():
+        torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - decay)
+    state["step"] = s + 1
+    return loss.detach()
+
+  return step
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--config", default="wavenet.py:cpu", help="experiment file[:preset] whose WaveNet to build")
+  p.add_argument("--batch", type=int, default=0, help="0 = the config's batch_size")
+  p.add_argument("--steps", type=int, default=20)
+  p.add_argument("--warmup", type=int, default=2)
+  p.add_argument("--threads", type=int, default=0, help="torch intra-op threads; 0 = torch's default")
+  a = p.parse_args()
+  if a.threads:
+    torch.set_num_threads(a.threads)
+  torch.manual_seed(0)
+  config = experiment_config(a.config)
+  batch = a.batch or config.batch_size
+  length = round(config.data.sample_rate * config.data.clip_seconds)
+  model = build(config)
+  model.train()
+  n_params = sum(p.numel() for p in model.parameters())
+  audio = torch.rand(batch, length) * 2 - 1
+  labels = torch.randint(0, max(config.model.num_classes, 1), (batch,))
+  step = make_step(config, model)
+  for _ in range(a.warmup):
+    step(audio, labels)
+  start = time.perf_counter()
+  for _ in range(a.steps):
+    loss = step(audio, labels)
+  float(loss)
+  rate = a.steps / (time.perf_counter() - start)
+  impl = f"PyTorch {torch.__version__} eager"
+  threads = torch.get_num_threads()
+  print(f"{impl} WaveNet ({a.config}, {n_params:,} params, batch {batch} x {length} samples, {threads} threads): "
+        f"{rate:.3f} steps/s, {rate * batch:.1f} clips/s")
+  print(json.dumps({"impl": impl, "config": a.config, "batch": batch, "threads": threads, "params": n_params,
+                    "steps_per_s": rate, "examples_per_s": rate * batch, "ms_per_step": 1000 / rate}))
+
+
+if __name__ == "__main__":
+  main()
