@@ -30,7 +30,6 @@ the family contract and checks the config.
 import dataclasses
 import functools
 import math
-import os
 from typing import Callable, Tuple
 
 import jax
@@ -46,7 +45,6 @@ from aigc_jax.families.diffusion_lib import likelihood, objectives, samplers
 from aigc_jax.families.diffusion_lib import latent as latent_lib
 from aigc_jax.families.diffusion_lib import text as text_lib
 from aigc_jax.families.diffusion_lib.schedules import make_schedule, q_sample
-from aigc_jax.media import images as images_lib
 from aigc_jax.models.diffwave import DiffWave
 from aigc_jax.models.unet import UNet
 from aigc_jax.parallel import DATA_AXIS, example_keys, keys_for_ids, masked_mean
@@ -178,32 +176,6 @@ def build_model(config: ConfigDict):
   return check_arch(config).build(config)
 
 
-def check_sampling(config: ConfigDict):
-  """One-line errors for sampler settings the model cannot honour."""
-  s, T = config.sample, config.diffusion.num_timesteps
-  if s.sampler not in samplers.SAMPLERS:
-    raise UserError(f"unknown sample.sampler {s.sampler!r}; use one of {samplers.SAMPLERS}")
-  if not 0 <= s.steps <= T:
-    raise UserError(f"sample.steps={s.steps} must be between 1 and diffusion.num_timesteps={T} (0 = all T)")
-  text = text_lib.enabled(config)
-  if s.guidance_scale != 1.0 and not (config.model.num_classes or text):
-    raise UserError(f"sample.guidance_scale={s.guidance_scale} needs a class-conditional model (model.num_classes "
-                    "> 0) or a text-conditional one (model.text_encoder); leave it at 1.0 for an unconditional model")
-  dropout_key = "caption_dropout" if text else "label_dropout"
-  if s.guidance_scale != 1.0 and not config.diffusion[dropout_key]:
-    raise UserError(f"sample.guidance_scale={s.guidance_scale} needs the null {'caption' if text else 'class'}, "
-                    f"which only a model trained with diffusion.{dropout_key} > 0 has learned; set "
-                    "sample.guidance_scale=1.0")
-  if s.sampler == "ddim" and s.eta < 0:
-    raise UserError(f"sample.eta must be >= 0, got {s.eta}")
-  if s.sampler == "fast" and _changed(config, "sample", ["steps"]):
-    raise UserError(f"sample.steps={s.steps} is not read by sample.sampler=fast (the length of "
-                    "sample.fast_schedule is its number of steps); set --config.sample.steps=0")
-  if s.sampler != "fast" and _changed(config, "sample", ["fast_schedule"]):
-    raise UserError(f"sample.fast_schedule is read by sample.sampler=fast only, not {s.sampler!r}; set "
-                    "--config.sample.sampler=fast or leave sample.fast_schedule at its default")
-
-
 def make_family(config: ConfigDict) -> Family:
   dif, m = config.diffusion, config.model
   medium = data_lib.medium(config)
@@ -218,7 +190,7 @@ def make_family(config: ConfigDict) -> Family:
   if dif.label_dropout and not m.num_classes:
     raise UserError("diffusion.label_dropout > 0 needs a class-conditional model; set model.num_classes")
   text_lib.check(config, lambda section, keys: [f"{section}.{k}" for k in _changed(config, section, keys)])
-  check_sampling(config)
+  samplers.check_config(config, lambda keys: _changed(config, "sample", keys), text_lib.enabled(config))
   check_sample_label(config, m.num_classes)
   schedule = make_schedule(dif.schedule, dif.num_timesteps, dif.beta_start, dif.beta_end)
   schedule.model_log_variance(dif.variance)  # validates the name now rather than at the first eval
@@ -403,32 +375,11 @@ def make_family(config: ConfigDict) -> Family:
     x0 = run_sampler(denoise, x_T, keys_Nx2[:, 1])
     return jnp.clip(x0 if latent is None else latent.decode(x0), -1.0, 1.0)
 
-  def guidance_figure(state, directory, step, n=8):
-    """`<step>_guidance.png`: row k = the first prompt at sample.guidance_grid[k], the same noise in every row,
-    so the rows differ by guidance alone (low scales: diverse; high: faithful to the prompt, less varied)."""
-    params, key = eval_params(state), jax.random.key(config.sample.seed)
-    rows = [np.asarray(guided_row(params, jnp.float32(g), key, n)) for g in s.guidance_grid]
-    path = os.path.join(directory, f"{step}_guidance.png")
-    images_lib.save_png(path, images_lib.image_grid(images_lib.to_uint8(np.concatenate(rows)), ncols=n))
-    with open(path[:-4] + ".txt.tmp", "w", encoding="utf-8") as f:
-      f.write(f"prompt: {prompts[0]}\n" + "".join(f"row {k}: guidance_scale {g}\n"
-                                                  for k, g in enumerate(s.guidance_grid)))
-    os.replace(path[:-4] + ".txt.tmp", path[:-4] + ".txt")
-    return [path, path[:-4] + ".txt"]
-
   def write_figures(state, directory, step):
-    """`<step>_prompts.txt`: the prompt of each row of the sample grid (`sample` draws prompts by id alone);
-    with sample.guidance_grid, also the guidance figure."""
-    ids = np.arange(s.num)
-    shown = prompts_of({"prompt_ids": np.asarray(text_lib.prompt_ids(layout, len(prompts), ids, grid_columns))})
-    lines = [f"row {r}: " + " | ".join(dict.fromkeys(shown[r * grid_columns:(r + 1) * grid_columns]))
-             for r in range(math.ceil(s.num / grid_columns))]
-    path = os.path.join(directory, f"{step}_prompts.txt")
-    os.makedirs(directory, exist_ok=True)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-      f.write("\n".join(lines) + "\n")
-    os.replace(path + ".tmp", path)
-    return [path] + (guidance_figure(state, directory, step) if s.guidance_grid else [])
+    """`<step>_prompts.txt` (each grid row's prompt) and, with sample.guidance_grid, `<step>_guidance.png`."""
+    params, key = eval_params(state), jax.random.key(config.sample.seed)
+    row = lambda scale, n: np.asarray(guided_row(params, jnp.float32(scale), key, n))  # noqa: E731
+    return text_lib.write_figures(config, directory, step, prompts, layout, grid_columns, row)
 
   return Family(init=init, train_step=train_step, sample=sample, eval_step=eval_step, prompts_of=prompts_of,
                 write_figures=write_figures)

@@ -148,3 +148,29 @@ def guided(apply_fn, cond_B, null_B, scale: float):
     return uncond + scale * (cond - uncond)
 
   return denoise
+
+
+def check_config(config, changed, text: bool):
+  """One-line errors for sampler settings the diffusion model cannot honour; `changed(keys)` lists the sample.* keys
+  that differ from the family's defaults, `text` whether the model is text-conditional."""
+  s, T = config.sample, config.diffusion.num_timesteps
+  if s.sampler not in SAMPLERS:
+    raise UserError(f"unknown sample.sampler {s.sampler!r}; use one of {SAMPLERS}")
+  if not 0 <= s.steps <= T:
+    raise UserError(f"sample.steps={s.steps} must be between 1 and diffusion.num_timesteps={T} (0 = all T)")
+  if s.guidance_scale != 1.0 and not (config.model.num_classes or text):
+    raise UserError(f"sample.guidance_scale={s.guidance_scale} needs a class-conditional model (model.num_classes "
+                    "> 0) or a text-conditional one (model.text_encoder); leave it at 1.0 for an unconditional model")
+  dropout_key = "caption_dropout" if text else "label_dropout"
+  if s.guidance_scale != 1.0 and not config.diffusion[dropout_key]:
+    raise UserError(f"sample.guidance_scale={s.guidance_scale} needs the null {'caption' if text else 'class'}, "
+                    f"which only a model trained with diffusion.{dropout_key} > 0 has learned; set "
+                    "sample.guidance_scale=1.0")
+  if s.sampler == "ddim" and s.eta < 0:
+    raise UserError(f"sample.eta must be >= 0, got {s.eta}")
+  if s.sampler == "fast" and changed(["steps"]):
+    raise UserError(f"sample.steps={s.steps} is not read by sample.sampler=fast (the length of "
+                    "sample.fast_schedule is its number of steps); set --config.sample.steps=0")
+  if s.sampler != "fast" and changed(["fast_schedule"]):
+    raise UserError(f"sample.fast_schedule is read by sample.sampler=fast only, not {s.sampler!r}; set "
+                    "--config.sample.sampler=fast or leave sample.fast_schedule at its default")

@@ -19,6 +19,7 @@ image (sample i shows caption i mod the split size). A prompt longer than the te
 captions are truncated instead); the tokenizers are byte-level, so every character has tokens.
 """
 import dataclasses
+import math
 import os
 from typing import Callable, Optional, Tuple
 
@@ -28,6 +29,7 @@ from ml_collections import ConfigDict
 
 from aigc_jax.data import captions
 from aigc_jax.errors import UserError
+from aigc_jax.media import images as images_lib
 from aigc_jax.models.clip import TextTransformer
 
 ENCODERS = ("none", "joint", "clip")
@@ -175,3 +177,34 @@ def prompt_ids(layout: str, count: int, ids_B, columns: int):
   if layout == "rows":
     return (ids_B // columns) % count
   return ids_B % count
+
+
+def _write_text(path: str, text: str):
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    f.write(text)
+  os.replace(path + ".tmp", path)
+
+
+def write_figures(config: ConfigDict, directory: str, step: int, prompts: tuple, layout: str, columns: int,
+                  guided_row: Callable) -> list:
+  """--mode=sample's extra files: `<step>_prompts.txt`, the prompt of each row of the sample grid (sampling draws
+  prompts by id alone, so no sample is needed), and with sample.guidance_grid `<step>_guidance.png` (+ .txt): row
+  k = `guided_row(scale_k, 8)`, the first prompt at the k-th scale from the same noise, so the rows differ by
+  guidance alone (low scales: diverse; high: faithful to the prompt, less varied)."""
+  s = config.sample
+  ids = np.arange(s.num)
+  shown = [prompts[int(i)] for i in np.asarray(prompt_ids(layout, len(prompts), ids, columns))]
+  lines = [f"row {r}: " + " | ".join(dict.fromkeys(shown[r * columns:(r + 1) * columns]))
+           for r in range(math.ceil(s.num / columns))]
+  os.makedirs(directory, exist_ok=True)
+  path = os.path.join(directory, f"{step}_prompts.txt")
+  _write_text(path, "\n".join(lines) + "\n")
+  if not s.guidance_grid:
+    return [path]
+  n = 8
+  rows = [guided_row(g, n) for g in s.guidance_grid]
+  figure = os.path.join(directory, f"{step}_guidance.png")
+  images_lib.save_png(figure, images_lib.image_grid(images_lib.to_uint8(np.concatenate(rows)), ncols=n))
+  _write_text(figure[:-4] + ".txt", f"prompt: {prompts[0]}\n" +
+              "".join(f"row {k}: guidance_scale {g}\n" for k, g in enumerate(s.guidance_grid)))
+  return [path, figure, figure[:-4] + ".txt"]
