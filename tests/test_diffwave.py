@@ -14,6 +14,7 @@ import pytest
 
 from aigc_jax import data as data_lib
 from aigc_jax.configs import load_experiment
+from aigc_jax.data.audio import AudioSet, audio_source
 from aigc_jax.errors import UserError
 from aigc_jax.families import get_family
 from aigc_jax.families.diffusion import build_model
@@ -25,48 +26,19 @@ EXPERIMENT = os.path.join(os.path.dirname(__file__), "..", "experiments", "diffw
 RATE, CLIP_T, NUM_CLASSES = 256, 256, 10
 
 
-class ToneDigits:
-  """AudioSet-shaped: 8 clips per class, class k a tone at 8 (k + 1) Hz with a per-clip phase, in [-1, 1]."""
-
-  def __init__(self, rate, clip_seconds):
-    t = round(rate * clip_seconds)
-    self.labels_N = np.repeat(np.arange(NUM_CLASSES, dtype=np.int32), 8)
-    phase_N = np.random.default_rng(0).uniform(0, 2 * np.pi, len(self.labels_N))
-    time_T = np.arange(t) / rate
-    self.audio_NxT = (0.6 * np.sin(2 * np.pi * 8 * (self.labels_N[:, None] + 1) * time_T + phase_N[:, None])
-                      ).astype(np.float32)
-    self.sample_rate = rate
-
-  def __len__(self):
-    return len(self.labels_N)
-
-
-class ToneIterator:
-  def __init__(self, tones, batch_size, start_batch):
-    self.tones, self.batch_size, self.batches_consumed = tones, batch_size, start_batch
-
-  def batch_at(self, i):
-    rows = (i * self.batch_size + np.arange(self.batch_size)) % len(self.tones)
-    return {"audio": self.tones.audio_NxT[rows], "label": self.tones.labels_N[rows]}
-
-  def __next__(self):
-    batch = self.batch_at(self.batches_consumed)
-    self.batches_consumed += 1
-    return batch
-
-  def close(self):
-    pass
+def tone_digits(rate, clip_seconds) -> AudioSet:
+  """8 clips per class, class k a tone at 8 (k + 1) Hz with a per-clip phase, in [-1, 1], at `rate`."""
+  labels_N = np.repeat(np.arange(NUM_CLASSES, dtype=np.int32), 8)
+  phase_N = np.random.default_rng(0).uniform(0, 2 * np.pi, len(labels_N))
+  time_T = np.arange(round(rate * clip_seconds)) / rate
+  audio_NxT = 0.6 * np.sin(2 * np.pi * 8 * (labels_N[:, None] + 1) * time_T + phase_N[:, None])
+  return AudioSet(audio_NxT.astype(np.float32), labels_N, rate, tuple(str(k) for k in range(NUM_CLASSES)))
 
 
 @pytest.fixture(scope="module")
 def tone_source():
-  data_lib.register_source(data_lib.DataSource(
-      name="test_tone_digits", medium="audio", keys=("sample_rate", "clip_seconds"),
-      load=lambda d, split: ToneDigits(d.sample_rate, d.clip_seconds),
-      make_iterator=lambda config, loaded, start: ToneIterator(loaded, config.batch_size, start),
-      example_batch=lambda config, b: {"audio": np.zeros((b, round(config.data.sample_rate * config.data.clip_seconds)),
-                                                         np.float32), "label": np.zeros((b,), np.int32)},
-      describe=lambda loaded: f"{len(loaded)} tones"))
+  data_lib.register_source(audio_source("test_tone_digits", lambda d, split: tone_digits(d.sample_rate,
+                                                                                          d.clip_seconds)))
   yield "test_tone_digits"
   data_lib.unregister_source("test_tone_digits")
 

@@ -1,8 +1,8 @@
 """A new medium's family, data source and metric plug in from this file alone: no library file is edited.
 
-A toy audio family (one learned waveform), a toy source of sine tones and a toy RMS evaluator are registered
-here at test time, trained 5 steps through the CLI entry point, and leave WAV files, TensorBoard audio and a
-metric card behind.
+A toy audio family (one learned waveform), a toy source of sine tones (through the library's audio_source
+helper) and a toy RMS evaluator are registered here at test time, trained 5 steps through the CLI entry point,
+and leave WAV files, TensorBoard audio and a metric card behind.
 """
 import json
 import os
@@ -16,6 +16,7 @@ import optax
 import pytest
 
 from aigc_jax import data, families, optim
+from aigc_jax.data.audio import AudioSet, audio_source
 from aigc_jax.evaluation import registry as evaluators
 from aigc_jax.parallel import DATA_AXIS, keys_for_ids
 
@@ -23,33 +24,12 @@ NUM_SAMPLES_T = 400
 SAMPLE_RATE = 8000
 
 
-class Tones:
-  """64 clips of sine tones at 8 frequencies, float32 [N, T] in [-1, 1]."""
-
-  def __init__(self):
-    t_T = np.arange(NUM_SAMPLES_T) / SAMPLE_RATE
-    freqs_N = 200.0 * (1 + np.arange(64) % 8)
-    self.audio_NxT = (0.5 * np.sin(2 * np.pi * freqs_N[:, None] * t_T[None])).astype(np.float32)
-
-  def __len__(self):
-    return len(self.audio_NxT)
-
-
-class ToneIterator:
-  def __init__(self, tones, batch_size, start_batch):
-    self.tones, self.batch_size, self.batches_consumed = tones, batch_size, start_batch
-
-  def batch_at(self, i):
-    rows = (i * self.batch_size + np.arange(self.batch_size)) % len(self.tones)
-    return {"audio": self.tones.audio_NxT[rows]}
-
-  def __next__(self):
-    batch = self.batch_at(self.batches_consumed)
-    self.batches_consumed += 1
-    return batch
-
-  def close(self):
-    pass
+def tones() -> AudioSet:
+  """64 unlabelled clips of sine tones at 8 frequencies, float32 [N, T] in [-1, 1]."""
+  t_T = np.arange(NUM_SAMPLES_T) / SAMPLE_RATE
+  freqs_N = 200.0 * (1 + np.arange(64) % 8)
+  audio_NxT = (0.5 * np.sin(2 * np.pi * freqs_N[:, None] * t_T[None])).astype(np.float32)
+  return AudioSet(audio_NxT, np.full(64, -1, np.int32), SAMPLE_RATE)
 
 
 def make_toy_audio_family(config):
@@ -96,6 +76,8 @@ def get_config():
   c = base_config()
   c.family = "toy_audio"
   c.data.name = "toy_tones"
+  c.data.sample_rate = %d
+  c.data.clip_seconds = %d / %d
   c.batch_size = 8
   c.num_train_steps = 5
   c.log_every_steps = 5
@@ -107,20 +89,17 @@ def get_config():
   c.eval.num_samples = 16
   c.eval.batch_size = 8
   return lock(c)
-"""
+""" % (SAMPLE_RATE, NUM_SAMPLES_T, SAMPLE_RATE)
 
 
 @pytest.fixture
 def toy_plugins():
-  tones = Tones()
-  data.register_source(data.DataSource(
-      name="toy_tones", medium="audio", keys=(), load=lambda d, split: tones,
-      make_iterator=lambda config, loaded, start: ToneIterator(loaded, config.batch_size, start),
-      example_batch=lambda config, b: {"audio": np.zeros((b, NUM_SAMPLES_T), np.float32)},
-      describe=lambda loaded: f"{len(loaded)} clips of {NUM_SAMPLES_T} samples"))
+  clips = tones()
+  # The audio helper a new source uses (resampling, clip length, batching); the loader is this file's.
+  data.register_source(audio_source("toy_tones", lambda d, split: clips))
   families.register_family("toy_audio", make_toy_audio_family)
   evaluators.register_evaluator(evaluators.Evaluator(name="rms", media=("audio",), start=RMS))
-  yield tones
+  yield clips
   data.unregister_source("toy_tones")
   families.unregister_family("toy_audio")
   evaluators.unregister_evaluator("rms")
