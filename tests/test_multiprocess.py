@@ -95,6 +95,8 @@ if _write and hasattr(_cache, "put_executable_and_time") and list(inspect.signat
     else:
       _write(cache_key, compile_time_secs, module_name, backend, executable, host_callbacks)
   _compiler._cache_write = _cache_write
+import gc
+gc.freeze()  # the collector leaves the imported objects alone in every child (and their pages shared)
 
 _WRITING = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 
