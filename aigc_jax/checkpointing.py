@@ -130,12 +130,19 @@ def _silence_failed_read_leftovers():
 def _read(fn):
   """(fn(), None), or (None, its error's first line) if the checkpoint's files cannot be read."""
   _silence_failed_read_leftovers()
+  # Futures whose exceptions nobody retrieved: asyncio logs each one when it is collected, which can happen
+  # while the failing read is still unwinding (a collection triggered inside fn), so the logger is quiet from
+  # the start; a read that succeeds leaves no such futures and gets the previous level back.
+  asyncio_logger = std_logging.getLogger("asyncio")
+  previous_level = asyncio_logger.level
+  asyncio_logger.setLevel(std_logging.CRITICAL)
   try:
-    return fn(), None
+    result = fn()
   except Exception as e:  # pylint: disable=broad-except  # truncated or garbled files
     failure = _first_line(e)
-  # Futures whose exceptions nobody retrieved: asyncio logs each one when it is collected.
-  std_logging.getLogger("asyncio").setLevel(std_logging.CRITICAL)
+  else:
+    asyncio_logger.setLevel(previous_level)
+    return result, None
   gc.collect()
   return None, failure
 
