@@ -15,6 +15,7 @@ EXPERIMENTS = {"gan.py": "gan", "dcgan.py": "gan", "diffaugment.py": "gan", "gan
                "sngan.py": "gan", "cgan_projection.py": "gan", "ddpm.py": "diffusion", "vae.py": "vae",
                "vqvae.py": "vqvae", "vqgan.py": "vqvae", "gpt.py": "autoregressive", "dalle.py": "autoregressive",
                "maskgit.py": "maskgit", "pix2pix.py": "pix2pix", "clip.py": "clip",
+               "autoencoder_kl.py": "autoencoder_kl",
                "wavenet.py": "wavenet", "diffwave.py": "diffusion"}
 
 

@@ -18,9 +18,6 @@ dead-code restarts (families/vqgan_lib.py).
 reconstructions, so a grid shows input/reconstruction pairs side by side. `encode` gives the code grid of
 each image (for `--mode=encode`, and to train a prior over codes later).
 """
-import functools
-import json
-
 import jax
 import jax.numpy as jnp
 from ml_collections import ConfigDict
@@ -30,13 +27,13 @@ from aigc_jax.errors import UserError
 from aigc_jax.evaluation.image_quality import psnr, ssim
 from aigc_jax.families import Family, check_sample_label
 from aigc_jax.families import vqgan_lib
-from aigc_jax.models.patch_discriminator import PatchDiscriminator, patch_grid_size
+from aigc_jax.models.patch_discriminator import patch_grid_size
 from aigc_jax.models.vqvae import VQVAE, last_decoder_layer
 from aigc_jax.parallel import DATA_AXIS, masked_mean
 
 CODEBOOK_UPDATES = ("loss", "ema")
 VARIANTS = ("vqvae", "vqgan")
-PIXEL_LOSSES = ("mse", "l1")
+PIXEL_LOSSES = vqgan_lib.PIXEL_LOSSES
 
 
 def default_config() -> ConfigDict:
@@ -83,12 +80,6 @@ def build_model(config: ConfigDict):
                dtype=optim.compute_dtype(config.dtype))
 
 
-def build_discriminator(config: ConfigDict, axis_name=DATA_AXIS):
-  m = config.model
-  return PatchDiscriminator(m.disc_width, m.disc_layers, m.disc_norm, axis_name=axis_name,
-                            dtype=optim.compute_dtype(config.dtype))
-
-
 def check_config(config: ConfigDict):
   m = config.model
   if m.num_codes < 2:
@@ -130,15 +121,6 @@ def code_usage_stats(counts_K):
   return {"perplexity": jnp.exp(entropy), "dead_code_share": jnp.mean((counts_K == 0).astype(jnp.float32))}
 
 
-@functools.lru_cache(maxsize=4)
-def _display_images(data_cfg_json: str, num: int):
-  """The first `num` images of the display split, in [-1, 1] (loaded once, on first sample)."""
-  from aigc_jax import data as data_lib
-  data_cfg = ConfigDict(json.loads(data_cfg_json))
-  images = data_lib.load_image_set(data_cfg, data_cfg.display_split).images[:num]
-  return data_lib.to_model_range(images)
-
-
 def make_family(config: ConfigDict) -> Family:
   check_config(config)
   check_sample_label(config, 0)
@@ -148,7 +130,7 @@ def make_family(config: ConfigDict) -> Family:
   restart = m.restart_dead_after > 0
   model = build_model(config)
   tx, schedule = optim.make_optimizer(config.optimizer)
-  discriminator, init_discriminator = build_discriminator(config), build_discriminator(config, axis_name=None)
+  adversary = vqgan_lib.Adversary(config, tx)
   last_name, last_layer = last_decoder_layer(config.data.channels, m.num_downsamples, model.dtype)
   perceptual = {}  # the classifier, loaded when the train step is first traced
 
@@ -166,25 +148,12 @@ def make_family(config: ConfigDict) -> Family:
     if restart:
       state["code_age"] = jnp.zeros((m.num_codes,), jnp.int32)
     if vqgan:
-      d_vars = init_discriminator.init(jax.random.fold_in(rng, 1), x, train=False)
-      state["discriminator"] = optim.init_train_state(d_vars["params"], tx, ema=False,
-                                                      batch_stats=d_vars.get("batch_stats", {}))
+      state["discriminator"] = adversary.init(jax.random.fold_in(rng, 1), x)
     return state
-
-  def discriminate(d_state, params, x):
-    """Patch logits with batch statistics (global over the data axis), and the updated running stats."""
-    logits, updates = discriminator.apply({"params": params, "batch_stats": d_state["batch_stats"]}, x, train=True,
-                                          mutable=["batch_stats"])
-    return logits, updates.get("batch_stats", {})
 
   def reconstruction_loss(recon, x):
     """Mean pixel loss plus the weighted perceptual distance: VQGAN's L_rec (and the VQ-VAE's)."""
-    pixel = jnp.abs(recon - x) if m.pixel_loss == "l1" else (recon - x) ** 2
-    rec = jnp.mean(pixel)
-    if m.perceptual_weight > 0:
-      p_model, p_vars = perceptual["net"]
-      rec = rec + m.perceptual_weight * jnp.mean(vqgan_lib.perceptual_distance(p_model, p_vars, x, recon))
-    return rec
+    return vqgan_lib.reconstruction_loss(recon, x, m.pixel_loss, m.perceptual_weight, perceptual.get("net"))
 
   def losses(state, params, x):
     (recon, z, q, idx), inter = model.apply(variables(state, params), x, mutable=["intermediates"])
@@ -197,38 +166,13 @@ def make_family(config: ConfigDict) -> Family:
     if m.pixel_loss != "mse" or m.perceptual_weight > 0:
       aux["rec_loss"] = rec
     if vqgan:
-      d_state = state["discriminator"]
-      g_adv = vqgan_lib.generator_adversarial_loss(discriminate(d_state, d_state["params"], recon)[0])
       # Adaptive weight: gradients of L_rec and L_GAN w.r.t. the decoder's last kernel, its input held fixed.
-      h = jax.lax.stop_gradient(inter["intermediates"]["decoder"]["last_layer_input"][0])
-      last_params = jax.lax.stop_gradient(params["decoder"][last_name])
-      recon_of = lambda kernel: last_layer.apply({"params": {**last_params, "kernel": kernel}}, h).astype(jnp.float32)
-      weight, rec_norm, gan_norm = vqgan_lib.adaptive_weight(
-          lambda k: reconstruction_loss(recon_of(k), x),
-          lambda k: vqgan_lib.generator_adversarial_loss(discriminate(d_state, d_state["params"], recon_of(k))[0]),
-          last_params["kernel"])
-      on = (state["step"] >= m.disc_start).astype(jnp.float32)
-      adv_weight = on * m.disc_weight * weight
-      loss = loss + adv_weight * g_adv
-      aux.update(g_adv=g_adv, adaptive_weight=adv_weight, rec_grad_norm=rec_norm, gan_grad_norm=gan_norm)
+      adv, adv_aux = adversary.generator_term(
+          state["discriminator"], state["step"], recon, lambda r: reconstruction_loss(r, x), last_layer,
+          params["decoder"][last_name], inter["intermediates"]["decoder"]["last_layer_input"][0])
+      loss = loss + adv
+      aux.update(adv_aux)
     return loss, aux
-
-  def discriminator_step(state, x, fake):
-    """One discriminator update on real images and this step's reconstructions; kept only from disc_start."""
-    d_state, step = state["discriminator"], state["step"]
-
-    def d_loss_fn(params):
-      real_logits, stats = discriminate(d_state, params, x)
-      fake_logits, stats = discriminate({**d_state, "batch_stats": stats}, params, fake)
-      return vqgan_lib.discriminator_loss(m.disc_loss, real_logits, fake_logits), (stats, real_logits, fake_logits)
-
-    (d_loss, (stats, real_logits, fake_logits)), grads = jax.value_and_grad(d_loss_fn, has_aux=True)(
-        d_state["params"])
-    new_d, _ = optim.apply_gradients(d_state, grads, tx, step)
-    new_d["batch_stats"] = stats
-    on = step >= m.disc_start
-    new_d = jax.tree.map(lambda new, old: jnp.where(on, new, old), new_d, d_state)
-    return new_d, {"d_loss": d_loss, "logits_real": jnp.mean(real_logits), "logits_fake": jnp.mean(fake_logits)}
 
   def restart_codes(new_state, aux, counts, rng):
     """Dead-code restart on the updated codebook (EMA statistics reset as if the code had seen itself once)."""
@@ -266,7 +210,8 @@ def make_family(config: ConfigDict) -> Family:
     metrics.update({k: aux[k] for k in ("rec_loss", "g_adv", "adaptive_weight", "rec_grad_norm", "gan_grad_norm")
                     if k in aux})
     if vqgan:
-      new_state["discriminator"], d_metrics = discriminator_step(state, x, jax.lax.stop_gradient(aux["recon"]))
+      new_state["discriminator"], d_metrics = adversary.update(state["discriminator"], state["step"], x,
+                                                               jax.lax.stop_gradient(aux["recon"]))
       metrics.update(d_metrics)
     metrics = jax.lax.pmean(metrics, DATA_AXIS)
     if restart:
@@ -304,13 +249,8 @@ def make_family(config: ConfigDict) -> Family:
 
   def sample(state, rng, ids_B):
     del rng
-    n = -(-config.sample.num // 2)
-    data_cfg = config.data.to_dict()
-    data_cfg["display_split"] = config.sample.split
-    shown = jnp.asarray(_display_images(json.dumps(data_cfg, sort_keys=True), n))
-    x = shown[(ids_B // 2) % shown.shape[0]]
-    recon, _ = reconstruct(state, x)
-    return {"images": jnp.where((ids_B % 2 == 1)[:, None, None, None], recon, x)}
+    return {"images": vqgan_lib.inputs_and_reconstructions(config, ids_B, lambda x: reconstruct(state, x)[0],
+                                                           -(-config.sample.num // 2))}
 
   return Family(init=init, train_step=train_step, sample=sample, eval_step=eval_step, encode=encode,
                 decode=decode, samples_are_generated=False)

@@ -50,7 +50,8 @@ class ResnetBlock(nn.Module):
   def __call__(self, x_BxHxWxC, temb_BxE, deterministic: bool):
     h = nn.swish(group_norm(x_BxHxWxC.shape[-1], self.dtype)(x_BxHxWxC))
     h = nn.Conv(self.out_ch, (3, 3), kernel_init=default_init, dtype=self.dtype)(h)
-    h = h + nn.Dense(self.out_ch, kernel_init=default_init, dtype=self.dtype)(nn.swish(temb_BxE))[:, None, None]
+    if temb_BxE is not None:  # None: no time embedding (the KL autoencoder's blocks, models/autoencoder_kl.py)
+      h = h + nn.Dense(self.out_ch, kernel_init=default_init, dtype=self.dtype)(nn.swish(temb_BxE))[:, None, None]
     h = nn.swish(group_norm(self.out_ch, self.dtype)(h))
     h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
     h = nn.Conv(self.out_ch, (3, 3), kernel_init=nn.initializers.zeros, dtype=self.dtype)(h)
