@@ -1,35 +1,51 @@
-"""Text-to-image diffusion: a U-Net with cross-attention to a caption encoder, classifier-free guidance and DDIM
-sampling, through the diffusion family (Rombach, Blattmann, Lorenz, Esser & Ommer, "High-Resolution Image Synthesis
-with Latent Diffusion Models", CVPR 2022, Section 3.3 and 4.3.1; guidance: Ho & Salimans 2022).
+"""Latent diffusion, text to image — Rombach, Blattmann, Lorenz, Esser & Ommer, "High-Resolution Image Synthesis
+with Latent Diffusion Models", CVPR 2022 (Sections 3.2-3.3, 4.3.1): a U-Net with cross-attention to a caption
+encoder, trained with classifier-free guidance (Ho & Salimans 2022) in the latent space of a frozen KL
+autoencoder (experiments/autoencoder_kl.py), sampled with DDIM; through the diffusion family
+(`model.text_encoder`, `model.autoencoder`, diffusion_lib/text.py and latent.py).
 
-Paper setting (Section 4.3.1): a 1.45B-parameter LDM-KL-8 trained on LAION-400M with a jointly trained transformer
-text encoder, sampled with 250 DDIM steps. Reported on MS-COCO 256x256 text-to-image (Table 2): FID 12.63 and IS
-30.29 with classifier-free guidance scale 1.5 (LDM-KL-8-G); 23.31 / 20.03 without guidance (our reading of Table 2;
-check the table before quoting these). LAION-400M is not loadable here and the KL autoencoder of Section 3.1 is not
-built yet (issue 13, item 3), so no preset reproduces that row: `coco_pixel64` is the same recipe in pixel space at
-64x64 on COCO captions (GLIDE's base resolution, Nichol et al. 2022), and the CPU presets train on offline data.
+Paper setting (`paper`, the default; the CompVis txt2img-1p4B config, checked): LDM-KL-8 (256x256 -> 32x32x4),
+U-Net of 320 channels, multipliers (1, 2, 4, 4), 2 res blocks per level, attention with cross-attention at the
+32, 16 and 8 latent sides; a 32-layer, width-1280 transformer text encoder trained jointly (context 77); T = 1000
+with LDM's scaled-linear betas 0.00085 .. 0.012 (`diffusion.schedule=scaled_linear`); 1.45B parameters, trained
+on LAION-400M; sampled with 250 DDIM steps. Reported on MS-COCO 256x256 text-to-image (Table 2): FID 12.63 and
+IS 30.29 with classifier-free guidance scale 1.5 (LDM-KL-8-G); 23.31 / 20.03 without guidance (our reading of
+Table 2; check the table before quoting these). Ours differs: LAION-400M is not loadable, so the preset trains on
+TFDS coco_captions (expect worse numbers than the table); the text encoder's tokens are a BPE of 30,522 ids
+trained on the captions (LDM: BERT's WordPiece vocabulary of that size); cross-attention uses 64 channels a head
+(LDM: 8 heads); learning rate 1e-4 at batch 256 (not re-derived from LDM's per-GPU scaled rate); the LDM
+scale_factor is measured by our autoencoder run (LDM's released f=8 autoencoder: 0.18215). The autoencoder comes
+from `python -m aigc_jax.main --config=experiments/autoencoder_kl.py --workdir=runs/autoencoder_kl` first.
 
 Presets:
-  coco_pixel64 (default)  coco_captions (TFDS, online) at 64x64, joint 12-layer text encoder of width 512,
-                          caption dropout 0.1 (LDM, GLIDE: 10-20%), guidance 1.5, 250 DDIM steps; FID/KID and
-                          CLIP score (set eval.clip_workdir to a CLIP run on the same data)
-  cpu_pixel               captioned_digits 8x8 (offline) in pixel space: "a handwritten seven" -> a seven.
-                          Measured 2026-11-26 (2 CPU cores shared with 4 jobs, load 5-18: 1,000 steps in ~42 min wall):
-                          the ten prompts "a handwritten zero".."nine", 50 samples each (guidance 3, 50 DDIM
-                          steps), judged by the project's digit classifier (which recognises 0.758 of real test
-                          digits): class_accuracy 0.948, per digit 1.0 .94 1.0 1.0 1.0 1.0 1.0 .98 .80 .76; FID
-                          2.46 on that classifier's features (500 samples vs the train split)
-  cpu_shapes_pixel        captioned_shapes 16x16 (offline): "a small red circle above a large blue square";
-                          not trained to the end yet (no number)
+  paper (default)   as above; model.autoencoder=runs/autoencoder_kl
+  coco_pixel64      the same recipe in pixel space at 64x64 (GLIDE's base resolution, Nichol et al. 2022), joint
+                    12-layer text encoder of width 512, 250 DDIM steps, guidance 1.5
+  cpu               captioned_digits 8x8 in the 4x4x4 latents of runs/autoencoder_kl_cpu, with the frozen text
+                    tower of runs/clip_cpu: the offline pipeline's third stage (below)
+  cpu_shapes        captioned_shapes 32x32 in the 8x8x4 latents of runs/autoencoder_kl_cpu_shapes, text tower of
+                    runs/clip_cpu_shapes
+  cpu_pixel         captioned_digits 8x8 in pixel space, joint text encoder (no earlier stage needed).
+                    Measured 2026-11-26 (2 CPU cores shared with 4 jobs, load 5-18: 1,000 steps in ~42 min wall):
+                    the ten prompts "a handwritten zero".."nine", 50 samples each (guidance 3, 50 DDIM
+                    steps), judged by the project's digit classifier (which recognises 0.758 of real test
+                    digits): class_accuracy 0.948, per digit 1.0 .94 1.0 1.0 1.0 1.0 1.0 .98 .80 .76; FID
+                    2.46 on that classifier's features (500 samples vs the train split)
+  cpu_shapes_pixel  captioned_shapes 16x16 in pixel space, joint text encoder; not trained to the end yet
 
-  python -m aigc_jax.main --config=experiments/latent_diffusion.py:cpu_pixel --workdir=runs/ldm_cpu_pixel
-  python -m aigc_jax.main --config=experiments/latent_diffusion.py:cpu_pixel --workdir=runs/ldm_cpu_pixel \\
-      --mode=sample --config.sample.prompt="a handwritten seven"
+The offline pipeline, in this order (each stage finds the previous ones at these workdirs, the defaults of
+model.autoencoder, model.clip_workdir and eval.clip_workdir):
+  python -m aigc_jax.main --config=experiments/autoencoder_kl.py:cpu --workdir=runs/autoencoder_kl_cpu
+  python -m aigc_jax.main --config=experiments/clip.py:cpu --workdir=runs/clip_cpu
+  python -m aigc_jax.main --config=experiments/latent_diffusion.py:cpu --workdir=runs/latent_diffusion_cpu
+  python -m aigc_jax.main --config=experiments/latent_diffusion.py:cpu --workdir=runs/latent_diffusion_cpu \\
+      --mode=sample --config.sample.prompt="a handwritten seven"     # + samples/<step>_guidance.png
   printf 'a handwritten %s\\n' zero one two three four five six seven eight nine > digit_prompts.txt
-  python -m aigc_jax.main --config=experiments/latent_diffusion.py:cpu_pixel --workdir=runs/ldm_cpu_pixel \\
-      --mode=eval --config.sample.prompts_file=digit_prompts.txt --config.eval.metrics="('fid','class_accuracy')"
-  python -m aigc_jax.main --config=experiments/latent_diffusion.py:cpu_shapes_pixel --workdir=runs/ldm_cpu_shapes \\
-      --mode=eval --config.eval.metrics="('compositional_accuracy',)"
+  python -m aigc_jax.main --config=experiments/latent_diffusion.py:cpu --workdir=runs/latent_diffusion_cpu \\
+      --mode=eval --config.sample.prompts_file=digit_prompts.txt \\
+      --config.eval.metrics="('fid','class_accuracy','clip_score')"
+and for captioned_shapes the same with `:cpu_shapes` and the *_cpu_shapes workdirs; its eval adds
+compositional_accuracy (colour, shape and size of one-object prompts, judged by attribute classifiers).
 Guidance convention: output = uncond + scale (cond - uncond): 0 = unconditional, 1 = conditional (the paper's s).
 """
 from aigc_jax.configs import lock
@@ -37,14 +53,46 @@ from aigc_jax.data import captions
 from aigc_jax.families import diffusion
 
 
-def get_config(preset: str = "coco_pixel64"):
+def get_config(preset: str = "paper"):
   c = diffusion.default_config()
   captions.add_caption_keys(c.data)
   c.model.text_encoder = "joint"
   c.diffusion.caption_dropout = 0.1
   c.sample.sampler = "ddim"
   c.sample.eta = 0.0
-  if preset == "coco_pixel64":
+  if preset == "paper":
+    c.data.name = "coco_captions"
+    c.data.image_size = 256
+    c.data.channels = 3
+    c.data.random_flip = False     # captions may say left/right
+    c.data.caption_length = 77
+    c.data.tokenizer = "bpe"
+    c.data.bpe_vocab_size = 30_522
+    c.model.autoencoder = "runs/autoencoder_kl"  # experiments/autoencoder_kl.py (paper): 32x32x4 latents
+    c.batch_size = 256
+    c.num_train_steps = 500_000
+    c.log_every_steps = 100
+    c.checkpoint_every_steps = 10_000
+    c.sample_every_steps = 25_000
+    c.model.ch = 320
+    c.model.ch_mult = (1, 2, 4, 4)
+    c.model.num_res_blocks = 2
+    c.model.attn_resolutions = (32, 16, 8)  # latent sides (LDM's attention_resolutions 4, 2, 1)
+    c.model.dropout = 0.0
+    c.model.text_width = 1280
+    c.model.text_layers = 32
+    c.model.text_heads = 8
+    c.diffusion.schedule = "scaled_linear"
+    c.diffusion.beta_start = 0.00085
+    c.diffusion.beta_end = 0.012
+    c.diffusion.clip_denoised = False  # latents are not bounded to [-1, 1]
+    c.optimizer.learning_rate = 1e-4
+    c.optimizer.warmup_steps = 10_000
+    c.sample.steps = 250
+    c.sample.guidance_scale = 1.5
+    c.eval.num_samples = 30_000
+    c.eval.metrics = ("fid", "kid")
+  elif preset == "coco_pixel64":
     c.data.name = "coco_captions"
     c.data.image_size = 64
     c.data.channels = 3
@@ -101,6 +149,46 @@ def get_config(preset: str = "coco_pixel64"):
     c.eval.num_samples = 500
     c.eval.batch_size = 100
     c.eval.metrics = ("fid",) if digits else ("fid", "compositional_accuracy")
+  elif preset in ("cpu", "cpu_shapes"):
+    digits = preset == "cpu"
+    suffix = "cpu" if digits else "cpu_shapes"
+    c.data.name = "captioned_digits" if digits else "captioned_shapes"
+    c.data.image_size = 8 if digits else 32
+    c.data.channels = 1 if digits else 3
+    c.data.random_flip = False
+    # The caption keys of the CLIP run whose text tower this reads (experiments/clip.py; checked at load).
+    c.data.caption_length = 32
+    c.data.tokenizer = "byte" if digits else "bpe"
+    c.data.bpe_vocab_size = 0 if digits else 512
+    c.model.autoencoder = f"runs/autoencoder_kl_{suffix}"
+    c.model.text_encoder = "clip"
+    c.model.clip_workdir = f"runs/clip_{suffix}"
+    c.batch_size = 64
+    c.num_train_steps = 1500 if digits else 3000
+    c.log_every_steps = 100
+    c.checkpoint_every_steps = 500
+    c.sample_every_steps = c.num_train_steps
+    c.model.ch = 32 if digits else 64
+    c.model.ch_mult = (1, 2)       # latent sides 4, 2 (digits) or 8, 4 (shapes)
+    c.model.num_res_blocks = 2
+    c.model.attn_resolutions = (4, 2) if digits else (8, 4)
+    c.model.dropout = 0.0
+    c.model.ema_decay = 0.999
+    c.diffusion.schedule = "scaled_linear"
+    c.diffusion.beta_start = 0.00085
+    c.diffusion.beta_end = 0.012
+    c.diffusion.clip_denoised = False
+    c.optimizer.learning_rate = 1e-3
+    c.optimizer.warmup_steps = 200
+    c.sample.steps = 50
+    c.sample.guidance_scale = 3.0
+    c.sample.guidance_grid = (0.0, 1.0, 3.0, 7.0)  # --mode=sample: samples/<step>_guidance.png
+    c.sample.num = 100
+    c.eval.num_samples = 500
+    c.eval.batch_size = 100
+    c.eval.clip_workdir = f"runs/clip_{suffix}"
+    c.eval.metrics = ("fid", "clip_score") if digits else ("fid", "clip_score", "compositional_accuracy")
   else:
-    raise ValueError(f"unknown preset {preset!r}; use coco_pixel64, cpu_pixel or cpu_shapes_pixel")
+    raise ValueError(f"unknown preset {preset!r}; use paper, coco_pixel64, cpu, cpu_shapes, cpu_pixel or "
+                     "cpu_shapes_pixel")
   return lock(c)

@@ -80,6 +80,15 @@ def test_cosine_schedule_and_respacing():
   np.testing.assert_allclose(s.respace(kept).alphas_cumprod, s.alphas_cumprod[kept], rtol=1e-12)
 
 
+def test_scaled_linear_schedule_is_latent_diffusions():
+  s = make_schedule("scaled_linear", 1000, 0.00085, 0.012)
+  assert s.betas[0] == pytest.approx(0.00085) and s.betas[-1] == pytest.approx(0.012)
+  np.testing.assert_allclose(np.diff(np.sqrt(s.betas)), (0.012 ** 0.5 - 0.00085 ** 0.5) / 999, rtol=1e-9)
+  # Stable Diffusion's terminal signal level, sqrt(abar_T) = 0.068265 (Lin et al. 2024, "Common Diffusion Noise
+  # Schedules and Sample Steps are Flawed", Section 3.1), is a number this schedule must give.
+  assert math.sqrt(s.alphas_cumprod[-1]) == pytest.approx(0.068265, abs=2e-6)
+
+
 def test_q_sample_statistics():
   s = make_schedule("linear", 1000)
   x0 = jnp.full((4096, 4, 4, 1), 0.6)

@@ -70,8 +70,8 @@ def default_config() -> ConfigDict:
 
   c.diffusion = ConfigDict()
   c.diffusion.num_timesteps = 1000   # T
-  c.diffusion.schedule = "linear"    # linear | cosine
-  c.diffusion.beta_start = 1e-4      # linear schedule's first and last beta
+  c.diffusion.schedule = "linear"    # linear | scaled_linear (LDM's sqrt-spaced) | cosine
+  c.diffusion.beta_start = 1e-4      # (scaled_)linear schedule's first and last beta
   c.diffusion.beta_end = 0.02
   c.diffusion.prediction = "eps"     # network target: eps | x0 | v
   c.diffusion.loss_weighting = "simple"  # simple (L_simple) | min_snr
