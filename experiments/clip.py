@@ -32,9 +32,10 @@ r = the prompt of class r, its columns the nearest test images. Other code reads
 cpu: captioned_digits (8x8, 1,500 train / 297 test), ViT with 2x2 patches (16 tokens), width 64, 2 layers per
 tower, 64-d joint space, byte captions of at most 32 tokens (the longest, "a seven written by hand", is 25),
 batch 128, 1,500 steps.
-cpu_shapes: captioned_shapes (32x32 RGB, 10,000 train / 1,000 test), 8x8 patches (16 tokens), width 64, 2 layers,
-BPE of 512 ids (the longest training caption, 111 bytes, is 22 tokens with BOS/EOS) in 32-token captions, batch
-128, 2,000 steps. (4x4 patches, width 96, 3 layers ran at 0.37 steps/s: over two hours.)
+cpu_shapes: captioned_shapes (16x16 RGB, 10,000 train / 1,000 test; the size the text-to-image shapes presets
+use), 4x4 patches (16 tokens), width 64, 2 layers, BPE of 512 ids (the longest training caption, 111 bytes, is
+22 tokens with BOS/EOS) in 32-token captions, batch 128, 2,000 steps. (At 32x32, 4x4 patches, width 96 and 3
+layers ran at 0.37 steps/s: over two hours.)
 
 Measured (2 CPU cores shared with other jobs, load average ~7, so slower than a quiet machine; 2026-11):
 cpu: 1,500 steps in ~10.5 minutes (1.6-3.2 steps/s), final loss 2.34 (ln 128 = 4.85 at the start; templated
@@ -43,7 +44,7 @@ zero-shot accuracy 0.842 (chance 0.1; mean per class 0.841), text->image recall@
 image->text 0.205 / 0.226 / 0.391, logit scale 16.7. Image->text is low by construction: each test image has ONE
 caption whose template (of 4) was drawn at random, which no image can reveal. The retrieval figure
 (--mode=sample) retrieves 96 of 100 images of the prompt's digit.
-cpu_shapes: 2.3 steps/s at the same load (~15 minutes for 2,000 steps; not trained to the end yet).
+cpu_shapes: at 32x32 with 8x8 patches, 2.3 steps/s at the same load (~15 minutes for 2,000 steps).
 """
 from aigc_jax.configs import lock
 from aigc_jax.families import clip
@@ -118,10 +119,10 @@ def get_config(preset: str = "paper"):
       c.checkpoint_every_steps = c.eval.every_steps = 2_000
       c.sample_every_steps = 2_000
       c.data.name = "captioned_shapes"
-      c.data.image_size = 32
+      c.data.image_size = 16
       c.data.tokenizer = "bpe"
       c.data.bpe_vocab_size = 512
-      m.patch_size = 8
+      m.patch_size = 4
       m.vision_width = m.text_width = 64
       m.vision_layers = m.text_layers = 2
   else:

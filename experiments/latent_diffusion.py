@@ -23,7 +23,7 @@ Presets:
                     12-layer text encoder of width 512, 250 DDIM steps, guidance 1.5
   cpu               captioned_digits 8x8 in the 4x4x4 latents of runs/autoencoder_kl_cpu, with the frozen text
                     tower of runs/clip_cpu: the offline pipeline's third stage (below)
-  cpu_shapes        captioned_shapes 32x32 in the 8x8x4 latents of runs/autoencoder_kl_cpu_shapes, text tower of
+  cpu_shapes        captioned_shapes 16x16 in the 8x8x4 latents of runs/autoencoder_kl_cpu_shapes, text tower of
                     runs/clip_cpu_shapes
   cpu_pixel         captioned_digits 8x8 in pixel space, joint text encoder (no earlier stage needed).
                     Measured 2026-11-26 (2 CPU cores shared with 4 jobs, load 5-18: 1,000 steps in ~42 min wall):
@@ -153,7 +153,7 @@ def get_config(preset: str = "paper"):
     digits = preset == "cpu"
     suffix = "cpu" if digits else "cpu_shapes"
     c.data.name = "captioned_digits" if digits else "captioned_shapes"
-    c.data.image_size = 8 if digits else 32
+    c.data.image_size = 8 if digits else 16
     c.data.channels = 1 if digits else 3
     c.data.random_flip = False
     # The caption keys of the CLIP run whose text tower this reads (experiments/clip.py; checked at load).
