@@ -70,27 +70,29 @@ def model_kind(config) -> str:
   raise SystemExit(f"bench/audio.py times WaveNet and DiffWave specs; this one is family {config.family!r}")
 
 
-def reference_command(kind, name, preset, batch, steps, threads):
+def reference_command(kind, name, preset, batch, steps, threads, scripts=REFERENCES):
   spec = f"{name}:{preset}" if preset else name
-  cmd = [sys.executable, os.path.join(ROOT, "bench", REFERENCES[kind]), f"--config={spec}", f"--batch={batch}",
+  cmd = [sys.executable, os.path.join(ROOT, "bench", scripts[kind]), f"--config={spec}", f"--batch={batch}",
          f"--steps={steps}", "--warmup=2"]
   return cmd + ([f"--threads={threads}"] if threads else [])
 
 
-def bench_train(args, ts):
-  """Part 1. `ts` is bench/train_step.py (imported after the device count is set)."""
+def bench_train(args, ts, kind_of=model_kind, scripts=REFERENCES, unit="clips"):
+  """Part 1. `ts` is bench/train_step.py (imported after the device count is set). Other benches reuse it with
+  their own `kind_of(config) -> kind`, `scripts` (kind -> reference script) and `unit` (what one example is)."""
   import jax
   rows = []
   for spec in args.specs:
     name, preset, batch = ts.parse_spec(spec)
     config = ts.load_config(name, preset, batch, [])
-    kind = model_kind(config)
+    kind = kind_of(config)
     label = f"{name}:{preset or 'default'}@{config.batch_size}"
     ours = ts.Ours(config)
     for _ in range(args.warmup):
       ours.run(1)
     steps = args.steps or max(2, min(100, round(3.0 * ours.run(2))))
-    cmd = reference_command(kind, name, preset, config.batch_size, steps, args.threads) if args.reference else None
+    cmd = (reference_command(kind, name, preset, config.batch_size, steps, args.threads, scripts) if args.reference
+           else None)
     ours_rates, ref_rates, others, loads, ref = [], [], [], [], None
     for r in range(args.rounds):
       if args.wait_quiet:
@@ -119,7 +121,7 @@ def bench_train(args, ts):
     rows.append(row)
     del ours
   print()
-  print("| preset@batch | ours steps/s | ours clips/s | torch eager steps/s | torch clips/s | ours/torch | params "
+  print(f"| preset@batch | ours steps/s | ours {unit}/s | torch eager steps/s | torch {unit}/s | ours/torch | params "
         "(ours = torch) | compile s | quiet rounds | load (1/5/15 min) per round |")
   print("|---|---|---|---|---|---|---|---|---|---|")
   for r in rows:
@@ -154,18 +156,22 @@ class Generator:
     self.state = parallel.replicate(jax.device_get(state), self.mesh)
     self.rng = jax.random.key(config.seed)
     self.ids = parallel.shard_batch(np.arange(batch, dtype=np.int32), self.mesh)
-    self.length = round(config.data.sample_rate * config.data.clip_seconds)
+    self.length = round(config.data.sample_rate * config.data.clip_seconds) if "sample_rate" in config.data else 0
     start = time.perf_counter()
     self.compiled = parallel.data_parallel_map(sample_fn, self.mesh).lower(self.state, self.rng, self.ids).compile()
     self.compile_s = time.perf_counter() - start
     self.last = None
 
-  def run(self):
-    """(real-time factor, wall seconds) of one call, its outputs fetched to the host as the sampler does."""
+  def call(self) -> float:
+    """Wall seconds of one call, its outputs fetched to the host as the sampler does."""
     import jax
     start = time.perf_counter()
     self.last = jax.device_get(self.compiled(self.state, self.rng, self.ids))
-    wall = time.perf_counter() - start
+    return time.perf_counter() - start
+
+  def run(self):
+    """(real-time factor, wall seconds) of one call."""
+    wall = self.call()
     return self.batch * self.length / self.config.data.sample_rate / wall, wall
 
 
