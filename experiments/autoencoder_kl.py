@@ -35,7 +35,7 @@ cpu: captioned_digits 8x8x1 -> 4x4x4 latents (f = 2, ch_mult (1, 2), width 32, o
 mid attention at 4x4), L1 + perceptual (digits classifier) + 1e-6 KL, no discriminator (at 8x8 a PatchGAN has
 one 2x2 logit grid and buys nothing the L1 + perceptual loss lacks, as experiments/vqgan.py found on 16x16
 digits), Adam 1e-3 (betas 0.5, 0.9), batch 64.
-cpu_shapes: captioned_shapes 16x16x3 -> 8x8x4 latents (f = 2, as cpu), otherwise as cpu. (At 32x32 -> 8x8x4,
+cpu_shapes: captioned_shapes 16x16x3 -> 8x8x4 latents (f = 2, as cpu), 1,000 steps, otherwise as cpu. (At 32x32 -> 8x8x4,
 f = 4 with ch_mult (1, 2, 2), a step took ~10 s on 2 shared cores: hours for 2,000 steps.)
 """
 from aigc_jax.configs import lock
@@ -81,9 +81,9 @@ def get_config(preset: str = "paper"):
   elif preset in ("cpu", "cpu_shapes"):
     digits = preset == "cpu"
     c.batch_size = 64
-    c.num_train_steps = 2_000
+    c.num_train_steps = 2_000 if digits else 1_000  # shapes: ~3x the cost of a digits step
     c.log_every_steps = 100
-    c.checkpoint_every_steps = 1_000
+    c.checkpoint_every_steps = 1_000 if digits else 500
     c.sample_every_steps = 1_000
     c.data.name = "captioned_digits" if digits else "captioned_shapes"
     c.data.image_size = 8 if digits else 16
