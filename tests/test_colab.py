@@ -1,5 +1,7 @@
 """The colab notebooks run headless (nbclient) with tiny step counts: quickstart.ipynb shows a sample grid and
-losses, audio.ipynb plays the generated WAVs, shows spectrogram grids and writes the metric card."""
+losses, audio.ipynb plays the generated WAVs, shows spectrogram grids and writes the metric card,
+text_to_image.ipynb trains the three stages of latent text-to-image diffusion and samples typed prompts and a
+guidance grid."""
 import base64
 import os
 import re
@@ -112,3 +114,90 @@ def test_audio_notebook_trains_diffwave_and_plays_wavs(tmp_path, monkeypatch):
   card = json.loads((workdir / "eval" / "2.json").read_text())
   assert card["num_generated"] == 10 and {"fid", "is", "class_accuracy"} <= set(card["metrics"])
   assert '"class_accuracy"' in text
+
+
+T2I_NOTEBOOK = os.path.join(ROOT, "colab", "text_to_image.ipynb")
+T2I_STEPS = 3
+
+
+def _png(data: bytes) -> np.ndarray:
+  import io
+  return np.asarray(Image.open(io.BytesIO(data)))
+
+
+def test_text_to_image_notebook_trains_three_stages_then_prompt_rows_and_a_guidance_grid(tmp_path, monkeypatch):
+  """colab/text_to_image.ipynb at tiny widths (compiles dominate: one U-Net level, attention only in the middle):
+  the autoencoder, CLIP and the latent U-Net train T2I_STEPS steps each, the U-Net on the autoencoder's latents
+  with CLIP's text tower; the figures shown are the harness's PNGs enlarged pixel for pixel; the typed prompts get
+  one row each, of samples drawn for that prompt; the guidance grid's rows move away from the unconditional row
+  as the scale grows (same noise: uncond + s (cond - uncond))."""
+  import json
+  monkeypatch.setenv("XLA_FLAGS", re.sub(r"--xla_force_host_platform_device_count=\d+", "",
+                                         os.environ.get("XLA_FLAGS", "")).strip())
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  nb = nbformat.read(T2I_NOTEBOOK, as_version=4)
+  params = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+  assert len(params) == 1 and all(k in params[0].source for k in ("AUTOENCODER_STEPS", "CLIP_STEPS",
+                                                                   "DIFFUSION_STEPS", "DIFFUSION_OVERRIDES"))
+  runs = tmp_path / "runs"
+  ae = {"batch_size": 8, "model.ch": 8, "model.ch_mult": (1,), "model.mid_attention": False,
+        "model.perceptual_weight": 0.0, "sample.num": 16}  # 8x8x4 latents
+  clip = {"batch_size": 16, "model.embed_dim": 16, "model.vision_width": 16, "model.text_width": 16,
+          "model.vision_layers": 1, "model.text_layers": 1, "model.vision_heads": 2, "model.text_heads": 2,
+          "sample.num": 16}
+  # lr 1e-2 without EMA: three steps move the zero-initialised cross-attention enough for guidance to show.
+  ldm = {"batch_size": 8, "model.ch": 32, "model.ch_mult": (1,), "model.num_res_blocks": 1,
+         "model.attn_resolutions": (), "optimizer.warmup_steps": 0, "optimizer.learning_rate": 1e-2,
+         "sample.use_ema": False, "sample.steps": 2}
+  params[0].source = (f"AUTOENCODER_STEPS = CLIP_STEPS = DIFFUSION_STEPS = {T2I_STEPS}\nWORKDIR = {str(runs)!r}\n"
+                      f"AUTOENCODER_OVERRIDES = {ae!r}\nCLIP_OVERRIDES = {clip!r}\nDIFFUSION_OVERRIDES = {ldm!r}\n"
+                      "REPO_URL = ''\n")
+  ae_dir, clip_dir, ldm_dir = runs / "autoencoder_kl_cpu", runs / "clip_cpu", runs / "latent_diffusion_cpu"
+  prompt_samples = {}
+
+  def after_cell(cell, cell_index, execute_reply):
+    """The prompt cell's samples, before the guidance cell's --mode=sample overwrites <step>.npz."""
+    if "PROMPTS = [" in cell.source:
+      with np.load(ldm_dir / "samples" / f"{T2I_STEPS}.npz") as f:
+        prompt_samples.update(f)
+
+  nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", on_cell_executed=after_cell,
+                          resources={"metadata": {"path": os.path.join(ROOT, "colab")}}).execute()
+
+  outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+  text = "".join(o.get("text", "") for o in outputs)
+  assert text.count(f"trained steps: {T2I_STEPS}") == 3
+  for d in (ae_dir, clip_dir, ldm_dir):
+    assert (d / "checkpoints" / str(T2I_STEPS)).is_dir()
+  assert "latents (8, 8, 4) per (8, 8, 1) image" in text  # one autoencoder level: f = 1
+  shown = [_png(base64.b64decode(o["data"]["image/png"])) for o in outputs if "image/png" in o.get("data", {})]
+  assert len(shown) == 4
+  # Autoencoder and CLIP figures: the harness's 4x4 grids of 8x8 tiles, enlarged 4x with nearest pixels.
+  for figure, d in zip(shown[:2], (ae_dir, clip_dir)):
+    written = np.asarray(Image.open(d / "samples" / f"{T2I_STEPS}.png"))
+    assert written.shape[:2] == (4 * 10 + 2, 4 * 10 + 2)
+    np.testing.assert_array_equal(figure[::4, ::4], written)
+  card = json.loads((clip_dir / "eval" / f"{T2I_STEPS}.json").read_text())
+  assert f"zero-shot accuracy: {card['metrics']['zero_shot_accuracy']:.3f}" in text
+  assert {"text_to_image_recall@1", "image_to_text_recall@1"} <= set(card["metrics"])
+  # Prompts: 4 typed prompts, 8 per row, from a square sample grid of 8 columns whose row r asks for prompt r % 4.
+  prompts = ["a handwritten zero", "the digit three", "a seven written by hand", "the number nine"]
+  assert all(f"row {r}: {prompts[r % 4]}" in text for r in range(8))
+  ids = prompt_samples["prompt_ids"]
+  np.testing.assert_array_equal(ids, np.repeat(np.arange(8) % 4, 8))
+  from aigc_jax.media import images as images_lib
+  tiles = np.concatenate([prompt_samples["images"][ids == p][:8] for p in range(4)])
+  grid = images_lib.image_grid(tiles, ncols=8)  # the npz holds the samples as uint8
+  rows_figure = shown[2]
+  assert rows_figure.shape[0] == 4 * (4 * 10 + 2)
+  right = rows_figure[::4, -4 * (8 * 10 + 2)::4]  # the labels are on the left
+  np.testing.assert_array_equal(right, np.repeat(grid, 3, axis=-1))
+  # Guidance: one row per scale (0, 1, 3, 7) of 8 samples, the same noise in every row.
+  guidance = np.asarray(Image.open(ldm_dir / "samples" / f"{T2I_STEPS}_guidance.png"))
+  assert guidance.shape[:2] == (4 * 10 + 2, 8 * 10 + 2)
+  np.testing.assert_array_equal(shown[3][::6, ::6], guidance)
+  assert (ldm_dir / "samples" / f"{T2I_STEPS}_guidance.txt").read_text().splitlines() == [
+      "prompt: a handwritten seven"] + [f"row {k}: guidance_scale {g}" for k, g in enumerate((0.0, 1.0, 3.0, 7.0))]
+  rows = [guidance[2 + 10 * k:10 + 10 * k].astype(np.int64) for k in range(4)]
+  distance = [np.abs(rows[k] - rows[0]).mean() for k in (1, 2, 3)]
+  assert 0 < distance[0] < distance[1] < distance[2], distance
