@@ -35,13 +35,13 @@ def pytest_unconfigure(config):
 # pytest-xdist (--dist loadfile) hands whole files to the two workers in collection order. Starting with the
 # longest files keeps the last minutes from being one worker finishing a long file while the other idles.
 # Measured CPU-s per file (one file alone, -n 0), longest first; a file not listed runs after these
-# (test_colab.py: placed by its earlier rank, not re-measured).
-_LONGEST_FIRST = ("test_evaluation.py", "test_text_diffusion.py", "test_golden.py", "test_parallel.py",
-                  "test_multiprocess.py", "test_cli_errors.py", "test_autoregressive.py", "test_checkpointing.py",
-                  "test_tf_free.py", "test_dalle.py", "test_diffusion.py", "test_vqvae.py", "test_vae.py",
-                  "test_eval_resume.py", "test_reliability.py", "test_clip.py", "test_maskgit.py", "test_vqgan.py",
-                  "test_wavenet.py", "test_class_accuracy.py", "test_colab.py", "test_codes.py",
-                  "test_text_metrics.py", "test_audio_data.py", "test_data.py", "test_pix2pix.py",
+# (test_colab.py ~100 CPU-s with the text-to-image notebook, test_autoencoder_kl.py ~20: placed, not re-measured).
+_LONGEST_FIRST = ("test_colab.py", "test_evaluation.py", "test_text_diffusion.py", "test_golden.py",
+                  "test_parallel.py", "test_multiprocess.py", "test_cli_errors.py", "test_autoregressive.py",
+                  "test_checkpointing.py", "test_tf_free.py", "test_dalle.py", "test_diffusion.py", "test_vqvae.py",
+                  "test_vae.py", "test_eval_resume.py", "test_reliability.py", "test_clip.py", "test_maskgit.py",
+                  "test_vqgan.py", "test_wavenet.py", "test_class_accuracy.py", "test_autoencoder_kl.py",
+                  "test_codes.py", "test_text_metrics.py", "test_audio_data.py", "test_data.py", "test_pix2pix.py",
                   "test_extensibility.py", "test_diffwave.py", "test_captions.py", "test_media.py",
                   "test_gan_augment.py", "test_gan_models.py", "test_audio_eval.py", "test_dcgan_model.py",
                   "test_dispatch.py", "test_gan_2d.py", "test_gan_zoo.py", "test_family_defaults.py",
