@@ -15,8 +15,15 @@ images, 5 captions each): expect far lower zero-shot numbers at that data scale.
 = 390,625. Ours differs: no lower-casing in the BPE, no random crops; the paper's ResNet image encoders are not
 built (the ViT is the default and only encoder).
 
-The CPU presets (offline, each in well under 20 minutes on 2 CPU cores) feed the text-to-image pipeline of
-issue 13: CLIP is its middle stage, found by later stages at these workdirs:
+The CPU presets (offline, each in well under 20 minutes on 2 CPU cores) feed the text-to-image pipeline; CLIP
+is its middle stage. The three stages, in the order they must run (each later stage finds the earlier ones at
+these workdirs, the defaults of latent_diffusion.py's model.autoencoder and model.clip_workdir):
+
+  python -m aigc_jax.main --config=experiments/autoencoder_kl.py:cpu --workdir=runs/autoencoder_kl_cpu
+  python -m aigc_jax.main --config=experiments/clip.py:cpu --workdir=runs/clip_cpu
+  python -m aigc_jax.main --config=experiments/latent_diffusion.py:cpu --workdir=runs/latent_diffusion_cpu
+
+and `:cpu_shapes` with the *_cpu_shapes workdirs for captioned_shapes. Other CLIP commands:
 
   python -m aigc_jax.main --config=experiments/clip.py:cpu --workdir=runs/clip_cpu                 # digits
   python -m aigc_jax.main --config=experiments/clip.py:cpu --workdir=runs/clip_cpu --mode=eval     # card
