@@ -61,6 +61,19 @@ from aigc_jax.data import captions
 from aigc_jax.families import diffusion
 
 
+def _cpu_sampling_and_eval(c):
+  """What every CPU preset shares: the optimiser, the 50-step guided DDIM sampler and its guidance grid, and an
+  evaluation of 500 samples."""
+  c.optimizer.learning_rate = 1e-3
+  c.optimizer.warmup_steps = 200
+  c.sample.steps = 50
+  c.sample.guidance_scale = 3.0
+  c.sample.guidance_grid = (0.0, 1.0, 3.0, 7.0)  # --mode=sample: samples/<step>_guidance.png
+  c.sample.num = 100
+  c.eval.num_samples = 500
+  c.eval.batch_size = 100
+
+
 def get_config(preset: str = "paper"):
   c = diffusion.default_config()
   captions.add_caption_keys(c.data)
@@ -148,14 +161,7 @@ def get_config(preset: str = "paper"):
     c.model.text_width = 64
     c.model.text_layers = 2
     c.model.text_heads = 2
-    c.optimizer.learning_rate = 1e-3
-    c.optimizer.warmup_steps = 200
-    c.sample.steps = 50
-    c.sample.guidance_scale = 3.0
-    c.sample.guidance_grid = (0.0, 1.0, 3.0, 7.0)  # --mode=sample: samples/<step>_guidance.png
-    c.sample.num = 100
-    c.eval.num_samples = 500
-    c.eval.batch_size = 100
+    _cpu_sampling_and_eval(c)
     c.eval.metrics = ("fid",) if digits else ("fid", "compositional_accuracy")
   elif preset in ("cpu", "cpu_shapes"):
     digits = preset == "cpu"
@@ -186,14 +192,7 @@ def get_config(preset: str = "paper"):
     c.diffusion.beta_start = 0.00085
     c.diffusion.beta_end = 0.012
     c.diffusion.clip_denoised = False
-    c.optimizer.learning_rate = 1e-3
-    c.optimizer.warmup_steps = 200
-    c.sample.steps = 50
-    c.sample.guidance_scale = 3.0
-    c.sample.guidance_grid = (0.0, 1.0, 3.0, 7.0)  # --mode=sample: samples/<step>_guidance.png
-    c.sample.num = 100
-    c.eval.num_samples = 500
-    c.eval.batch_size = 100
+    _cpu_sampling_and_eval(c)
     c.eval.clip_workdir = f"runs/clip_{suffix}"
     c.eval.metrics = ("fid", "clip_score") if digits else ("fid", "clip_score", "compositional_accuracy")
   else:
