@@ -32,7 +32,13 @@ Presets:
                     57.9). The autoencoder: PSNR 28.8 dB, rFID 0.048 on the test split. samples/1500_guidance.png
                     of "a handwritten seven": guidance 0 draws assorted digits, 1, 3 and 7 sevens
   cpu_shapes        captioned_shapes 16x16 in the 8x8x4 latents of runs/autoencoder_kl_cpu_shapes, text tower of
-                    runs/clip_cpu_shapes
+                    runs/clip_cpu_shapes. Measured 2026-11-27 (autoencoder 1,000 steps, train PSNR ~24 dB; CLIP
+                    2,000 steps; diffusion 1,000 steps in 17 min alone on 2 cores, ~1 step/s): on the test
+                    captions' 181 one-object prompts (500 samples, guidance 3), compositional_accuracy colour 0.785
+                    (chance 0.167), shape 0.287 (chance 0.2), size 0.790 (chance 0.5), colour and shape together
+                    0.227 (chance 0.033); the judges read real renders at 1.0 / 0.997 / 1.0. Shape is the weak
+                    attribute at 16x16 and 1,000 steps. FID 2.57 (classifier features), clip_score 84.0 (real:
+                    96.0). samples/1000_guidance.png of "a red circle": guidance 0 draws any colour, 1-7 red
   cpu_pixel         captioned_digits 8x8 in pixel space, joint text encoder (no earlier stage needed).
                     Measured 2026-11-26 (2 CPU cores shared with 4 jobs, load 5-18: 1,000 steps in ~42 min wall):
                     the ten prompts "a handwritten zero".."nine", 50 samples each (guidance 3, 50 DDIM
@@ -178,7 +184,7 @@ def get_config(preset: str = "paper"):
     c.model.text_encoder = "clip"
     c.model.clip_workdir = f"runs/clip_{suffix}"
     c.batch_size = 64
-    c.num_train_steps = 1500 if digits else 2000
+    c.num_train_steps = 1500 if digits else 1000  # shapes: ~1 step/s alone on 2 cores (4.5M parameters)
     c.log_every_steps = 100
     c.checkpoint_every_steps = 500
     c.sample_every_steps = c.num_train_steps
