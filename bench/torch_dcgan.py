@@ -35,6 +35,23 @@ def experiment_config(spec):
   return load_experiment(name if os.path.sep in name else os.path.join(ROOT, "experiments", name), preset)
 
 
+def time_and_report(step, inputs, warmup, steps, label, config_spec, n_params, batch, shape="", unit="examples"):
+  """The twins' shared tail: `warmup` untimed then `steps` timed calls of step(*inputs) (the last loss read back
+  so queued work is counted), one human line and one JSON line (what bench/train_step.py parses)."""
+  for _ in range(warmup):
+    step(*inputs)
+  start = time.perf_counter()
+  for _ in range(steps):
+    out = step(*inputs)
+  float(out[0] if isinstance(out, tuple) else out)
+  rate = steps / (time.perf_counter() - start)
+  impl, threads = f"PyTorch {torch.__version__} eager", torch.get_num_threads()
+  print(f"{impl} {label} ({config_spec}, {n_params:,} params, batch {batch}{shape}, {threads} threads): "
+        f"{rate:.3f} steps/s, {rate * batch:.1f} {unit}/s")
+  print(json.dumps({"impl": impl, "config": config_spec, "batch": batch, "threads": threads, "params": n_params,
+                    "steps_per_s": rate, "examples_per_s": rate * batch, "ms_per_step": 1000 / rate}))
+
+
 def dcgan_init(module):
   if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
     nn.init.normal_(module.weight, 0.0, 0.02)

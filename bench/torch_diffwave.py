@@ -20,11 +20,9 @@ global-norm clipping, Adam with linear warm-up, EMA of the params with decay min
 bench/audio.py reads).
 """
 import argparse
-import json
 import math
 import os
 import sys
-import time
 
 import numpy as np
 import torch
@@ -32,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from torch_dcgan import experiment_config  # noqa: E402
+from torch_dcgan import experiment_config, time_and_report  # noqa: E402
 from torch_unet import timestep_embedding  # noqa: E402
 
 STEP_EMBED_DIM, STEP_HIDDEN_DIM, LABEL_EMBED_DIM = 128, 512, 128
@@ -150,20 +148,8 @@ def main():
   n_params = sum(p.numel() for p in model.parameters())
   x0 = torch.rand(batch, length) * 2 - 1
   labels = torch.randint(0, max(config.model.num_classes, 1), (batch,))
-  step = make_step(config, model)
-  for _ in range(a.warmup):
-    step(x0, labels)
-  start = time.perf_counter()
-  for _ in range(a.steps):
-    loss = step(x0, labels)
-  float(loss)
-  rate = a.steps / (time.perf_counter() - start)
-  impl = f"PyTorch {torch.__version__} eager"
-  threads = torch.get_num_threads()
-  print(f"{impl} DiffWave ({a.config}, {n_params:,} params, batch {batch} x {length} samples, {threads} threads): "
-        f"{rate:.3f} steps/s, {rate * batch:.1f} clips/s")
-  print(json.dumps({"impl": impl, "config": a.config, "batch": batch, "threads": threads, "params": n_params,
-                    "steps_per_s": rate, "examples_per_s": rate * batch, "ms_per_step": 1000 / rate}))
+  time_and_report(make_step(config, model), (x0, labels), a.warmup, a.steps, "DiffWave", a.config, n_params, batch,
+                  f" x {length} samples", "clips")
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch_unet  # noqa: E402
-from torch_dcgan import ROOT, experiment_config  # noqa: E402
+from torch_dcgan import ROOT, experiment_config, time_and_report  # noqa: E402
 
 sys.path.insert(0, ROOT)
 from aigc_jax.data import captions  # noqa: E402  (numpy + ml_collections; no jax)
@@ -353,17 +353,7 @@ def main():
   model.train()
   images, tokens, mask = synthetic_batch(config, batch)
   step = clip_step(config, model) if config.family == "clip" else diffusion_step(config, model)
-  for _ in range(a.warmup):
-    step(images, tokens, mask)
-  start = time.perf_counter()
-  for _ in range(a.steps):
-    out = step(images, tokens, mask)
-  float(out[0] if isinstance(out, tuple) else out)
-  rate = a.steps / (time.perf_counter() - start)
-  print(f"{impl} {type(model).__name__} ({a.config}, {n_params:,} params, batch {batch}, {threads} threads): "
-        f"{rate:.3f} steps/s, {rate * batch:.1f} examples/s")
-  print(json.dumps({"impl": impl, "config": a.config, "batch": batch, "threads": threads, "params": n_params,
-                    "steps_per_s": rate, "examples_per_s": rate * batch, "ms_per_step": 1000 / rate}))
+  time_and_report(step, (images, tokens, mask), a.warmup, a.steps, type(model).__name__, a.config, n_params, batch)
 
 
 if __name__ == "__main__":

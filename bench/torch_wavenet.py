@@ -20,18 +20,16 @@ model.ema_decay > 0.
 bench/audio.py reads).
 """
 import argparse
-import json
 import math
 import os
 import sys
-import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from torch_dcgan import experiment_config  # noqa: E402
+from torch_dcgan import experiment_config, time_and_report  # noqa: E402
 
 MU_LAW_BINS = 256
 START_INDEX = MU_LAW_BINS // 2  # mu-law bin of silence: the input before the first sample
@@ -138,20 +136,8 @@ def main():
   n_params = sum(p.numel() for p in model.parameters())
   audio = torch.rand(batch, length) * 2 - 1
   labels = torch.randint(0, max(config.model.num_classes, 1), (batch,))
-  step = make_step(config, model)
-  for _ in range(a.warmup):
-    step(audio, labels)
-  start = time.perf_counter()
-  for _ in range(a.steps):
-    loss = step(audio, labels)
-  float(loss)
-  rate = a.steps / (time.perf_counter() - start)
-  impl = f"PyTorch {torch.__version__} eager"
-  threads = torch.get_num_threads()
-  print(f"{impl} WaveNet ({a.config}, {n_params:,} params, batch {batch} x {length} samples, {threads} threads): "
-        f"{rate:.3f} steps/s, {rate * batch:.1f} clips/s")
-  print(json.dumps({"impl": impl, "config": a.config, "batch": batch, "threads": threads, "params": n_params,
-                    "steps_per_s": rate, "examples_per_s": rate * batch, "ms_per_step": 1000 / rate}))
+  time_and_report(make_step(config, model), (audio, labels), a.warmup, a.steps, "WaveNet", a.config, n_params, batch,
+                  f" x {length} samples", "clips")
 
 
 if __name__ == "__main__":
