@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # One lent GPU's measurements (issue "Speed", item 5; the 2-D paper-length runs of the GAN zoo), prepared so a
-# session with a device spends its 15 minutes measuring, not debugging. Parts, each well under 10 minutes on one
-# H100/H200 (estimates; the first session with a device records the real ones in bench/RESULTS.md):
-#   speed  GPT shakespeare_char tokens/s + MFU, ours vs PyTorch eager and torch.compile (bench/text.py gpu);
+# session with a device spends its 15 minutes measuring, not debugging. Parts (times seen on one H200, 2026-11-27):
+#   all    gpt_speed + gpt_train + unet_speed in one call (~8 min; gave the U-Net too little time: see RESULTS.md)
+#   speed  GPT shakespeare_char tokens/s + MFU, ours vs PyTorch eager and torch.compile (bench/text.py gpu, ~90 s);
 #          the DDPM paper U-Net at batch 128 images/s + MFU vs its PyTorch twin, eager then compiled; bf16
-#   train  the full shakespeare_char run (5,000 iterations, bf16): validation loss and wall (nanoGPT: 1.4697,
-#          ~3 min on one A100)
+#   train  the full shakespeare_char run (5,000 iterations, bf16, validation every 250 steps; 225 s without the
+#          validation, 253 s with it): nanoGPT's best validation loss is 1.4697 in ~3 min on one A100
+#   train_short  the same run without the final `text.py val` (fits what `all` leaves of a lease)
 #   gan2d  the four PacGAN Table 1 settings (ring, grid, GAN and PacGAN2) at the paper's 400,000 steps, seed 0,
-#          1,000 steps per jitted call, the four runs side by side on the one GPU, then the table
+#          1,000 steps per jitted call, the four runs side by side on the one GPU, then the table (not yet run:
+#          4,000 steps took 107 s on 2 CPU cores, so a full run wants most of a lease)
 #
 # Prepare HERE (no network there; the image has jax, flax, optax, orbax, torch, tensorboard, scikit-learn, but
 # no TensorFlow, TFDS, clu or ml-collections):
@@ -18,7 +20,7 @@
 # Then one device call per part (tool `run`): carry [".devcarry"], timeout_s 570,
 #   command "bash bench/gpu_session.sh speed"      (then train, gan2d; logs come back under $OUT)
 set -uo pipefail
-PART=${1:?usage: bash bench/gpu_session.sh speed|train|gan2d}
+PART=${1:?usage: bash bench/gpu_session.sh all|speed|train|gan2d}
 OUT=${OUT:-/tmp/gpu_session}
 mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
@@ -28,25 +30,46 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
     "$CARRY"/whl/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit 1
 export PYTHONUNBUFFERED=1 JAX_COMPILATION_CACHE_DIR=/tmp/xla_cache
 LOG=$OUT/$PART.log
-{ date -u; nvidia-smi -L; python3 -c "import jax, torch; print('jax', jax.__version__, jax.devices(), '| torch', torch.__version__)"; } 2>&1 | tee "$LOG"
+{ date -u; nvidia-smi -L; python3 -c "import jax, flax, optax, torch; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, jax.devices(), '| torch', torch.__version__)"; } 2>&1 | tee "$LOG"
+
+gpt_speed() {
+  timeout "${1:-240}" python3 bench/text.py gpu --preset=shakespeare_char --iters="${2:-200}" --dtype=bfloat16 \
+      --set data.name=text_file --set data.path="$DATA" --torch-data="$DATA" 2>&1 | tee -a "$LOG"
+}
+unet_speed() {
+  timeout "${1:-200}" python3 bench/train_step.py ddpm.py@128 --set dtype=bfloat16 --peak-tflops=auto --reference \
+      --rounds=3 --json="$OUT/unet.json" 2>&1 | tee -a "$LOG"
+  timeout "${2:-120}" python3 bench/torch_unet.py --config=ddpm.py --batch=128 --steps=30 --warmup=5 --device=cuda \
+      --dtype=bfloat16 --compile 2>&1 | tail -2 | tee -a "$LOG"
+}
+gpt_train() {  # validation loss every 250 steps (100 windows of 64 x 256) as nanoGPT's log: its 1.4697 is the best
+  start=$(date +%s)
+  timeout "${1:-540}" python3 -m aigc_jax.main --config=experiments/gpt.py:shakespeare_char --workdir=/tmp/gpt_sc \
+      --config.data.name=text_file --config.data.path="$DATA" --config.dtype=bfloat16 \
+      --config.steps_per_dispatch=50 --config.sample_every_steps=0 --config.eval.every_steps=250 \
+      --config.eval.text_batches=100 2>&1 | tee -a "$LOG" | grep -E "^step|^eval|first"
+  echo "wall $(( $(date +%s) - start )) s (start-up and compiles included)" | tee -a "$LOG"
+  [ "${2:-val}" = val ] || return 0
+  timeout 60 python3 bench/text.py val --preset=shakespeare_char --workdir=/tmp/gpt_sc \
+      --set data.name=text_file --set data.path="$DATA" 2>&1 | tail -1 | tee -a "$LOG"
+}
+part() { echo "== $1 at $(date -u +%T)" | tee -a "$LOG"; }
 
 case $PART in
+  all)  # one call of under 9.5 minutes: the lease is 15 minutes, starts included
+    part gpt_speed; gpt_speed 140 100
+    part gpt_train; gpt_train 240
+    part unet_speed; unet_speed 110 80
+    part end
+    ;;
   speed)
-    timeout 240 python3 bench/text.py gpu --preset=shakespeare_char --iters=200 --dtype=bfloat16 \
-        --set data.name=text_file --set data.path="$DATA" --torch-data="$DATA" 2>&1 | tee -a "$LOG"
-    timeout 200 python3 bench/train_step.py ddpm.py@128 --set dtype=bfloat16 --peak-tflops=auto --reference \
-        --rounds=3 --json="$OUT/unet.json" 2>&1 | tee -a "$LOG"
-    timeout 120 python3 bench/torch_unet.py --config=ddpm.py --batch=128 --steps=30 --warmup=5 --device=cuda \
-        --dtype=bfloat16 --compile 2>&1 | tail -2 | tee -a "$LOG"
+    gpt_speed; unet_speed
     ;;
   train)
-    start=$(date +%s)
-    timeout 540 python3 -m aigc_jax.main --config=experiments/gpt.py:shakespeare_char --workdir=/tmp/gpt_sc \
-        --config.data.name=text_file --config.data.path="$DATA" --config.dtype=bfloat16 \
-        --config.steps_per_dispatch=50 --config.sample_every_steps=0 2>&1 | tee -a "$LOG" | grep -E "^step|first"
-    echo "wall $(( $(date +%s) - start )) s (start-up and compiles included)" | tee -a "$LOG"
-    timeout 60 python3 bench/text.py val --preset=shakespeare_char --workdir=/tmp/gpt_sc \
-        --set data.name=text_file --set data.path="$DATA" 2>&1 | tail -1 | tee -a "$LOG"
+    gpt_train
+    ;;
+  train_short)  # what is left of one lease after `all`: the run with its validation curve
+    gpt_train 285 noval
     ;;
   gan2d)
     # Four processes share the GPU (each run is far too small to fill it): no preallocation of its memory.
@@ -60,5 +83,5 @@ case $PART in
     python3 bench/gan_2d.py table --root=/tmp/gan2d --presets=ring,ring_pac2,grid,grid_pac2 --seeds=0 \
         2>&1 | tee -a "$LOG"
     ;;
-  *) echo "unknown part $PART: speed | train | gan2d"; exit 2 ;;
+  *) echo "unknown part $PART: all | speed | train | gan2d"; exit 2 ;;
 esac

@@ -148,7 +148,7 @@ def make_step(config, model, device, autocast, forward=None):
     raise SystemExit("torch_unet.py implements the linear schedule with eps prediction and L_simple only")
   betas = np.linspace(dif.beta_start, dif.beta_end, dif.num_timesteps, dtype=np.float64)
   abar = torch.tensor(np.cumprod(1.0 - betas), dtype=torch.float32, device=device)
-  forward = forward or model
+  forward = model if forward is None else forward  # a compiled module has no truth value
   sqrt_abar, sqrt_1m_abar = abar.sqrt(), (1.0 - abar).sqrt()
   opt = torch.optim.Adam(model.parameters(), lr=o.learning_rate, betas=(o.b1, o.b2), eps=o.get("eps", 1e-8),
                          fused=device.type == "cuda")

@@ -11,6 +11,7 @@ positions cannot slide), and the uncached reference (`cached=False`) recomputes 
 the two agree token for token.
 """
 import dataclasses
+import functools
 import math
 import types
 
@@ -219,6 +220,13 @@ def make_family(config: ConfigDict) -> Family:
   return build(config).family
 
 
+@functools.lru_cache(maxsize=8)
+def _sharded_eval_step(eval_step, mesh):
+  """One jitted function per (family, mesh), so evaluating every eval.every_steps compiles once, not each time."""
+  return jax.jit(jax.shard_map(eval_step, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P()), out_specs=P(),
+                               check_vma=False))
+
+
 def evaluate_split(config: ConfigDict, family: Family, state, mesh, split: str = "validation",
                    num_batches: int = None) -> dict:
   """Mean loss / perplexity / bits over `num_batches` random windows of `split` (nanoGPT's estimate_loss),
@@ -227,8 +235,7 @@ def evaluate_split(config: ConfigDict, family: Family, state, mesh, split: str =
   bs = -(-config.batch_size // n_dev) * n_dev
   it = text.TextBatchIterator(text.load_tokens(config.data, split), config.model.block_size, bs,
                               config.eval.seed + 1_000_003)
-  step_fn = jax.jit(jax.shard_map(family.eval_step, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P()),
-                                  out_specs=P(), check_vma=False))
+  step_fn = _sharded_eval_step(family.eval_step, mesh)
   losses = [float(jax.device_get(step_fn(state, parallel.shard_batch(next(it), mesh), jax.random.key(0)))["loss"])
             for _ in range(num_batches or config.eval.text_batches)]
   loss = float(np.mean(losses))
