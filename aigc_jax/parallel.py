@@ -153,9 +153,12 @@ def example_keys(step_key, local_batch_size: int):
 
   The noise an example sees then does not depend on how many devices share the batch.
   """
-  first = jax.lax.axis_index(DATA_AXIS) * local_batch_size
-  index = first + jnp.arange(local_batch_size)
-  return jax.vmap(lambda i: jax.random.fold_in(step_key, i))(index)
+  return jax.vmap(lambda i: jax.random.fold_in(step_key, i))(example_ids(local_batch_size))
+
+
+def example_ids(local_batch_size: int):
+  """Each local row's index in the global batch, inside a data-parallel step (int32 [local_batch_size])."""
+  return jax.lax.axis_index(DATA_AXIS) * local_batch_size + jnp.arange(local_batch_size)
 
 
 def masked_mean(per_example, batch, batch_size: int):

@@ -14,6 +14,7 @@ from aigc_jax.data import text
 from aigc_jax.errors import UserError
 from aigc_jax.families import autoregressive as ar
 from aigc_jax.media.text import TEXT_SEPARATOR
+from aigc_jax.models import transformer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PATTERN = "abcdefgh\n" * 400
@@ -134,7 +135,8 @@ def test_loss_on_repeated_pattern_falls_near_zero(pattern_file):
 
 def test_eight_device_step_equals_one_device_step(pattern_file):
   assert jax.device_count() == 8
-  config = gpt_config(pattern_file, **{"model.dropout": 0.3})  # dropout: per-example keys must not depend on devices
+  # Dropout (attention probabilities too): masks from global example indices must not depend on the devices.
+  config = gpt_config(pattern_file, **{"model.dropout": 0.3, "model.attention_dropout": 0.2})
   family = ar.make_family(config)
   state = jax.jit(family.init)(jax.random.key(0), data_lib.example_batch(config))
   batch = data_lib.make_train_iterator(config).batch_at(0)
@@ -147,6 +149,23 @@ def test_eight_device_step_equals_one_device_step(pattern_file):
   (one, m1), (eight, m8) = results
   np.testing.assert_allclose(m1["loss"], m8["loss"], rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-4), one["params"], eight["params"])
+
+
+def test_explicit_attention_equals_dot_product_attention_and_dropout_rows_are_per_example():
+  q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 5, 2, 4))
+  for causal in (True, False):
+    expected = jax.nn.dot_product_attention(q, k, v, is_causal=causal)
+    np.testing.assert_allclose(transformer.explicit_attention(q, k, v, causal, lambda p: p), expected, atol=1e-5)
+  model = transformer.GPT(vocab_size=7, block_size=6, num_layers=1, num_heads=2, width=8, dropout=0.3,
+                          attention_dropout=0.3)
+  tokens = jax.random.randint(jax.random.key(1), (2, 6), 0, 7)
+  params = jax.jit(model.init)(jax.random.key(2), tokens)["params"]
+  apply = jax.jit(lambda t, ids: model.apply({"params": params}, t, train=True, rngs={"dropout": jax.random.key(3)},
+                                             example_ids_B=jnp.asarray(ids)))
+  both = apply(tokens, [4, 9])
+  np.testing.assert_allclose(apply(tokens[1:], [9])[0], both[1], atol=1e-5)  # row 9's masks: its own
+  assert not np.allclose(apply(tokens[1:], [4])[0], both[1], atol=1e-3)     # another index, other masks
+  assert not np.allclose(jax.jit(model.apply)({"params": params}, tokens), both, atol=1e-3)
 
 
 def test_train_then_sample_writes_text_with_the_checkpoint_vocab(pattern_file, tmp_path, capsys):
@@ -166,6 +185,7 @@ def test_bad_input_raises_one_line_user_errors(pattern_file, tmp_path):
       ({"sample.prompt": "abc" * 10}, "longer than the model's context"),
       ({"sample.top_p": 0.0}, "top_p"),
       ({"sample.top_p": 1.5}, "top_p"),
+      ({"model.attention_dropout": 1.0}, "model.attention_dropout must be in"),
   ]
   for overrides, message in cases:
     with pytest.raises(UserError, match=message) as e:

@@ -29,7 +29,7 @@ from aigc_jax.families import Family, check_sample_label
 from aigc_jax.families.token_sampling_lib import (TEXT_MAX_NEW_TOKENS, check_sampling, filter_logits,  # noqa: F401
                                                  pick_tokens)
 from aigc_jax.models.transformer import GPT
-from aigc_jax.parallel import DATA_AXIS, example_keys, keys_for_ids, masked_mean
+from aigc_jax.parallel import DATA_AXIS, example_ids, keys_for_ids, masked_mean
 
 
 def default_config() -> ConfigDict:
@@ -46,7 +46,8 @@ def default_config() -> ConfigDict:
   m.num_layers = 6
   m.num_heads = 6
   m.width = 384                    # residual stream width, divisible by num_heads
-  m.dropout = 0.2
+  m.dropout = 0.2                  # embeddings, attention output, MLP output
+  m.attention_dropout = 0.0        # attention probabilities (nanoGPT's attn_dropout); > 0 trains without flash
   m.use_bias = False               # biases in linear layers and layer norms
   m.attention_impl = ""            # "" = JAX's choice | xla | cudnn (flash attention on NVIDIA GPUs)
   # data.name = "codes": a DALL-E-style prior over a VQ run's code grids (families/code_prior_ar_lib.py).
@@ -76,11 +77,14 @@ def default_config() -> ConfigDict:
 
 def build_model(config: ConfigDict, vocab_size: int) -> GPT:
   m = config.model
+  for key in ("dropout", "attention_dropout"):
+    if not 0.0 <= m[key] < 1.0:
+      raise UserError(f"model.{key} must be in [0, 1), got {m[key]}")
   if m.width % m.num_heads:
     raise UserError(f"model.width {m.width} is not divisible by model.num_heads {m.num_heads}; change one")
   return GPT(vocab_size=vocab_size, block_size=m.block_size, num_layers=m.num_layers, num_heads=m.num_heads,
              width=m.width, dropout=m.dropout, use_bias=m.use_bias, dtype=optim.compute_dtype(config.dtype),
-             attention_impl=m.attention_impl or None)
+             attention_impl=m.attention_impl or None, attention_dropout=m.attention_dropout)
 
 
 def encode_prompt(tokenizer: text.Tokenizer, prompt: str, block_size: int) -> np.ndarray:
@@ -167,14 +171,13 @@ def build(config: ConfigDict):
   generate = make_generate(model, s)
   unit = "bits_per_char" if tokenizer.kind == "char" else "bits_per_byte"
 
-  def token_losses(params, tokens_BxT1, train=False, dropout_keys_B=None):
+  def token_losses(params, tokens_BxT1, train=False, rng=None):
     """Per-token cross-entropy [B, T] in nats."""
     inputs_BxT, targets_BxT = tokens_BxT1[:, :-1], tokens_BxT1[:, 1:]
-    if train and m.dropout > 0:
-      # Per-example dropout keys: the masks do not depend on how the batch is split across devices.
-      def one(x_T, k):
-        return model.apply({"params": params}, x_T[None], train=True, rngs={"dropout": k})[0]
-      logits_BxTxV = jax.vmap(one)(inputs_BxT, dropout_keys_B)
+    if train and (m.dropout > 0 or m.attention_dropout > 0):
+      # Masks from (rng, call site, global example index): they do not depend on the device split.
+      logits_BxTxV = model.apply({"params": params}, inputs_BxT, train=True, rngs={"dropout": rng},
+                                 example_ids_B=example_ids(inputs_BxT.shape[0]))
     else:
       logits_BxTxV = model.apply({"params": params}, inputs_BxT)
     return optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT)
@@ -186,8 +189,7 @@ def build(config: ConfigDict):
 
   def train_step(state, batch, rng):
     tokens = batch["tokens"]
-    keys_B = example_keys(rng, tokens.shape[0])
-    loss_fn = lambda params: jnp.mean(token_losses(params, tokens, train=True, dropout_keys_B=keys_B))
+    loss_fn = lambda params: jnp.mean(token_losses(params, tokens, train=True, rng=rng))
     loss, grads = jax.value_and_grad(loss_fn)(state["params"])
     new_state, grad_norm = optim.apply_gradients(state, grads, tx, state["step"])
     new_state["step"] = state["step"] + 1

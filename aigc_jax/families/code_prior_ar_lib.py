@@ -29,7 +29,7 @@ from aigc_jax.errors import UserError
 from aigc_jax.families import Family, check_sample_label, code_prior_lib, sample_labels
 from aigc_jax.families.token_sampling_lib import TEXT_MAX_NEW_TOKENS, check_sampling, pick_tokens
 from aigc_jax.models.transformer import GPT
-from aigc_jax.parallel import DATA_AXIS, example_keys, keys_for_ids, masked_mean
+from aigc_jax.parallel import DATA_AXIS, example_ids, example_keys, keys_for_ids, masked_mean
 
 
 def guided_logits(cond_BxV, uncond_BxV, scale: float):
@@ -70,7 +70,11 @@ def build(config: ConfigDict):
   null = num_codes + num_classes
   model = GPT(vocab_size=num_codes + num_classes + 1, block_size=length, num_layers=m.num_layers,
               num_heads=m.num_heads, width=m.width, dropout=m.dropout, use_bias=m.use_bias,
-              dtype=optim.compute_dtype(config.dtype), attention_impl=m.attention_impl or None)
+              dtype=optim.compute_dtype(config.dtype), attention_impl=m.attention_impl or None,
+              attention_dropout=m.attention_dropout)
+  for key in ("dropout", "attention_dropout"):
+    if not 0.0 <= m[key] < 1.0:
+      raise UserError(f"model.{key} must be in [0, 1), got {m[key]}")
   if m.width % m.num_heads:
     raise UserError(f"model.width {m.width} is not divisible by model.num_heads {m.num_heads}; change one")
   tx, schedule = optim.make_optimizer(config.optimizer)
@@ -79,12 +83,12 @@ def build(config: ConfigDict):
   def prefix_tokens(labels_B):
     return num_codes + labels_B if num_classes else jnp.full(labels_B.shape, null, jnp.int32)
 
-  def code_logits(params, codes_BxL, prefix_B, train=False, dropout_keys_B=None):
+  def code_logits(params, codes_BxL, prefix_B, train=False, dropout_rng=None):
     """Logits [B, L, K] of every code given the prefix and the codes before it."""
     tokens_BxL = jnp.concatenate([prefix_B[:, None], codes_BxL[:, :-1]], axis=1).astype(jnp.int32)
-    if train and m.dropout > 0:  # per-example dropout keys: independent of the device split
-      one = lambda x_L, k: model.apply({"params": params}, x_L[None], train=True, rngs={"dropout": k})[0]
-      logits_BxLxV = jax.vmap(one)(tokens_BxL, dropout_keys_B)
+    if train and (m.dropout > 0 or m.attention_dropout > 0):  # masks independent of the device split
+      logits_BxLxV = model.apply({"params": params}, tokens_BxL, train=True, rngs={"dropout": dropout_rng},
+                                 example_ids_B=example_ids(tokens_BxL.shape[0]))
     else:
       logits_BxLxV = model.apply({"params": params}, tokens_BxL)
     return logits_BxLxV[..., :num_codes]  # class and null tokens are given, never drawn
@@ -103,8 +107,8 @@ def build(config: ConfigDict):
     keys_B = example_keys(rng, batch["codes"].shape[0])
     drop_B = jax.vmap(lambda k: jax.random.bernoulli(jax.random.fold_in(k, 1), m.label_dropout))(keys_B)
     prefix_B = jnp.where(drop_B, null, prefix_tokens(batch["label"]))
-    dropout_keys_B = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys_B)
-    loss_fn = lambda p: jnp.mean(code_nll_B(p, batch, prefix_B, train=True, dropout_keys_B=dropout_keys_B))
+    dropout_rng = jax.random.fold_in(rng, 0)
+    loss_fn = lambda p: jnp.mean(code_nll_B(p, batch, prefix_B, train=True, dropout_rng=dropout_rng))
     loss, grads = jax.value_and_grad(loss_fn)(state["params"])
     new_state, grad_norm = optim.apply_gradients(state, grads, tx, state["step"])
     new_state["step"] = state["step"] + 1

@@ -10,6 +10,13 @@ tokens at positions p..p+T-1 and returns the logits with the updated cache, so p
 and one-token steps (T = 1) are the same code. The cache is a plain pytree so it can ride in a
 `lax.scan` carry, which keeps the whole generation loop in one compiled program.
 
+Dropout in training: with `example_ids_B` (each row's index in the global batch) every mask row is drawn from
+fold_in(the call site's key, that index), so the masks an example sees do not depend on how the batch is split
+over devices, without vmapping the model over examples (which was 2x slower per step on CPU and is the prime
+suspect for the GPU gap in bench/RESULTS.md). Without it, masks are drawn for the whole array at once.
+`attention_dropout` drops attention probabilities, as GPT-2 and nanoGPT do (`attn_dropout`); it makes training
+take the explicit softmax path instead of `jax.nn.dot_product_attention`, which has no dropout.
+
 `causal=False` on `CausalSelfAttention` / `Block` lets every token attend to every other (the bidirectional
 encoder of aigc_jax.models.maskgit reuses these blocks); the GPT is always causal.
 
@@ -26,6 +33,29 @@ import jax.numpy as jnp
 INIT_STD = 0.02
 
 
+def dropout(module: nn.Module, rate: float, x, train: bool, example_ids_B=None):
+  """Inverted dropout of `x` [B, ...] inside `module`'s compact method; see the module docstring for the masks."""
+  if not train or rate == 0.0:
+    return x
+  if example_ids_B is None:
+    return nn.Dropout(rate)(x, deterministic=False)
+  site_key = module.make_rng("dropout")  # differs per call site (flax folds in the module path)
+  keep = jax.vmap(lambda i: jax.random.bernoulli(jax.random.fold_in(site_key, i), 1.0 - rate, x.shape[1:]))(
+      example_ids_B)
+  return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x)).astype(x.dtype)
+
+
+def explicit_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, causal: bool, drop):
+  """softmax(q k^T / sqrt(K)) v with `drop` applied to the probabilities [B, H, T, S] (computed in float32)."""
+  k_size = q_BxTxHxK.shape[-1]
+  logits_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxSxHxK).astype(jnp.float32) / k_size ** 0.5
+  if causal:
+    t, s = logits_BxHxTxS.shape[-2:]
+    logits_BxHxTxS = jnp.where(jnp.tril(jnp.ones((t, s), bool)), logits_BxHxTxS, jnp.finfo(jnp.float32).min)
+  probs_BxHxTxS = drop(jax.nn.softmax(logits_BxHxTxS, axis=-1)).astype(v_BxSxHxK.dtype)
+  return jnp.einsum("bhts,bshk->bthk", probs_BxHxTxS, v_BxSxHxK)
+
+
 class CausalSelfAttention(nn.Module):
   num_heads: int
   dropout: float = 0.0
@@ -34,9 +64,10 @@ class CausalSelfAttention(nn.Module):
   dtype: jnp.dtype = jnp.float32
   attention_impl: Optional[str] = None
   causal: bool = True
+  attention_dropout: float = 0.0
 
   @nn.compact
-  def __call__(self, x_BxTxD, train: bool, cache=None, cache_pos=None):
+  def __call__(self, x_BxTxD, train: bool, cache=None, cache_pos=None, example_ids_B=None):
     b, t, d = x_BxTxD.shape
     h = self.num_heads
     dense = lambda features, std, name: nn.Dense(
@@ -45,7 +76,12 @@ class CausalSelfAttention(nn.Module):
     q_BxTxD, k_BxTxD, v_BxTxD = jnp.split(qkv_BxTx3D, 3, axis=-1)
     q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = (a.reshape(b, t, h, d // h) for a in (q_BxTxD, k_BxTxD, v_BxTxD))
 
-    if cache is None:
+    if cache is None and train and self.attention_dropout > 0:
+      y_BxTxHxK = explicit_attention(
+          q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, self.causal,
+          lambda p: dropout(self, self.attention_dropout, p, train, example_ids_B)).astype(self.dtype)
+      new_cache = None
+    elif cache is None:
       y_BxTxHxK = jax.nn.dot_product_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, is_causal=self.causal,
                                                implementation=self.attention_impl)
       new_cache = None
@@ -65,7 +101,7 @@ class CausalSelfAttention(nn.Module):
 
     y_BxTxD = y_BxTxHxK.reshape(b, t, d)
     y_BxTxD = dense(d, INIT_STD / (2 * self.num_layers) ** 0.5, "proj")(y_BxTxD)
-    return nn.Dropout(self.dropout)(y_BxTxD, deterministic=not train), new_cache
+    return dropout(self, self.dropout, y_BxTxD, train, example_ids_B), new_cache
 
 
 class MLP(nn.Module):
@@ -75,7 +111,7 @@ class MLP(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x_BxTxD, train: bool):
+  def __call__(self, x_BxTxD, train: bool, example_ids_B=None):
     d = x_BxTxD.shape[-1]
     h_BxTx4D = nn.Dense(4 * d, use_bias=self.use_bias, dtype=self.dtype,
                         kernel_init=nn.initializers.normal(INIT_STD), name="fc")(x_BxTxD)
@@ -84,7 +120,7 @@ class MLP(nn.Module):
     y_BxTxD = nn.Dense(d, use_bias=self.use_bias, dtype=self.dtype,
                        kernel_init=nn.initializers.normal(INIT_STD / (2 * self.num_layers) ** 0.5),
                        name="proj")(h_BxTx4D)
-    return nn.Dropout(self.dropout)(y_BxTxD, deterministic=not train)
+    return dropout(self, self.dropout, y_BxTxD, train, example_ids_B)
 
 
 class Block(nn.Module):
@@ -95,16 +131,18 @@ class Block(nn.Module):
   dtype: jnp.dtype = jnp.float32
   attention_impl: Optional[str] = None
   causal: bool = True
+  attention_dropout: float = 0.0
 
   @nn.compact
-  def __call__(self, x_BxTxD, train: bool, cache=None, cache_pos=None):
+  def __call__(self, x_BxTxD, train: bool, cache=None, cache_pos=None, example_ids_B=None):
     norm = lambda name: nn.LayerNorm(epsilon=1e-5, use_bias=self.use_bias, dtype=self.dtype, name=name)
     a_BxTxD, new_cache = CausalSelfAttention(self.num_heads, self.dropout, self.use_bias, self.num_layers,
-                                             self.dtype, self.attention_impl, self.causal, name="attn")(
-                                                 norm("ln_1")(x_BxTxD), train, cache, cache_pos)
+                                             self.dtype, self.attention_impl, self.causal, self.attention_dropout,
+                                             name="attn")(norm("ln_1")(x_BxTxD), train, cache, cache_pos,
+                                                          example_ids_B)
     x_BxTxD = x_BxTxD + a_BxTxD
     x_BxTxD = x_BxTxD + MLP(self.dropout, self.use_bias, self.num_layers, self.dtype, name="mlp")(
-        norm("ln_2")(x_BxTxD), train)
+        norm("ln_2")(x_BxTxD), train, example_ids_B)
     return x_BxTxD, new_cache
 
 
@@ -118,22 +156,24 @@ class GPT(nn.Module):
   use_bias: bool = False
   dtype: jnp.dtype = jnp.float32
   attention_impl: Optional[str] = None
+  attention_dropout: float = 0.0
 
   @nn.compact
-  def __call__(self, tokens_BxT, train: bool = False, cache=None, cache_pos=0):
-    """Logits [B, T, V] in float32 (and the updated cache when one is given)."""
+  def __call__(self, tokens_BxT, train: bool = False, cache=None, cache_pos=0, example_ids_B=None):
+    """Logits [B, T, V] in float32 (and the updated cache when one is given); `example_ids_B`: see the module
+    docstring (dropout)."""
     t = tokens_BxT.shape[1]
     embed = lambda n, name: nn.Embed(n, self.width, dtype=self.dtype,
                                      embedding_init=nn.initializers.normal(INIT_STD), name=name)
     wte, wpe = embed(self.vocab_size, "wte"), embed(self.block_size, "wpe")
     positions_T = cache_pos + jnp.arange(t)
     x_BxTxD = wte(tokens_BxT) + wpe(positions_T)[None]
-    x_BxTxD = nn.Dropout(self.dropout)(x_BxTxD, deterministic=not train)
+    x_BxTxD = dropout(self, self.dropout, x_BxTxD, train, example_ids_B)
     new_cache = []
     for i in range(self.num_layers):
       x_BxTxD, layer_cache = Block(self.num_heads, self.dropout, self.use_bias, self.num_layers, self.dtype,
-                                   self.attention_impl, name=f"h_{i}")(
-                                       x_BxTxD, train, None if cache is None else cache[i], cache_pos)
+                                   self.attention_impl, attention_dropout=self.attention_dropout, name=f"h_{i}")(
+                                       x_BxTxD, train, None if cache is None else cache[i], cache_pos, example_ids_B)
       new_cache.append(layer_cache)
     x_BxTxD = nn.LayerNorm(epsilon=1e-5, use_bias=self.use_bias, dtype=self.dtype, name="ln_f")(x_BxTxD)
     # Tied output embedding: logits are similarities with the input embedding table.
