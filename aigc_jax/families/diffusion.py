@@ -47,7 +47,7 @@ from aigc_jax.families.diffusion_lib import text as text_lib
 from aigc_jax.families.diffusion_lib.schedules import make_schedule, q_sample
 from aigc_jax.models.diffwave import DiffWave
 from aigc_jax.models.unet import UNet
-from aigc_jax.parallel import DATA_AXIS, example_keys, keys_for_ids, masked_mean
+from aigc_jax.parallel import DATA_AXIS, example_ids, example_keys, keys_for_ids, masked_mean
 
 
 def default_config() -> ConfigDict:
@@ -233,19 +233,15 @@ def make_family(config: ConfigDict) -> Family:
       return {"ctx": text.context(params, tokens, mask), "mask": mask}
     return {}
 
-  def apply(params, x, t_B, cond, dropout_keys_B=None):
-    """The network on conditioning `cond` (from `condition`); with dropout keys, each example gets its own
-    dropout mask (independent of the batch split)."""
+  def apply(params, x, t_B, cond, dropout_rng=None):
+    """The network on conditioning `cond` (from `condition`); with a dropout key, in training mode with each
+    example's masks drawn from its global index (independent of the batch split)."""
     # Only a text model's U-Net takes a context (DiffWave's signature has no such arguments).
     args = lambda c: (c.get("labels"), c["ctx"], c["mask"]) if text is not None else (c.get("labels"),)  # noqa: E731
-    if dropout_keys_B is None or not dropout:
+    if dropout_rng is None or not dropout:
       return model.apply({"params": unet_params(params)}, x, t_B, *args(cond), train=False)
-
-    def one(x1, t1, c1, k):
-      c = jax.tree.map(lambda v: v[None], c1)
-      return model.apply({"params": unet_params(params)}, x1[None], t1[None], *args(c), train=True,
-                         rngs={"dropout": k})[0]
-    return jax.vmap(one)(x, t_B, cond, dropout_keys_B)
+    return model.apply({"params": unet_params(params)}, x, t_B, *args(cond), train=True,
+                       rngs={"dropout": dropout_rng}, example_ids_B=example_ids(x.shape[0]))
 
   def init(rng, example_batch):
     x = example_batch[spec.batch_key]
@@ -283,7 +279,7 @@ def make_family(config: ConfigDict) -> Family:
     xt = q_sample(schedule, x0, t_B, noise)
 
     def loss_fn(params):
-      out = apply(params, xt, t_B, condition(params, given), purpose(3))
+      out = apply(params, xt, t_B, condition(params, given), jax.random.fold_in(rng, 3))
       return objectives.loss(dif.prediction, dif.loss_weighting, schedule, out, x0, noise, t_B, dif.min_snr_gamma)
 
     loss, grads = jax.value_and_grad(loss_fn)(state["params"])

@@ -5,14 +5,33 @@ VQ-VAE decoder) with the same parameters ("kernel" [4, 4, in, out], "bias") and 
 computed on CPU as one matmul and an overlap-add. XLA:CPU's kernel gradient of a transposed convolution
 (the convolution autodiff produces for it) runs ~10-20x slower than that matmul, which made our DCGAN step
 half as fast as PyTorch's on 2 cores; GPU and TPU keep the convolution (bench/RESULTS.md has the numbers).
+
+`example_dropout` is dropout whose mask row for an example depends only on (the call site's key, the example's
+index in the global batch), so a data-parallel step draws the same masks on 1 or N devices without vmapping
+the model over examples (2x slower on CPU; ARCHITECTURE.md "Pitfalls").
 """
 from typing import Any, Optional
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 from jax import lax
 
 UPCONV_IMPLS = ("auto", "conv", "matmul")
+
+
+def example_dropout(module: nn.Module, rate: float, x, train: bool, example_ids_B=None):
+  """Inverted dropout of `x` [B, ...] from inside `module`'s compact method. With `example_ids_B` (int [B], e.g.
+  parallel.example_ids) row b's mask is drawn from fold_in(module.make_rng("dropout"), example_ids_B[b]);
+  without, from the "dropout" stream for the whole array (nn.Dropout)."""
+  if not train or rate == 0.0:
+    return x
+  if example_ids_B is None:
+    return nn.Dropout(rate)(x, deterministic=False)
+  site_key = module.make_rng("dropout")  # differs per call site: flax folds in the module path and a counter
+  keep = jax.vmap(lambda i: jax.random.bernoulli(jax.random.fold_in(site_key, i), 1.0 - rate, x.shape[1:]))(
+      example_ids_B)
+  return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x)).astype(x.dtype)
 
 
 def conv_transpose_4x4_s2(x_BxHxWxI, kernel_4x4xIxO):

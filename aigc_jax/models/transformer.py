@@ -28,21 +28,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from aigc_jax.models.layers import example_dropout as dropout
+
 # GPT-2's initialisation: N(0, 0.02) everywhere, residual projections further scaled by 1/sqrt(2 * layers)
 # so the residual stream's variance does not grow with depth.
 INIT_STD = 0.02
-
-
-def dropout(module: nn.Module, rate: float, x, train: bool, example_ids_B=None):
-  """Inverted dropout of `x` [B, ...] inside `module`'s compact method; see the module docstring for the masks."""
-  if not train or rate == 0.0:
-    return x
-  if example_ids_B is None:
-    return nn.Dropout(rate)(x, deterministic=False)
-  site_key = module.make_rng("dropout")  # differs per call site (flax folds in the module path)
-  keep = jax.vmap(lambda i: jax.random.bernoulli(jax.random.fold_in(site_key, i), 1.0 - rate, x.shape[1:]))(
-      example_ids_B)
-  return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x)).astype(x.dtype)
 
 
 def explicit_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, causal: bool, drop):

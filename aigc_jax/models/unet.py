@@ -22,6 +22,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from aigc_jax.models.layers import example_dropout
+
 default_init = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
 
 
@@ -47,13 +49,13 @@ class ResnetBlock(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x_BxHxWxC, temb_BxE, deterministic: bool):
+  def __call__(self, x_BxHxWxC, temb_BxE, deterministic: bool, example_ids_B=None):
     h = nn.swish(group_norm(x_BxHxWxC.shape[-1], self.dtype)(x_BxHxWxC))
     h = nn.Conv(self.out_ch, (3, 3), kernel_init=default_init, dtype=self.dtype)(h)
     if temb_BxE is not None:  # None: no time embedding (the KL autoencoder's blocks, models/autoencoder_kl.py)
       h = h + nn.Dense(self.out_ch, kernel_init=default_init, dtype=self.dtype)(nn.swish(temb_BxE))[:, None, None]
     h = nn.swish(group_norm(self.out_ch, self.dtype)(h))
-    h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
+    h = example_dropout(self, self.dropout, h, not deterministic, example_ids_B)
     h = nn.Conv(self.out_ch, (3, 3), kernel_init=nn.initializers.zeros, dtype=self.dtype)(h)
     skip = x_BxHxWxC
     if x_BxHxWxC.shape[-1] != self.out_ch:  # the paper's "NIN" shortcut: a 1x1 projection
@@ -114,7 +116,9 @@ class UNet(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x_BxHxWxC, t_B, labels_B=None, ctx_BxLxD=None, mask_BxL=None, *, train: bool = False):
+  def __call__(self, x_BxHxWxC, t_B, labels_B=None, ctx_BxLxD=None, mask_BxL=None, *, train: bool = False,
+               example_ids_B=None):
+    """`example_ids_B`: per-example dropout masks (models/layers.example_dropout)."""
     det = not train
     if self.context_dim and (ctx_BxLxD is None or mask_BxL is None):
       raise ValueError("a text-conditional UNet needs a context and its mask (an all-False mask = no caption)")
@@ -135,7 +139,7 @@ class UNet(nn.Module):
     skips = [h]
     for level, mult in enumerate(self.ch_mult):
       for _ in range(self.num_res_blocks):
-        h = ResnetBlock(self.ch * mult, self.dropout, self.dtype)(h, temb, det)
+        h = ResnetBlock(self.ch * mult, self.dropout, self.dtype)(h, temb, det, example_ids_B)
         if h.shape[1] in self.attn_resolutions:
           h = attend(h)
         skips.append(h)
@@ -143,13 +147,14 @@ class UNet(nn.Module):
         h = nn.Conv(h.shape[-1], (3, 3), strides=(2, 2), kernel_init=default_init, dtype=self.dtype)(h)
         skips.append(h)
 
-    h = ResnetBlock(h.shape[-1], self.dropout, self.dtype)(h, temb, det)
+    h = ResnetBlock(h.shape[-1], self.dropout, self.dtype)(h, temb, det, example_ids_B)
     h = attend(h)
-    h = ResnetBlock(h.shape[-1], self.dropout, self.dtype)(h, temb, det)
+    h = ResnetBlock(h.shape[-1], self.dropout, self.dtype)(h, temb, det, example_ids_B)
 
     for level, mult in reversed(list(enumerate(self.ch_mult))):
       for _ in range(self.num_res_blocks + 1):
-        h = ResnetBlock(self.ch * mult, self.dropout, self.dtype)(jnp.concatenate([h, skips.pop()], -1), temb, det)
+        h = ResnetBlock(self.ch * mult, self.dropout, self.dtype)(jnp.concatenate([h, skips.pop()], -1), temb, det,
+                                                                  example_ids_B)
         if h.shape[1] in self.attn_resolutions:
           h = attend(h)
       if level != 0:
