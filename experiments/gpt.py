@@ -79,6 +79,7 @@ def get_config(preset: str = "shakespeare_char"):
     c.model.dropout = 0.0
     c.model.attention_dropout = 0.0
     c.optimizer.decay_steps = 2000
+    c.steps_per_dispatch = 10        # a small model: one jitted call per 10 steps (1.06x steps/s, bench/RESULTS.md)
   else:
     raise ValueError(f"unknown preset {preset!r}; use shakespeare_char or cpu")
   return lock(c)
