@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One lent GPU's measurements (issue "Speed", item 5; the 2-D paper-length runs of the GAN zoo), prepared so a
 # session with a device spends its 15 minutes measuring, not debugging. Parts (times seen on one H200, 2026-11-27):
-#   all    gpt_speed + gpt_train + unet_speed in one call (~8 min; gave the U-Net too little time: see RESULTS.md)
+#   all    gpt_speed + gpt_train in one call (~7 min); then, at once (the machine stays warm 30 s), `unet`
+#          (~5 min). The first lease ran the U-Net inside `all` with 110 s: too little (bench/RESULTS.md)
 #   speed  GPT shakespeare_char tokens/s + MFU, ours vs PyTorch eager and torch.compile (bench/text.py gpu, ~90 s);
 #          the DDPM paper U-Net at batch 128 images/s + MFU vs its PyTorch twin, eager then compiled; bf16
 #   train  the full shakespeare_char run (5,000 iterations, bf16, validation every 250 steps; 225 s without the
@@ -17,10 +18,12 @@
 #   cp ../shared/data/tinyshakespeare.txt .devcarry/
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux2014_x86_64 -d .devcarry/whl ml-collections
-# Then one device call per part (tool `run`): carry [".devcarry"], timeout_s 570,
-#   command "bash bench/gpu_session.sh speed"      (then train, gan2d; logs come back under $OUT)
+# Then one device call per part (tool `run`): carry [".devcarry"], timeout_s about 480 for `all`, 330 for `unet`,
+#   command "bash bench/gpu_session.sh all"        (then unet at once; logs come back under $OUT). Test a
+#   changed part here first on CPU with tiny settings and TensorFlow blocked (a dir of stub packages that raise
+#   ImportError, first on PYTHONPATH): a failed call costs a machine start.
 set -uo pipefail
-PART=${1:?usage: bash bench/gpu_session.sh all|speed|train|gan2d}
+PART=${1:?usage: bash bench/gpu_session.sh all|unet|speed|train|train_short|gan2d}
 OUT=${OUT:-/tmp/gpu_session}
 mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
@@ -35,6 +38,10 @@ LOG=$OUT/$PART.log
 gpt_speed() {
   timeout "${1:-240}" python3 bench/text.py gpu --preset=shakespeare_char --iters="${2:-200}" --dtype=bfloat16 \
       --set data.name=text_file --set data.path="$DATA" --torch-data="$DATA" 2>&1 | tee -a "$LOG"
+  # What the dropout costs us: the same step without any (no masks, cuDNN attention in training too).
+  timeout 60 python3 bench/text.py gpu --preset=shakespeare_char --iters="${2:-200}" --dtype=bfloat16 \
+      --set data.name=text_file --set data.path="$DATA" --set model.dropout=0.0 --set model.attention_dropout=0.0 \
+      2>&1 | tee -a "$LOG"
 }
 unet_speed() {
   timeout "${1:-200}" python3 bench/train_step.py ddpm.py@128 --set dtype=bfloat16 --peak-tflops=auto --reference \
@@ -56,10 +63,13 @@ gpt_train() {  # validation loss every 250 steps (100 windows of 64 x 256) as na
 part() { echo "== $1 at $(date -u +%T)" | tee -a "$LOG"; }
 
 case $PART in
-  all)  # one call of under 9.5 minutes: the lease is 15 minutes, starts included
+  all)  # GPT: speed (with and without dropout) + the run with its validation curve, ~7 minutes
     part gpt_speed; gpt_speed 140 100
-    part gpt_train; gpt_train 240
-    part unet_speed; unet_speed 110 80
+    part gpt_train; gpt_train 285 noval
+    part end
+    ;;
+  unet)  # the paper U-Net, ~5 minutes: what `all` leaves of a 15-minute lease
+    part unet_speed; unet_speed 220 90
     part end
     ;;
   speed)
@@ -83,5 +93,5 @@ case $PART in
     python3 bench/gan_2d.py table --root=/tmp/gan2d --presets=ring,ring_pac2,grid,grid_pac2 --seeds=0 \
         2>&1 | tee -a "$LOG"
     ;;
-  *) echo "unknown part $PART: all | speed | train | gan2d"; exit 2 ;;
+  *) echo "unknown part $PART: all | unet | speed | train | train_short | gan2d"; exit 2 ;;
 esac
