@@ -26,6 +26,7 @@ from aigc_jax import configs, optim, parallel
 from aigc_jax.data import text
 from aigc_jax.errors import UserError
 from aigc_jax.families import Family, check_sample_label
+from aigc_jax.families.gpt_lib import build_gpt
 from aigc_jax.families.token_sampling_lib import (TEXT_MAX_NEW_TOKENS, check_sampling, filter_logits,  # noqa: F401
                                                  pick_tokens)
 from aigc_jax.models.transformer import GPT
@@ -73,18 +74,6 @@ def default_config() -> ConfigDict:
   c.eval.reference_split = "validation"
   c.eval.text_batches = 200        # validation windows of batch_size per evaluation (nanoGPT's eval_iters)
   return c
-
-
-def build_model(config: ConfigDict, vocab_size: int) -> GPT:
-  m = config.model
-  for key in ("dropout", "attention_dropout"):
-    if not 0.0 <= m[key] < 1.0:
-      raise UserError(f"model.{key} must be in [0, 1), got {m[key]}")
-  if m.width % m.num_heads:
-    raise UserError(f"model.width {m.width} is not divisible by model.num_heads {m.num_heads}; change one")
-  return GPT(vocab_size=vocab_size, block_size=m.block_size, num_layers=m.num_layers, num_heads=m.num_heads,
-             width=m.width, dropout=m.dropout, use_bias=m.use_bias, dtype=optim.compute_dtype(config.dtype),
-             attention_impl=m.attention_impl or None, attention_dropout=m.attention_dropout)
 
 
 def encode_prompt(tokenizer: text.Tokenizer, prompt: str, block_size: int) -> np.ndarray:
@@ -165,7 +154,7 @@ def build(config: ConfigDict):
                       f"--config.{key}={off}")
   tokenizer = text.make_tokenizer(config.data)
   vocab_table = tokenizer.table()
-  model = build_model(config, tokenizer.vocab_size)
+  model = build_gpt(config, tokenizer.vocab_size)
   prompt_P = encode_prompt(tokenizer, s.prompt, m.block_size)
   tx, schedule = optim.make_optimizer(config.optimizer)
   generate = make_generate(model, s)

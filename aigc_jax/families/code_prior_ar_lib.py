@@ -27,8 +27,8 @@ from aigc_jax import optim
 from aigc_jax.data.sources import codes as codes_source
 from aigc_jax.errors import UserError
 from aigc_jax.families import Family, check_sample_label, code_prior_lib, sample_labels
+from aigc_jax.families.gpt_lib import build_gpt
 from aigc_jax.families.token_sampling_lib import TEXT_MAX_NEW_TOKENS, check_sampling, pick_tokens
-from aigc_jax.models.transformer import GPT
 from aigc_jax.parallel import DATA_AXIS, example_ids, example_keys, keys_for_ids, masked_mean
 
 
@@ -68,15 +68,7 @@ def build(config: ConfigDict):
   code_set = code_prior_lib.check_prior(config)  # file vs config, labels vs num_classes, VQ checkpoint present
   num_codes, num_classes, length = d.num_codes, m.num_classes, d.grid_size ** 2
   null = num_codes + num_classes
-  model = GPT(vocab_size=num_codes + num_classes + 1, block_size=length, num_layers=m.num_layers,
-              num_heads=m.num_heads, width=m.width, dropout=m.dropout, use_bias=m.use_bias,
-              dtype=optim.compute_dtype(config.dtype), attention_impl=m.attention_impl or None,
-              attention_dropout=m.attention_dropout)
-  for key in ("dropout", "attention_dropout"):
-    if not 0.0 <= m[key] < 1.0:
-      raise UserError(f"model.{key} must be in [0, 1), got {m[key]}")
-  if m.width % m.num_heads:
-    raise UserError(f"model.width {m.width} is not divisible by model.num_heads {m.num_heads}; change one")
+  model = build_gpt(config, num_codes + num_classes + 1)  # check_config: model.block_size = grid_size ** 2
   tx, schedule = optim.make_optimizer(config.optimizer)
   columns = math.ceil(math.sqrt(s.num))  # media.images.image_grid's layout: one class per grid row
 
