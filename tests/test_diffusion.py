@@ -89,6 +89,24 @@ def test_scaled_linear_schedule_is_latent_diffusions():
   assert math.sqrt(s.alphas_cumprod[-1]) == pytest.approx(0.068265, abs=2e-6)
 
 
+def test_logsnr_shift_scales_every_steps_snr_like_scaling_the_data():
+  base = make_schedule("cosine", 200)
+  shifted = make_schedule("cosine", 200, logsnr_shift=2 * math.log(5.0))
+  snr = lambda a: a / (1.0 - a)
+  unclipped = np.cumsum(shifted.betas >= 0.999) == 0
+  np.testing.assert_allclose(snr(shifted.alphas_cumprod)[unclipped], 25.0 * snr(base.alphas_cumprod)[unclipped],
+                             rtol=1e-9)
+  # q(x_t | x_0) on the shifted schedule is the base schedule's on data 5x louder, once x_t is rescaled to unit
+  # noise-free variance: sqrt(abar') = 5 sqrt(abar) / sqrt(25 abar + 1 - abar).
+  a, a2 = base.alphas_cumprod[unclipped], shifted.alphas_cumprod[unclipped]
+  np.testing.assert_allclose(np.sqrt(a2), 5 * np.sqrt(a) / np.sqrt(25 * a + 1 - a), rtol=1e-9)
+  assert shifted.alphas_cumprod[-1] < 1e-5  # still ends in (nearly) pure noise
+  np.testing.assert_array_equal(make_schedule("linear", 50, 1e-4, 0.02, 0.0).betas,
+                                make_schedule("linear", 50, 1e-4, 0.02).betas)
+  with pytest.raises(UserError, match=r"diffusion.logsnr_shift must be a number in \[-20, 20\]"):
+    make_schedule("cosine", 10, logsnr_shift=float("nan"))
+
+
 def test_q_sample_statistics():
   s = make_schedule("linear", 1000)
   x0 = jnp.full((4096, 4, 4, 1), 0.6)

@@ -20,7 +20,7 @@ from aigc_jax.families import get_family
 from aigc_jax.families.diffusion import build_model
 from aigc_jax.families.diffusion_lib import likelihood, objectives, samplers
 from aigc_jax.families.diffusion_lib.schedules import make_schedule, q_sample, take
-from aigc_jax.models.diffwave import DilatedConv, receptive_field
+from aigc_jax.models.diffwave import DiffWave, DilatedConv, receptive_field
 
 EXPERIMENT = os.path.join(os.path.dirname(__file__), "..", "experiments", "diffwave.py")
 RATE, CLIP_T, NUM_CLASSES = 256, 256, 10
@@ -144,6 +144,20 @@ def test_every_sampler_with_an_oracle_returns_the_one_training_clip():
   # The fast sampler called the network at the aligned fractional steps, last step first.
   np.testing.assert_allclose([t[0] for t in seen[::-1]], samplers.fast_alignment(s, samplers.FAST_SCHEDULE_T200),
                              rtol=1e-6)
+
+
+def test_clip_denoised_bounds_the_scaled_data_range():
+  """diffusion.data_scale s runs the process on s x: the samplers then clip x0_hat to [-s, s], not [-1, 1]."""
+  s = make_schedule("cosine", 50)
+  point_T = 4.0 * jax.random.uniform(jax.random.key(3), (64,), minval=-1, maxval=1)  # data x 4
+  x_T = jax.random.normal(jax.random.key(4), (2, 64))
+  run = jax.jit(lambda clip: samplers.ddim(noise_level_oracle(s, point_T), s, samplers.sampling_timesteps(50, 10),
+                                           x_T, None, eta=0.0, prediction="eps", clip_denoised=clip),
+                static_argnums=0)
+  np.testing.assert_allclose(run(4.0), jnp.broadcast_to(point_T, (2, 64)), atol=1e-3)
+  assert float(jnp.max(jnp.abs(run(True)))) <= 1.0 + 1e-5  # True: the unscaled data range
+
+
 @pytest.mark.parametrize("num_timesteps, beta_end, fast_betas", [(200, 0.02, samplers.FAST_SCHEDULE_T200),
                                                                  (50, 0.05, samplers.FAST_SCHEDULE_T50)])
 def test_fast_alignment_matches_the_papers_formula(num_timesteps, beta_end, fast_betas):
@@ -197,6 +211,22 @@ def test_receptive_field_zero_output_and_label_conditioning(tiny_family):
   assert not np.allclose(apply(params, x, jnp.array([1, 2])), before, atol=1e-3)
 
 
+def test_patched_network_sees_whole_frames():
+  """patch_size P: the layers run on frames of P samples, so moving one input sample moves exactly the outputs
+  of the frames within (r_frames - 1) / 2 frames of its own: receptive_field(..., P) samples, frame-aligned."""
+  net = DiffWave(residual_channels=16, num_layers=2, dilation_cycle=2, patch_size=4)
+  x = jax.random.normal(jax.random.key(0), (1, 64))
+  t = jnp.array([5])
+  params = perturbed(jax.jit(net.init)(jax.random.key(1), x, t)["params"])
+  apply = jax.jit(lambda x1: net.apply({"params": params}, x1, t))
+  r = receptive_field(2, 2, patch_size=4)
+  assert r == (2 * (1 + 2) + 1) * 4
+  j = 30  # in frame 7 (samples 28..31); frames 4..10 see it
+  moved = np.flatnonzero(np.asarray(apply(x.at[:, j].add(1.0)) != apply(x))[0])
+  np.testing.assert_array_equal(moved, np.arange(28 - (r // 4 - 1) // 2 * 4, 32 + (r // 4 - 1) // 2 * 4))
+  assert moved.size == r
+
+
 # --- the family on audio -----------------------------------------------------------------------------------
 
 def test_two_cli_steps_write_wavs_of_the_digit_asked_for(tiny_family, tmp_path, monkeypatch, capsys):
@@ -233,6 +263,9 @@ def test_two_cli_steps_write_wavs_of_the_digit_asked_for(tiny_family, tmp_path, 
     ({"sample.steps": 50}, r"sample.steps=50 is not read by sample.sampler=fast"),
     ({"sample.sampler": "ddpm", "sample.fast_schedule": (0.1, 0.2)}, r"sample.fast_schedule is read by "),
     ({"diffusion.num_timesteps": 20}, r"sample.fast_schedule step 5: .* outside"),
+    ({"model.patch_size": 3}, r"a clip of 256 samples .* is not a multiple of model.patch_size=3"),
+    ({"model.patch_size": 0}, r"model.patch_size must be a positive integer"),
+    ({"diffusion.data_scale": 0.0}, r"diffusion.data_scale must be a number in \[0.01, 100\]"),
 ])
 def test_bad_audio_settings_are_one_line_errors(tone_source, overrides, message):
   with pytest.raises(UserError, match=message) as info:

@@ -24,6 +24,15 @@ returns {medium: x in [-1, 1]} (+ 'audio_sample_rate' = data.sample_rate for aud
 draw class (id // grid columns) % num_classes for sample id, so each row of the written grid (of images, or
 of spectrograms) is one class, or `sample.label` for every sample.
 
+Quiet data (speech: std ~0.07, against ~0.5 for images in [-1, 1]) sees mostly pure noise under an image
+schedule, and an eps (or v) network must then reproduce its input to a precision finer than the signal: on
+spoken digits at 8 kHz a C = 64 DiffWave trained 600 steps had x0 estimates worse than predicting 0 at every
+t >= 40 of T = 200 (bench/RESULTS.md). `diffusion.data_scale` s runs the whole process on s x (samples are
+divided by s, clipping and the bound's grid scaled with it, so bits stay the data's); with s ~ 1 / data std
+and v prediction the same network beat the Wiener estimate at every t. `diffusion.logsnr_shift` only moves a
+schedule's log SNR (the noise levels s x would see, schedules.shift_logsnr), not the scale the network must
+work at: with eps prediction it did not help there.
+
 The pieces live in `diffusion_lib/` (schedules, objectives, likelihood, samplers); this module wires them to
 the family contract and checks the config.
 """
@@ -65,6 +74,8 @@ def default_config() -> ConfigDict:
   m.residual_channels = 256        # diffwave: C (Kong et al.'s SC09 model)
   m.residual_layers = 36           # diffwave: N
   m.dilation_cycle = 12            # diffwave: dilations 1, 2, ..., 2^(cycle - 1), repeated
+  m.patch_size = 1                 # diffwave: samples per network frame (1 = the paper; P > 1 runs the layers
+                                   # at 1/P of the sample rate; the clip length must be a multiple of P)
   m.num_classes = 0                # > 0: class-conditional, with an extra null class for guidance
   m.ema_decay = 0.9999             # EMA of the params, sampled and evaluated when sample.use_ema
 
@@ -73,12 +84,16 @@ def default_config() -> ConfigDict:
   c.diffusion.schedule = "linear"    # linear | scaled_linear (LDM's sqrt-spaced) | cosine
   c.diffusion.beta_start = 1e-4      # (scaled_)linear schedule's first and last beta
   c.diffusion.beta_end = 0.02
+  c.diffusion.logsnr_shift = 0.0     # added to every step's log SNR (schedules.shift_logsnr); 2 log s = the noise
+                                     # levels of data scaled by s (> 0 for quiet audio, with schedule=cosine)
   c.diffusion.prediction = "eps"     # network target: eps | x0 | v
   c.diffusion.loss_weighting = "simple"  # simple (L_simple) | min_snr
   c.diffusion.min_snr_gamma = 5.0    # min_snr: the SNR cap
   c.diffusion.variance = "fixedlarge"  # reverse-step variance: fixedlarge (beta_t) | fixedsmall (posterior)
   c.diffusion.clip_denoised = True   # clip predicted x0 to [-1, 1] while sampling and in the bound
   c.diffusion.label_dropout = 0.0    # probability of training a labelled example as the null class
+  c.diffusion.data_scale = 1.0       # the process runs on data x s (samples divided by s): s ~ 1 / data std
+                                     # puts quiet data (speech: std ~0.07) on the noise levels images see
 
   c.optimizer = optim.optimizer_config(learning_rate=2e-4)
   c.sample.sampler = "ddpm"          # ddpm (ancestral) | ddim | fast (DiffWave's, Kong et al. 2021 App. B)
@@ -107,8 +122,15 @@ def _unet(config: ConfigDict) -> UNet:
 
 def _diffwave(config: ConfigDict) -> DiffWave:
   m = config.model
+  if not isinstance(m.patch_size, int) or m.patch_size < 1:
+    raise UserError(f"model.patch_size must be a positive integer (1 = the paper), got {m.patch_size!r}")
+  clip = data_lib.example_batch(config, 1)["audio"].shape[-1]
+  if clip % m.patch_size:
+    raise UserError(f"a clip of {clip:,} samples (data.sample_rate * data.clip_seconds) is not a multiple of "
+                    f"model.patch_size={m.patch_size}; change --config.model.patch_size or data.clip_seconds")
   return DiffWave(residual_channels=m.residual_channels, num_layers=m.residual_layers,
-                  dilation_cycle=m.dilation_cycle, num_classes=m.num_classes, dtype=optim.compute_dtype(config.dtype))
+                  dilation_cycle=m.dilation_cycle, num_classes=m.num_classes, patch_size=m.patch_size,
+                  dtype=optim.compute_dtype(config.dtype))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,7 +146,8 @@ class Arch:
 ARCHS = {
     "unet": Arch(_unet, ("ch", "ch_mult", "num_res_blocks", "attn_resolutions", "dropout"), ("images",),
                  "[H, W, C]"),
-    "diffwave": Arch(_diffwave, ("residual_channels", "residual_layers", "dilation_cycle"), ("audio",), "[T]"),
+    "diffwave": Arch(_diffwave, ("residual_channels", "residual_layers", "dilation_cycle", "patch_size"), ("audio",),
+                     "[T]"),
 }
 _ARCH_KEYS = sorted({k for arch in ARCHS.values() for k in arch.keys})
 
@@ -187,12 +210,18 @@ def make_family(config: ConfigDict) -> Family:
   objectives.check(dif.prediction, dif.loss_weighting)
   if not 0.0 <= dif.label_dropout < 1.0:
     raise UserError(f"diffusion.label_dropout must be in [0, 1), got {dif.label_dropout}")
+  if not (isinstance(dif.data_scale, (int, float)) and not isinstance(dif.data_scale, bool)
+          and 0.01 <= dif.data_scale <= 100):
+    raise UserError(f"diffusion.data_scale must be a number in [0.01, 100] (1 = none), got {dif.data_scale!r}")
+  if dif.data_scale != 1 and latent_lib.enabled(config):
+    raise UserError("diffusion.data_scale scales data, and latent diffusion's latents are already scaled to unit "
+                    "variance by the autoencoder; leave --config.diffusion.data_scale=1")
   if dif.label_dropout and not m.num_classes:
     raise UserError("diffusion.label_dropout > 0 needs a class-conditional model; set model.num_classes")
   text_lib.check(config, lambda section, keys: [f"{section}.{k}" for k in _changed(config, section, keys)])
   samplers.check_config(config, lambda keys: _changed(config, "sample", keys), text_lib.enabled(config))
   check_sample_label(config, m.num_classes)
-  schedule = make_schedule(dif.schedule, dif.num_timesteps, dif.beta_start, dif.beta_end)
+  schedule = make_schedule(dif.schedule, dif.num_timesteps, dif.beta_start, dif.beta_end, dif.logsnr_shift)
   schedule.model_log_variance(dif.variance)  # validates the name now rather than at the first eval
   if config.sample.sampler == "fast":
     samplers.check_fast_schedule(schedule, config.sample.fast_schedule)
@@ -217,6 +246,8 @@ def make_family(config: ConfigDict) -> Family:
   tx, lr_schedule = optim.make_optimizer(config.optimizer)
   null_label = m.num_classes  # the extra embedding row of a conditional network
   process = dict(schedule=schedule, prediction=dif.prediction)
+  data_scale = float(dif.data_scale)
+  clip = dif.clip_denoised and data_scale  # the bound of the scaled data's range; False = no clipping
 
   # The network's params: the U-Net's own tree, or {"unet", "text"} with a jointly trained text encoder.
   joint = text is not None and text.kind == "joint"
@@ -261,7 +292,7 @@ def make_family(config: ConfigDict) -> Family:
     return {"step": jnp.zeros((), jnp.int32), **optim.init_train_state(params, tx, ema=True)}
 
   def train_step(state, batch, rng):
-    x0 = batch[spec.batch_key] if latent is None else latent.encode(batch[spec.batch_key])
+    x0 = batch[spec.batch_key] * data_scale if latent is None else latent.encode(batch[spec.batch_key])
     b = x0.shape[0]
     keys = example_keys(rng, b)
     purpose = lambda p: jax.vmap(lambda k: jax.random.fold_in(k, p))(keys)
@@ -304,11 +335,13 @@ def make_family(config: ConfigDict) -> Family:
   def eval_step(state, batch, rng):
     """Bits/dim of the bound on -log p(x) (for a conditional model: of the unconditional, null-class or
     null-caption branch)."""
-    x0 = batch[spec.batch_key]
+    x0 = batch[spec.batch_key] * data_scale
     params = eval_params(state)
     null = null_condition(params, x0.shape[0])
+    # Scaling the data and its grid together leaves every bin's probability, so the bits are the data's.
+    grid = likelihood.Quantisation(spec.grid.half_bin * data_scale, spec.grid.edge * data_scale)
     parts = likelihood.bound_bpd(lambda x, t_B: apply(params, x, t_B, null), x0, example_keys(rng, x0.shape[0]),
-                                 variance=dif.variance, clip_denoised=dif.clip_denoised, grid=spec.grid, **process)
+                                 variance=dif.variance, clip_denoised=clip, grid=grid, **process)
     # Masked global means: rows with batch['mask'] == 0 pad the last batch of a split and must not count.
     per_example = jax.tree.map(lambda v: jnp.mean(v.reshape(x0.shape[0], -1), axis=1), parts)
     return masked_mean(per_example, batch, x0.shape[0])
@@ -316,7 +349,7 @@ def make_family(config: ConfigDict) -> Family:
   s = config.sample
   timesteps = samplers.sampling_timesteps(dif.num_timesteps, s.steps)
   grid_columns = math.ceil(math.sqrt(s.num))  # media.images.image_grid's default layout (images, spectrograms)
-  common = dict(prediction=dif.prediction, clip_denoised=dif.clip_denoised)
+  common = dict(prediction=dif.prediction, clip_denoised=clip)
   run_sampler = {
       "ddpm": lambda denoise, x_T, keys_B: samplers.ddpm(denoise, schedule, timesteps, x_T, keys_B,
                                                          variance=dif.variance, **common),
@@ -347,7 +380,7 @@ def make_family(config: ConfigDict) -> Family:
       cond = {}
     denoise = samplers.guided(lambda x, t_B, c: apply(params, x, t_B, c), cond, null_condition(params, b),
                               s.guidance_scale)
-    x0 = run_sampler(denoise, x_T, keys_Bx2[:, 1])
+    x0 = run_sampler(denoise, x_T, keys_Bx2[:, 1]) / data_scale
     if latent is not None:
       x0 = latent.decode(x0)
     return {medium: jnp.clip(x0, -1.0, 1.0), **spec.extras(config, ids_B), **extra}
@@ -369,7 +402,7 @@ def make_family(config: ConfigDict) -> Family:
     denoise = samplers.guided(lambda x, t_B, c: apply(params, x, t_B, c), condition(params, first),
                               null_condition(params, n), scale)
     x0 = run_sampler(denoise, x_T, keys_Nx2[:, 1])
-    return jnp.clip(x0 if latent is None else latent.decode(x0), -1.0, 1.0)
+    return jnp.clip(x0 / data_scale if latent is None else latent.decode(x0), -1.0, 1.0)
 
   def write_figures(state, directory, step):
     """`<step>_prompts.txt` (each grid row's prompt) and, with sample.guidance_grid, `<step>_guidance.png`."""

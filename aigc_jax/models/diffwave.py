@@ -92,9 +92,10 @@ def dilations(num_layers: int, dilation_cycle: int):
   return [2 ** (i % dilation_cycle) for i in range(num_layers)]
 
 
-def receptive_field(num_layers: int, dilation_cycle: int) -> int:
-  """Samples of input one output sample depends on: (k - 1) sum_i d_i + 1 (Kong et al. 2021, Section 3.3)."""
-  return (KERNEL_SIZE - 1) * sum(dilations(num_layers, dilation_cycle)) + 1
+def receptive_field(num_layers: int, dilation_cycle: int, patch_size: int = 1) -> int:
+  """Samples of input one output sample depends on: (k - 1) sum_i d_i + 1 (Kong et al. 2021, Section 3.3);
+  with patches of P samples, that many whole frames, P times as many samples."""
+  return ((KERNEL_SIZE - 1) * sum(dilations(num_layers, dilation_cycle)) + 1) * patch_size
 
 
 class DilatedConv(nn.Module):
@@ -145,6 +146,7 @@ class DiffWave(nn.Module):
   num_layers: int = 30          # N
   dilation_cycle: int = 10      # dilations 1 .. 2^(cycle - 1)
   num_classes: int = 0          # 0: unconditional; else labels in [0, num_classes], num_classes = null class
+  patch_size: int = 1           # P: samples per network frame (1 = the paper; see `DiffWave.__call__`)
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -152,9 +154,14 @@ class DiffWave(nn.Module):
     """eps_theta(x_t, t) [B, T] for x_t [B, T] and (possibly fractional) steps t_B. `train` is accepted for the
     diffusion family's calling convention; the network has no dropout."""
     del train
-    c = self.residual_channels
+    c, p = self.residual_channels, self.patch_size
+    b, t = x_BxT.shape
+    if t % p:
+      raise ValueError(f"clip length {t} is not a multiple of patch_size {p}")
+    # Patching (not in the paper): P consecutive samples form one frame, so the layers run at 1/P of the
+    # sample rate and every dilation (and the receptive field) spans P times as many samples.
     h = Pointwise(c, kernel_init=conv_init, dtype=self.dtype, name="input_projection")(
-        x_BxT.astype(self.dtype)[..., None])
+        x_BxT.astype(self.dtype).reshape(b, t // p, p))
     h_BxTxC = nn.relu(h)
     step = timestep_embedding(t_B, STEP_EMBED_DIM)
     step = nn.swish(nn.Dense(STEP_HIDDEN_DIM, dtype=self.dtype, name="step_fc1")(step))
@@ -172,5 +179,5 @@ class DiffWave(nn.Module):
         (h_BxTxC, jnp.zeros_like(h_BxTxC)), jnp.asarray(dilations_N, jnp.int32), step_BxE, label_BxL)
     out = skips_BxTxC / math.sqrt(self.num_layers)
     out = nn.relu(Pointwise(c, kernel_init=conv_init, dtype=self.dtype, name="skip_projection")(out))
-    out = Pointwise(1, kernel_init=nn.initializers.zeros, dtype=self.dtype, name="output_projection")(out)
-    return out[..., 0].astype(jnp.float32)
+    out = Pointwise(p, kernel_init=nn.initializers.zeros, dtype=self.dtype, name="output_projection")(out)
+    return out.reshape(b, t).astype(jnp.float32)

@@ -65,11 +65,12 @@ def loss(prediction, weighting, schedule, model_out, x0, noise, t_B, min_snr_gam
   return jnp.mean(loss_weight(prediction, weighting, schedule, t_B, min_snr_gamma) * mse_B)
 
 
-def p_mean_variance(prediction, variance, schedule, model_out, xt, t_B, clip_denoised: bool):
+def p_mean_variance(prediction, variance, schedule, model_out, xt, t_B, clip_denoised: float):
   """Mean, log-variance and x0_hat of the reverse step p(x_{t-1} | x_t): the posterior q(x_{t-1} | x_t, x0)
-  with x0 replaced by the network's estimate (clipped to the data range when asked), fixed variance."""
+  with x0 replaced by the network's estimate (clipped to the data range when asked), fixed variance.
+  `clip_denoised`: False/0 = no clipping, else the data range's bound (True = 1: data in [-1, 1])."""
   x0, _ = to_x0_and_eps(prediction, schedule, model_out, xt, t_B)
   if clip_denoised:
-    x0 = jnp.clip(x0, -1.0, 1.0)
+    x0 = jnp.clip(x0, -float(clip_denoised), float(clip_denoised))
   mean = take(schedule.posterior_mean_coef1, t_B, xt) * x0 + take(schedule.posterior_mean_coef2, t_B, xt) * xt
   return mean, take(schedule.model_log_variance(variance), t_B, xt), x0

@@ -115,8 +115,8 @@ def ddim(denoise_fn, schedule: Schedule, timesteps, x_T, example_keys_B, *, eta:
     idx_B = jnp.full((b,), idx, jnp.int32)
     out = denoise_fn(x, jnp.full((b,), model_t[idx], jnp.int32))
     x0, eps = objectives.to_x0_and_eps(prediction, respaced, out, x, idx_B)
-    if clip_denoised:  # re-derive eps from the clipped x0 so the two stay consistent
-      x0 = jnp.clip(x0, -1.0, 1.0)
+    if clip_denoised:  # re-derive eps from the clipped x0 so the two stay consistent (bound as p_mean_variance's)
+      x0 = jnp.clip(x0, -float(clip_denoised), float(clip_denoised))
       eps = objectives.eps_from_x0(respaced, x0, x, idx_B)
     sigma_B = take(sigma, idx_B, x)
     direction = jnp.sqrt(jnp.maximum(take(1.0 - abar_prev, idx_B, x) - sigma_B ** 2, 0.0)) * eps

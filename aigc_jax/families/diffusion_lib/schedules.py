@@ -94,7 +94,28 @@ class Schedule:
     return Schedule(1.0 - abar / np.append(1.0, abar[:-1]))
 
 
-def make_schedule(kind: str, num_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> Schedule:
+def shift_logsnr(betas: np.ndarray, shift: float, max_beta: float = 0.999) -> np.ndarray:
+  """The betas whose abar'_t = sigmoid(logit(abar_t) + shift): every step's signal-to-noise ratio
+  abar / (1 - abar) times e^shift. For data x scaled by s, q(s x_t | x_0) has the SNR of x's times s^2, so
+  shift = 2 log s trains on unscaled data at the noise levels a scaled copy would see (Hoogeboom et al. 2023,
+  "simple diffusion", Section 3.1, shift their cosine schedule by 2 log(64 / resolution) for large images; a
+  positive shift suits quiet data such as speech, std ~0.07 against ~0.5 for images). The endpoint abar_T
+  is shifted too: pair a positive shift with a schedule that ends near abar = 0 (cosine), since sampling
+  starts from N(0, I). Betas clipped at `max_beta` as cosine_betas."""
+  abar = np.cumprod(1.0 - betas)
+  shifted = 1.0 / (1.0 + np.exp(-(np.log(abar) - np.log1p(-abar) + shift)))
+  return np.minimum(1.0 - shifted / np.append(1.0, shifted[:-1]), max_beta)
+
+
+def make_schedule(kind: str, num_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02,
+                  logsnr_shift: float = 0.0) -> Schedule:
+  schedule = _base_schedule(kind, num_timesteps, beta_start, beta_end)
+  if not isinstance(logsnr_shift, (int, float)) or isinstance(logsnr_shift, bool) or not abs(logsnr_shift) <= 20:
+    raise UserError(f"diffusion.logsnr_shift must be a number in [-20, 20] (0 = no shift), got {logsnr_shift!r}")
+  return Schedule(shift_logsnr(schedule.betas, logsnr_shift)) if logsnr_shift else schedule
+
+
+def _base_schedule(kind: str, num_timesteps: int, beta_start: float, beta_end: float) -> Schedule:
   if num_timesteps < 1:
     raise UserError(f"diffusion.num_timesteps must be >= 1, got {num_timesteps}")
   if kind in ("linear", "scaled_linear"):
