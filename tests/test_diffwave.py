@@ -51,9 +51,10 @@ def perturbed(params):
 
 
 def tiny_config(**overrides):
-  """experiments/diffwave.py:cpu shrunk: C = 8, 2 layers, 256-sample clips at 256 Hz on the tone source."""
+  """experiments/diffwave.py:cpu shrunk: C = 8, 2 layers on single samples (no patches), 256-sample clips at
+  256 Hz on the tone source."""
   values = {"data.name": "test_tone_digits", "data.sample_rate": RATE, "data.clip_seconds": 1.0,
-            "model.residual_channels": 8, "model.residual_layers": 2, "model.dilation_cycle": 2,
+            "model.residual_channels": 8, "model.residual_layers": 2, "model.dilation_cycle": 2, "model.patch_size": 1,
             "batch_size": 8, "sample.num": 4}
   values.update(overrides)
   return load_experiment(EXPERIMENT, "cpu", values)
@@ -231,11 +232,12 @@ def test_patched_network_sees_whole_frames():
 
 def test_two_cli_steps_write_wavs_of_the_digit_asked_for(tiny_family, tmp_path, monkeypatch, capsys):
   """`--config.sample.label=7` of the conditional cpu preset, 2 steps through the trainer on 1 device: the
-  samples (guided fast sampler) are 16-bit WAVs at data.sample_rate, all labelled 7, and not silent."""
+  samples (guided DDIM) are 16-bit WAVs at data.sample_rate, all labelled 7, and not silent."""
   from aigc_jax import main
   workdir = tmp_path / "run"
   flags = {"data.name": tiny_family[0].data.name, "data.sample_rate": RATE, "sample.label": 7,
-           "model.residual_channels": 8, "model.residual_layers": 2, "model.dilation_cycle": 2, "num_train_steps": 2, "log_every_steps": 1,
+           "model.residual_channels": 8, "model.residual_layers": 2, "model.dilation_cycle": 2, "model.patch_size": 1,
+           "num_train_steps": 2, "log_every_steps": 1,
            "checkpoint_every_steps": 2, "sample_every_steps": 2, "sample.num": 3, "num_devices": 1}
   argv = ["aigc_jax", f"--config={EXPERIMENT}:cpu", f"--workdir={workdir}"]
   argv += [f"--config.{k}={v}" for k, v in flags.items()]
@@ -260,9 +262,10 @@ def test_two_cli_steps_write_wavs_of_the_digit_asked_for(tiny_family, tmp_path, 
                              r"set --config.model.arch=diffwave"),
     ({"model.ch": 64}, r"model.ch is not read by model.arch='diffwave'"),
     ({"sample.label": 10}, r"sample.label=10 is out of range for a model of 10 classes"),
-    ({"sample.steps": 50}, r"sample.steps=50 is not read by sample.sampler=fast"),
+    ({"sample.sampler": "fast", "sample.steps": 50}, r"sample.steps=50 is not read by sample.sampler=fast"),
     ({"sample.sampler": "ddpm", "sample.fast_schedule": (0.1, 0.2)}, r"sample.fast_schedule is read by "),
-    ({"diffusion.num_timesteps": 20}, r"sample.fast_schedule step 5: .* outside"),
+    ({"sample.sampler": "fast", "sample.steps": 0, "diffusion.schedule": "linear", "diffusion.num_timesteps": 20},
+     r"sample.fast_schedule step 5: .* outside"),
     ({"model.patch_size": 3}, r"a clip of 256 samples .* is not a multiple of model.patch_size=3"),
     ({"model.patch_size": 0}, r"model.patch_size must be a positive integer"),
     ({"diffusion.data_scale": 0.0}, r"diffusion.data_scale must be a number in \[0.01, 100\]"),
