@@ -33,8 +33,8 @@ and v prediction the same network beat the Wiener estimate at every t. `diffusio
 schedule's log SNR (the noise levels s x would see, schedules.shift_logsnr), not the scale the network must
 work at: with eps prediction it did not help there.
 
-The pieces live in `diffusion_lib/` (schedules, objectives, likelihood, samplers); this module wires them to
-the family contract and checks the config.
+The pieces live in `diffusion_lib/` (archs, schedules, objectives, likelihood, samplers); this module wires them
+to the family contract and checks the config.
 """
 import dataclasses
 import functools
@@ -83,8 +83,8 @@ def default_config() -> ConfigDict:
   c.diffusion.schedule = "linear"    # linear | scaled_linear (LDM's sqrt-spaced) | cosine
   c.diffusion.beta_start = 1e-4      # (scaled_)linear schedule's first and last beta
   c.diffusion.beta_end = 0.02
-  c.diffusion.logsnr_shift = 0.0     # added to every step's log SNR (schedules.shift_logsnr); 2 log s = the noise
-                                     # levels of data scaled by s (> 0 for quiet audio, with schedule=cosine)
+  c.diffusion.logsnr_shift = 0.0     # added to every step's log SNR (schedules.shift_logsnr; Hoogeboom et al.
+                                     # 2023); for quiet data prefer data_scale (see the module docstring)
   c.diffusion.prediction = "eps"     # network target: eps | x0 | v
   c.diffusion.loss_weighting = "simple"  # simple (L_simple) | min_snr
   c.diffusion.min_snr_gamma = 5.0    # min_snr: the SNR cap
