@@ -5,6 +5,8 @@ as a real-time factor, in one invocation with alternating rounds.
   python bench/audio.py --part=train --specs wavenet.py:cpu diffwave.py:cpu --rounds=3 --wait-quiet=60
   python bench/audio.py --part=generate --gen-batch=1 --rounds=3
   python bench/audio.py --part=train --specs wavenet.py:sc09_128@1 diffwave.py@1 --steps=2 --rounds=1  # paper nets
+  python bench/audio.py --part=train --specs wavenet.py:cpu --override model.position_frames=10 \
+      --override model.label_dropout=0.1 --override optimizer.schedule=cosine --override optimizer.decay_steps=2000
 
 Part 1, training steps (`--part=train`): per spec (`experiment file[:preset][@global batch]`, as in
 bench/train_step.py) ours is the harness's own jitted data-parallel step built exactly as the trainer builds
@@ -17,6 +19,12 @@ round records the load average (as `uptime` prints it) and the share of the core
 meanwhile (/proc/stat minus our own CPU time, bench/train_step.py's `OthersCPU`); the medians are over the
 rounds where that share stayed under `--quiet` (all rounds if none did), and `--wait-quiet=S` waits up to S
 seconds for a quiet moment before each round.
+
+`--override KEY=VALUE` (repeatable; `--set` is the same flag, as in bench/train_step.py) sets a config key in
+every spec whose config has it, parsed to the key's current type (bench/train_step.py's load_config), in both
+parts; part 1 forwards the keys a spec has to its twin (`--override` of bench/torch_wavenet.py and
+bench/torch_diffwave.py). A key no spec has is an error. Keys both families share (optimizer.*, batch_size,
+...) change every spec: give each family its own invocation when that is not meant.
 
 Part 2, generation (`--part=generate`): real-time factor = seconds of audio generated per wall second
 (batch x clip samples / sample rate / wall; > 1 is faster than real time), through the harness's sampler
@@ -70,10 +78,44 @@ def model_kind(config) -> str:
   raise SystemExit(f"bench/audio.py times WaveNet and DiffWave specs; this one is family {config.family!r}")
 
 
-def reference_command(kind, name, preset, batch, steps, threads, scripts=REFERENCES):
+def parse_overrides(items):
+  """['model.stacks=1', ...] -> [('model.stacks', '1'), ...] (values parsed later, per config)."""
+  pairs = []
+  for item in items or []:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+      raise SystemExit(f"--override takes KEY=VALUE, got {item!r}")
+    pairs.append((key, value))
+  return pairs
+
+
+def has_key(config, dotted) -> bool:
+  node = config
+  for part in dotted.split("."):
+    try:
+      node = node[part]
+    except (KeyError, TypeError):
+      return False
+  return True
+
+
+def applicable(config, overrides):
+  """The (key, value) overrides whose key `config` has (bench/train_step.py's load_config skips the others)."""
+  return [(k, v) for k, v in overrides if has_key(config, k)]
+
+
+def check_overrides(overrides, spec_configs):
+  """A one-line error for an override key that none of the specs' configs has (a typo would be ignored)."""
+  for key, _ in overrides:
+    if not any(has_key(c, key) for c in spec_configs):
+      raise SystemExit(f"--override {key}: no spec's config has that key")
+
+
+def reference_command(kind, name, preset, batch, steps, threads, scripts=REFERENCES, overrides=()):
   spec = f"{name}:{preset}" if preset else name
   cmd = [sys.executable, os.path.join(ROOT, "bench", scripts[kind]), f"--config={spec}", f"--batch={batch}",
          f"--steps={steps}", "--warmup=2"]
+  cmd += [f"--override={k}={v}" for k, v in overrides]
   return cmd + ([f"--threads={threads}"] if threads else [])
 
 
@@ -82,17 +124,21 @@ def bench_train(args, ts, kind_of=model_kind, scripts=REFERENCES, unit="clips"):
   their own `kind_of(config) -> kind`, `scripts` (kind -> reference script) and `unit` (what one example is)."""
   import jax
   rows = []
-  for spec in args.specs:
-    name, preset, batch = ts.parse_spec(spec)
-    config = ts.load_config(name, preset, batch, [])
+  overrides = parse_overrides(getattr(args, "override", []))
+  specs = [ts.parse_spec(spec) for spec in args.specs]
+  check_overrides(overrides, [ts.load_config(name, preset, batch, overrides) for name, preset, batch in specs])
+  for name, preset, batch in specs:
+    config = ts.load_config(name, preset, batch, overrides)
     kind = kind_of(config)
+    mine = applicable(config, overrides)
     label = f"{name}:{preset or 'default'}@{config.batch_size}"
+    label += f" ({', '.join(f'{k}={v}' for k, v in mine)})" if mine else ""
     ours = ts.Ours(config)
     for _ in range(args.warmup):
       ours.run(1)
     steps = args.steps or max(2, min(100, round(3.0 * ours.run(2))))
-    cmd = (reference_command(kind, name, preset, config.batch_size, steps, args.threads, scripts) if args.reference
-           else None)
+    cmd = (reference_command(kind, name, preset, config.batch_size, steps, args.threads, scripts, mine)
+           if args.reference else None)
     ours_rates, ref_rates, others, loads, ref = [], [], [], [], None
     for r in range(args.rounds):
       if args.wait_quiet:
@@ -179,14 +225,18 @@ def bench_generate(args, ts):
   import jax
   import numpy as np
   from aigc_jax import data as data_lib
-  from aigc_jax.configs import load_experiment
+  from aigc_jax.configs import override
   from aigc_jax.families import wavenet
   from aigc_jax.models.wavenet import receptive_field
 
+  flags = parse_overrides(getattr(args, "override", []))
+  check_overrides(flags, [ts.load_config(*args.wavenet.partition(":")[::2], 0, flags),
+                          ts.load_config(*args.diffwave.partition(":")[::2], 0, flags)])
+
   def experiment(spec, overrides=None):
+    """The spec's config with the --override flags it has, then `overrides` ({"dotted.key": value})."""
     name, _, preset = spec.partition(":")
-    path = name if os.path.sep in name else os.path.join(ROOT, "experiments", name)
-    return load_experiment(path, preset, overrides or {})
+    return override(ts.load_config(name, preset, 0, flags), overrides or {})
 
   gens = []
   # WaveNet: one set of weights for the three generators.
@@ -268,6 +318,8 @@ def main():
   p.add_argument("--warmup", type=int, default=2, help="part 1: untimed steps after compiling")
   p.add_argument("--rounds", type=int, default=3)
   p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+  p.add_argument("--override", "--set", dest="override", action="append", default=[], metavar="KEY=VALUE",
+                 help="config override for every spec that has the key (repeatable); forwarded to the twins")
   p.add_argument("--no-reference", dest="reference", action="store_false", help="part 1 without torch")
   p.add_argument("--wavenet", default="wavenet.py:cpu", help="part 2: the WaveNet experiment[:preset]")
   p.add_argument("--diffwave", default="diffwave.py:cpu", help="part 2: the DiffWave experiment[:preset]")

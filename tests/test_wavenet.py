@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from aigc_jax import configs, data
+from aigc_jax import configs, data, parallel
 from aigc_jax.data.audio import AudioSet, audio_source
 from aigc_jax.errors import UserError
 from aigc_jax.families import wavenet, wavenet_lib
@@ -82,9 +82,12 @@ def test_causality_exact_by_perturbation_and_gradient():
   assert nonzero_q.max() == p and nonzero_q.min() == p - reach + 1, nonzero_q
 
 
-def test_cached_generation_equals_naive_and_is_per_id():
-  # Receptive field 8 < 24 samples, so the naive window slides; conditional, temperature 1.
-  build = wavenet.build(tiny_config(24))
+@pytest.mark.parametrize("overrides", [{}, {"model.position_frames": 5, "model.label_dropout": 0.1,
+                                            "sample.guidance_scale": 3.0}])
+def test_cached_generation_equals_naive_and_is_per_id(overrides):
+  # Receptive field 8 < 24 samples, so the naive window slides (and must pass its clip position to the
+  # position code); conditional, temperature 1; the second case also runs the guided (2B-row) generators.
+  build = wavenet.build(tiny_config(24, **overrides))
   assert build.receptive_field == 8 and build.length == 24
   example = {"audio": jnp.zeros((2, 24)), "label": jnp.zeros((2,), jnp.int32)}
   state = jax.jit(build.family.init)(jax.random.key(0), example)
@@ -100,6 +103,44 @@ def test_cached_generation_equals_naive_and_is_per_id():
   # Sample i depends on its id only (any device split gives the same samples).
   swapped = sample(state, jax.random.key(5), ids[::-1], cached=True)
   np.testing.assert_array_equal(np.asarray(swapped["audio"]), np.asarray(cached["audio"][::-1]))
+
+
+def test_position_code_is_linear_between_frame_centres_and_per_class():
+  # T = 12, F = 4: frame centres at t = 1, 4, 7, 10; constant before the first and after the last.
+  model = WaveNet(residual_channels=4, dilation_channels=4, skip_channels=4, layers_per_stack=2, stacks=1,
+                  num_classes=3, position_frames=4, clip_samples=12)
+  x_BxT, labels_B = jnp.zeros((2, 12), jnp.int32), jnp.array([2, 0])
+  params = model.init(jax.random.key(0), x_BxT, labels_B)["params"]
+  table = np.asarray(params["position_embed"])  # [class, frame, layer, 2G]
+  code = np.asarray(model.apply({"params": params}, labels_B, jnp.arange(12),
+                                method=lambda m, l, t: m._position_terms(l, t)))
+  assert code.shape == (2, 12, 2, 8)
+  for b, k in enumerate([2, 0]):
+    np.testing.assert_allclose(code[b, [0, 1, 4, 7, 10, 11]], table[k, [0, 0, 1, 2, 3, 3]], rtol=1e-6)
+    np.testing.assert_allclose(code[b, 2], table[k, 0] * 2 / 3 + table[k, 1] / 3, rtol=1e-5, atol=1e-6)
+  # The code moves the logits: the same inputs at another position give other outputs.
+  logits = np.asarray(model.apply({"params": params}, x_BxT, labels_B))
+  assert np.abs(logits[:, 1] - logits[:, 10]).max() > 1e-3
+
+
+def test_label_dropout_trains_the_null_class_and_guidance_moves_samples():
+  build = wavenet.build(tiny_config(24, **{"model.label_dropout": 0.5}))
+  example = {"audio": 0.3 * jnp.sin(jnp.arange(8 * 24.0) / 3).reshape(8, 24), "label": jnp.arange(8) % 3}
+  state = jax.jit(build.family.init)(jax.random.key(0), example)
+  before = np.asarray(state["params"]["label_embed"])
+  assert before.shape[:2] == (4, 4)  # [layer, 3 classes + the null class]
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), (parallel.DATA_AXIS,))
+  step = parallel.data_parallel(build.family.train_step, mesh)
+  new_state, _ = step(parallel.replicate(state, mesh), example, jax.random.key(1))
+  new_state = jax.device_get(new_state)
+  moved = np.abs(np.asarray(new_state["params"]["label_embed"]) - before).max(axis=(0, 2))
+  assert np.all(moved > 0), moved  # some clips trained as the null class, the others as their own
+  # Guided draws differ from plain conditional ones with the same keys (the null branch enters the logits).
+  guided = wavenet.build(tiny_config(24, **{"model.label_dropout": 0.5, "sample.guidance_scale": 4.0}))
+  ids = jnp.arange(3, dtype=jnp.int32)
+  plain_audio = jax.jit(build.family.sample)(new_state, jax.random.key(2), ids)["audio"]
+  guided_audio = jax.jit(guided.family.sample)(new_state, jax.random.key(2), ids)["audio"]
+  assert np.mean(np.asarray(plain_audio) != np.asarray(guided_audio)) > 0.3
 
 
 # --- a 2-step run through the CLI on a tiny registered audio source --------------------------------------------
@@ -173,6 +214,10 @@ def test_two_steps_through_the_cli_write_wavs_and_the_test_nll(toy_clips, tmp_pa
     ({"model.num_classes": 0, "sample.label": 2}, "sample.label=2 needs a class-conditional model"),
     ({"sample.label": 3}, "sample.label=3 is out of range"),
     ({"model.kernel_size": 1}, "model.kernel_size=1"),
+    ({"model.position_frames": 257}, r"model.position_frames=257 must be in \[0, 256\]"),
+    ({"sample.guidance_scale": 2.0}, "sample.guidance_scale=2.0 needs the null class"),
+    ({"model.num_classes": 0, "model.label_dropout": 0.1}, "model.label_dropout > 0 needs a class-conditional"),
+    ({"model.label_dropout": 1.0}, r"model.label_dropout=1.0 must be in \[0, 1\)"),
 ])
 def test_bad_settings_are_one_line_errors(overrides, match):
   with pytest.raises(UserError, match=match) as info:

@@ -22,7 +22,9 @@ Sampling: one compiled `lax.scan` over the T samples with Paine et al.'s (2016) 
 (wavenet_lib.make_generate; `sample(..., cached=False)` recomputes the network over the receptive field for
 every sample instead and gives the same samples). Sample i draws from fold_in(sample key, i), so it is the same
 on any device count; a conditional model draws class i mod num_classes, or `sample.label` for all.
-`sample.temperature` divides the logits (0 = the most likely bin). Output: {"audio": [N, T] decoded bin
+`sample.temperature` divides the logits (0 = the most likely bin); `sample.guidance_scale` s != 1 draws from
+uncond + s (cond - uncond) (classifier-free guidance on the logits; the null class is trained by replacing
+the label with probability `model.label_dropout`). Output: {"audio": [N, T] decoded bin
 centres, "audio_sample_rate": data.sample_rate, "labels": [N] (conditional models)}.
 
 Not implemented: the discretised mixture of logistics output (Salimans et al. 2017, PixelCNN++), so
@@ -44,7 +46,7 @@ from aigc_jax.data import audio
 from aigc_jax.errors import UserError
 from aigc_jax.families import Family, check_sample_label, sample_labels, wavenet_lib
 from aigc_jax.models.wavenet import WaveNet, dilations, receptive_field
-from aigc_jax.parallel import keys_for_ids, masked_mean
+from aigc_jax.parallel import example_keys, keys_for_ids, masked_mean
 
 OUTPUT_DISTRIBUTIONS = ("categorical",)  # a 256-way softmax over the mu-law bins
 
@@ -64,12 +66,15 @@ def default_config() -> ConfigDict:
   m.stacks = 3                     # repeats of the dilation cycle
   m.kernel_size = 2                # taps of every causal convolution (the paper's 2)
   m.num_classes = 10               # > 0: global conditioning on the label; 0 = unconditional
+  m.position_frames = 0            # > 0: local conditioning on a learned (label, position) code, F per clip
+  m.label_dropout = 0.0            # probability of training a clip as the null class (for sample.guidance_scale)
   m.output_distribution = "categorical"  # 256-way softmax over 8-bit mu-law bins
   m.ema_decay = 0.0                # > 0: keep an EMA of the params (sampled and evaluated with sample.use_ema)
   c.optimizer = optim.optimizer_config(learning_rate=1e-3, grad_clip_norm=1.0)
   c.sample.num = 10
   c.sample.use_ema = False         # needs model.ema_decay > 0
   c.sample.temperature = 1.0       # divides the logits; 0 = the most likely bin at every step
+  c.sample.guidance_scale = 1.0    # uncond + scale (cond - uncond) on the logits; != 1 needs model.label_dropout
   c.eval.metrics = ("eval_step",)  # test-split NLL in bits per sample
   c.eval.reference_split = "test"
   return c
@@ -99,6 +104,10 @@ def check_config(config: ConfigDict) -> int:
       raise UserError(f"model.{key}={m[key]} must be >= 1; set --config.model.{key}")
   if m.num_classes < 0:
     raise UserError(f"model.num_classes={m.num_classes} must be >= 0 (0 = unconditional)")
+  t = clip_samples(config)
+  if not 0 <= m.position_frames <= t:
+    raise UserError(f"model.position_frames={m.position_frames} must be in [0, {t}] (0 = off, at most one code per "
+                    "sample of the clip); set --config.model.position_frames (e.g. 10)")
   if not 0.0 <= m.ema_decay < 1.0:
     raise UserError(f"model.ema_decay={m.ema_decay} must be in [0, 1) (0 = no EMA)")
   if s.use_ema and m.ema_decay == 0:
@@ -107,8 +116,14 @@ def check_config(config: ConfigDict) -> int:
   if s.temperature < 0:
     raise UserError(f"sample.temperature={s.temperature} must be >= 0 (0 = the most likely bin, 1 = the model's "
                     "distribution)")
+  if not 0.0 <= m.label_dropout < 1.0:
+    raise UserError(f"model.label_dropout={m.label_dropout} must be in [0, 1) (0 = no null class)")
+  if m.label_dropout and not m.num_classes:
+    raise UserError("model.label_dropout > 0 needs a class-conditional model; set --config.model.num_classes")
+  if s.guidance_scale != 1.0 and not m.label_dropout:
+    raise UserError(f"sample.guidance_scale={s.guidance_scale} needs the null class, trained with "
+                    "model.label_dropout > 0 (e.g. 0.1); set --config.sample.guidance_scale=1.0")
   check_sample_label(config, m.num_classes)
-  t = clip_samples(config)
   top = max(dilations(m.layers_per_stack, m.stacks))
   if top >= t:
     fit = max(int(math.floor(math.log2(t - 1))) + 1, 1)
@@ -133,7 +148,9 @@ def build_model(config: ConfigDict) -> WaveNet:
   m = config.model
   return WaveNet(residual_channels=m.residual_channels, dilation_channels=m.dilation_channels,
                  skip_channels=m.skip_channels, layers_per_stack=m.layers_per_stack, stacks=m.stacks,
-                 kernel_size=m.kernel_size, num_classes=m.num_classes, dtype=optim.compute_dtype(config.dtype))
+                 kernel_size=m.kernel_size, num_classes=m.num_classes + (1 if m.label_dropout else 0),
+                 position_frames=m.position_frames,
+                 clip_samples=clip_samples(config), dtype=optim.compute_dtype(config.dtype))
 
 
 def build(config: ConfigDict):
@@ -143,17 +160,17 @@ def build(config: ConfigDict):
   model = build_model(config)
   num_classes = m.num_classes
   tx, schedule = optim.make_optimizer(config.optimizer)
-  generate = wavenet_lib.make_generate(model, s.temperature)
+  generate = wavenet_lib.make_generate(model, s.temperature, s.guidance_scale, null_label=num_classes)
   rf = receptive_field(m.layers_per_stack, m.stacks, m.kernel_size)
 
   def labels_of(batch):
     return batch["label"].astype(jnp.int32) if num_classes else None
 
-  def sample_nll(params, batch):
+  def sample_nll(params, batch, labels_B=None):
     """Cross-entropy [B, T] in nats of every sample's mu-law bin given the samples before it."""
     targets_BxT = wavenet_lib.mu_law_encode(batch["audio"])
     logits_BxTxV = model.apply({"params": params}, wavenet_lib.teacher_forcing_inputs(targets_BxT),
-                               labels_of(batch))
+                               labels_of(batch) if labels_B is None else labels_B)
     return optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT)
 
   def guard_labels(value, batch):
@@ -181,8 +198,11 @@ def build(config: ConfigDict):
     return {"step": jnp.zeros((), jnp.int32), **optim.init_train_state(params, tx, ema=m.ema_decay > 0)}
 
   def train_step(state, batch, rng):
-    del rng  # teacher forcing is deterministic
-    loss_fn = lambda params: jnp.mean(sample_nll(params, batch))
+    labels_B = labels_of(batch)
+    if m.label_dropout:  # the null class (index num_classes) in place of the label, per example
+      drop_B = jax.vmap(lambda k: jax.random.bernoulli(k, m.label_dropout))(example_keys(rng, labels_B.shape[0]))
+      labels_B = jnp.where(drop_B, num_classes, labels_B)
+    loss_fn = lambda params: jnp.mean(sample_nll(params, batch, labels_B))
     loss, grads = jax.value_and_grad(loss_fn)(state["params"])
     new_state, grad_norm = optim.apply_gradients(state, grads, tx, state["step"], m.ema_decay)
     new_state["step"] = state["step"] + 1

@@ -11,12 +11,16 @@ Generators (both one `lax.scan` over time inside jit, one categorical draw per s
   fixed-size window so shapes stay static) for every new sample, O(receptive field x layers) per sample.
 Sample t of example b draws with fold_in(key_b, t) from the same logits (up to float rounding of the two
 evaluation orders), so both give the same mu-law indices; tests/test_wavenet.py checks it.
+With a guidance scale s != 1 (classifier-free guidance, Ho & Salimans 2022, on the logits as for the
+autoregressive code prior) every step runs the network on 2B rows, the labels and then the null class, over
+the same drawn samples, and draws from uncond + s (cond - uncond).
 """
 import math
 
 import jax
 import jax.numpy as jnp
 
+from aigc_jax.families.code_prior_ar_lib import guided_logits
 from aigc_jax.models.wavenet import MU_LAW_BINS, WaveNet, empty_queues, receptive_field
 
 MU = MU_LAW_BINS - 1
@@ -56,21 +60,32 @@ def pick(logits_BxV, keys_B, t, temperature: float):
   return jax.vmap(lambda k, l: jax.random.categorical(k, l / temperature))(step_keys_B, logits_BxV).astype(jnp.int32)
 
 
-def make_generate(model: WaveNet, temperature: float):
-  """generate(params, keys_B, labels_B, length, cached=True) -> int32 mu-law indices [B, length]."""
+def make_generate(model: WaveNet, temperature: float, guidance_scale: float = 1.0, null_label: int = -1):
+  """generate(params, keys_B, labels_B, length, cached=True) -> int32 mu-law indices [B, length]. With
+  guidance_scale != 1 the model must know the class `null_label` (trained with label dropout)."""
   rf = receptive_field(model.layers_per_stack, model.stacks, model.kernel_size)
+  guided = guidance_scale != 1.0
+
+  def rows(v_B):
+    """The network's batch: the B rows, twice (for the conditional and null branches) when guided."""
+    return jnp.concatenate([v_B, v_B]) if guided else v_B
+
+  def combine(logits_NxV, b):
+    return guided_logits(logits_NxV[:b], logits_NxV[b:], guidance_scale) if guided else logits_NxV
 
   def generate(params, keys_B, labels_B, length: int, cached: bool = True):
     b = keys_B.shape[0]
     variables = {"params": params}
+    if guided:
+      labels_B = jnp.concatenate([labels_B, jnp.full_like(labels_B, null_label)])
     if cached:
       def step(carry, t):
         x_B, queues = carry
-        logits_BxV, queues = model.apply(variables, x_B, labels_B, queues, t, method=WaveNet.column)
-        next_B = pick(logits_BxV, keys_B, t, temperature)
+        logits_NxV, queues = model.apply(variables, rows(x_B), labels_B, queues, t, method=WaveNet.column)
+        next_B = pick(combine(logits_NxV, b), keys_B, t, temperature)
         return (next_B, queues), next_B
 
-      carry = (jnp.full((b,), START_INDEX, jnp.int32), empty_queues(model, b))
+      carry = (jnp.full((b,), START_INDEX, jnp.int32), empty_queues(model, 2 * b if guided else b))
       _, index_TxB = jax.lax.scan(step, carry, jnp.arange(length, dtype=jnp.int32))
       return index_TxB.T
 
@@ -80,9 +95,9 @@ def make_generate(model: WaveNet, temperature: float):
       # inputs[:, t] = sample t - 1 (START_INDEX at 0); one extra slot so the last write stays in bounds.
       start = jnp.clip(t - window + 1, 0, length - window)
       window_BxW = jax.lax.dynamic_slice_in_dim(inputs_BxT1, start, window, axis=1)
-      logits_BxWxV = model.apply(variables, window_BxW, labels_B)
-      logits_BxV = jax.lax.dynamic_index_in_dim(logits_BxWxV, t - start, axis=1, keepdims=False)
-      next_B = pick(logits_BxV, keys_B, t, temperature)
+      logits_NxWxV = model.apply(variables, rows(window_BxW), labels_B, start)
+      logits_NxV = jax.lax.dynamic_index_in_dim(logits_NxWxV, t - start, axis=1, keepdims=False)
+      next_B = pick(combine(logits_NxV, b), keys_B, t, temperature)
       return jax.lax.dynamic_update_index_in_dim(inputs_BxT1, next_B, t + 1, axis=1), next_B
 
     inputs_BxT1 = jnp.full((b, length + 1), START_INDEX, jnp.int32)

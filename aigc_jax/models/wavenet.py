@@ -11,6 +11,13 @@ layer i of a stack dilated by 2^i (1, 2, ..., 2^(L-1), repeated, Section 2.1), e
 
 and the head relu -> 1x1 -> relu -> 1x1 -> 256 logits over the mu-law bins (Fig. 4).
 
+`position_frames` F > 0 adds local conditioning in the form of Eq. 5 (V_f,g * y_t added inside each gate) on a
+LEARNED code y_t of (label, position t in the clip): a table of F codes per class (one class when
+unconditional) spaced evenly over the `clip_samples`-sample clip and interpolated linearly between their
+centres. Not in the paper (its local conditioning is on linguistic features or spectrograms): an aid for short
+clips of roughly aligned words, where it tells the network where in the word it is instead of leaving that to
+be inferred from the receptive field (experiments/wavenet.py:cpu measures the difference).
+
 Two ways to run the same parameters (and the same arithmetic, tap by tap, so both give the same numbers):
 - `__call__(x_BxT, labels_B)`: every position at once (teacher forcing, the naive generator). Each causal
   convolution is a sum over taps of a shifted matmul (pad left by k*d, drop the last k*d), not an XLA
@@ -56,6 +63,8 @@ class WaveNet(nn.Module):
   stacks: int = 3
   kernel_size: int = 2
   num_classes: int = 0            # > 0: global conditioning on a class label (Eq. 3)
+  position_frames: int = 0        # > 0: local conditioning on a learned (label, position) code, F per clip
+  clip_samples: int = 0           # the clip length T the position code spans (needed when position_frames > 0)
   out_dim: int = MU_LAW_BINS      # logits per position
   dtype: Any = jnp.float32
 
@@ -73,6 +82,11 @@ class WaveNet(nn.Module):
     self.gate_bias = self.param("gate_bias", nn.initializers.zeros, (n, 2 * g))
     if self.num_classes:  # V_f,g of Eq. 3 as an embedding of the label, per layer
       self.label_embed = self.param("label_embed", nn.initializers.normal(1.0), (n, self.num_classes, 2 * g))
+    if self.position_frames:  # V_f,g y_t of Eq. 5 folded into the learned code: [class, frame, layer, 2G]
+      if self.clip_samples < 1:
+        raise ValueError("WaveNet(position_frames > 0) needs clip_samples, the clip length the frames span")
+      self.position_embed = self.param("position_embed", nn.initializers.normal(1.0),
+                                       (max(self.num_classes, 1), self.position_frames, n, 2 * g))
     self.skip_kernel = self.param("skip_kernel", fan_in, (n, g, s))
     self.skip_bias = self.param("skip_bias", nn.initializers.zeros, (n, s))
     # The last layer's residual output would feed nothing.
@@ -87,15 +101,31 @@ class WaveNet(nn.Module):
       return [None] * len(self.dilations)
     return [jnp.take(self.label_embed[i], labels_B, axis=0).astype(self.dtype) for i in range(len(self.dilations))]
 
+  def _position_terms(self, labels_B, t):
+    """The learned local code at positions t (int array, any shape P) for each example: [B, *P, layer, 2G],
+    linear between frame centres (t + 0.5) T / F - 0.5 and constant beyond the first and last; None when off."""
+    if not self.position_frames:
+      return None
+    f = self.position_frames
+    table_BxFxNx2G = jnp.take(self.position_embed, labels_B if self.num_classes else jnp.zeros((1,), jnp.int32),
+                              axis=0)
+    # Hat-function weights over the frames (a matmul, so the gradient is one too, not a scatter-add).
+    u = jnp.clip((jnp.asarray(t, jnp.float32) + 0.5) * (f / self.clip_samples) - 0.5, 0.0, f - 1.0)
+    weights_PxF = jnp.maximum(0.0, 1.0 - jnp.abs(u[..., None] - jnp.arange(f, dtype=jnp.float32)))
+    code = jnp.einsum("...f,bfnc->b...nc", weights_PxF, table_BxFxNx2G)
+    return code.astype(self.dtype)
+
   def _input_tap(self, k: int, x_B):
     """Tap k's embedding of mu-law indices; index -1 (before the clip) is the zero one-hot."""
     e = jnp.take(self.input_taps[k], jnp.maximum(x_B, 0), axis=0)
     return jnp.where((x_B >= 0)[..., None], e, 0.0).astype(self.dtype)
 
-  def _gate(self, acc, i: int, label_term):
+  def _gate(self, acc, i: int, label_term, position_term=None):
     z = acc + self.gate_bias[i].astype(self.dtype)
     if label_term is not None:
       z = z + (label_term[:, None] if z.ndim == 3 else label_term)
+    if position_term is not None:
+      z = z + position_term[..., i, :]
     zf, zg = jnp.split(z, 2, axis=-1)
     return jnp.tanh(zf) * jax.nn.sigmoid(zg)
 
@@ -106,9 +136,11 @@ class WaveNet(nn.Module):
     y = self.head_hidden(nn.relu(skip))
     return self.head_out(nn.relu(y)).astype(jnp.float32)
 
-  def __call__(self, x_BxT, labels_B: Optional[jnp.ndarray] = None):
-    """Logits [B, T, out_dim] at every position; position t depends on x[:, t - receptive_field + 1 .. t]."""
+  def __call__(self, x_BxT, labels_B: Optional[jnp.ndarray] = None, start=0):
+    """Logits [B, T, out_dim] at every position; position t depends on x[:, t - receptive_field + 1 .. t].
+    `start`: the clip position of x[:, 0] (a window of a longer clip; only the position code reads it)."""
     label_terms = self._label_terms(labels_B)
+    position_terms = self._position_terms(labels_B, start + jnp.arange(x_BxT.shape[1]))
     h = self._input_tap(0, x_BxT)
     for k in range(1, self.kernel_size):
       h = h + _shift_right(self._input_tap(k, x_BxT), k)
@@ -122,7 +154,7 @@ class WaveNet(nn.Module):
       acc = h @ w[0]
       for k in range(1, self.kernel_size):
         acc = acc + _shift_right(h, k * d) @ w[k]
-      out = self._gate(acc, i, label_terms[i])
+      out = self._gate(acc, i, label_terms[i], position_terms)
       skip = skip + self._one_by_one(out, self.skip_kernel, self.skip_bias, i)
       if i < len(self.dilations) - 1:
         h = h + self._one_by_one(out, self.residual_kernel, self.residual_bias, i)
@@ -140,6 +172,7 @@ class WaveNet(nn.Module):
     (logits, queues with position t written). `queues` start as `empty_queues` (the causal padding)."""
     k_taps = self.kernel_size
     label_terms = self._label_terms(labels_B)
+    position_terms = self._position_terms(labels_B, t)
     # Ring buffers of Q = (K-1)*d + 1 slots: input t lives at slot t mod Q, so h_{t-j*d} (j = 1..K-1) is at
     # (t - j*d) mod Q, never the slot t is written to. Each layer writes h_t first and reads its taps from the
     # written buffer, so XLA updates the loop-carried buffer in place (reading the old buffer at the slot
@@ -160,7 +193,7 @@ class WaveNet(nn.Module):
       acc = h @ w[0]
       for k in range(1, k_taps):
         acc = acc + ring(q, k * d).astype(self.dtype) @ w[k]
-      out = self._gate(acc, i, label_terms[i])
+      out = self._gate(acc, i, label_terms[i], position_terms)
       skip = skip + self._one_by_one(out, self.skip_kernel, self.skip_bias, i)
       if i < len(self.dilations) - 1:
         h = h + self._one_by_one(out, self.residual_kernel, self.residual_bias, i)
