@@ -28,13 +28,8 @@ from aigc_jax.data.sources import codes as codes_source
 from aigc_jax.errors import UserError
 from aigc_jax.families import Family, check_sample_label, code_prior_lib, sample_labels
 from aigc_jax.families.gpt_lib import build_gpt
-from aigc_jax.families.token_sampling_lib import TEXT_MAX_NEW_TOKENS, check_sampling, pick_tokens
+from aigc_jax.families.token_sampling_lib import TEXT_MAX_NEW_TOKENS, check_sampling, guided_logits, pick_tokens
 from aigc_jax.parallel import DATA_AXIS, example_ids, example_keys, keys_for_ids, masked_mean
-
-
-def guided_logits(cond_BxV, uncond_BxV, scale: float):
-  """Classifier-free guidance (Ho & Salimans 2022) on logits: uncond + scale * (cond - uncond)."""
-  return uncond_BxV + scale * (cond_BxV - uncond_BxV)
 
 
 def check_config(config: ConfigDict):

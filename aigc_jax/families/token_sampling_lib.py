@@ -1,5 +1,6 @@
-"""Sampling one token from logits, shared by the autoregressive families (text, VQ codes): temperature, top-k,
-nucleus (top-p) filtering, and the per-sequence keys fold_in(key, position)."""
+"""Sampling one token from logits, shared by the autoregressive families (text, VQ codes, mu-law audio):
+temperature, top-k, nucleus (top-p) filtering, classifier-free guidance on logits, and the per-sequence keys
+fold_in(key, position)."""
 import jax
 import jax.numpy as jnp
 from ml_collections import ConfigDict
@@ -17,6 +18,11 @@ def check_sampling(s: ConfigDict):
     raise UserError(f"sample.temperature must be >= 0 (0 = greedy), got {s.temperature}")
   if s.top_k < 0 or s.max_new_tokens < 1:
     raise UserError(f"sample.top_k must be >= 0 and sample.max_new_tokens >= 1, got {s.top_k}, {s.max_new_tokens}")
+
+
+def guided_logits(cond_BxV, uncond_BxV, scale: float):
+  """Classifier-free guidance (Ho & Salimans 2022) on logits: uncond + scale * (cond - uncond)."""
+  return uncond_BxV + scale * (cond_BxV - uncond_BxV)
 
 
 def filter_logits(logits_BxV, temperature: float, top_k: int, top_p: float):

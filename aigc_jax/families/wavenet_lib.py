@@ -20,7 +20,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from aigc_jax.families.code_prior_ar_lib import guided_logits
+from aigc_jax.families.token_sampling_lib import guided_logits
 from aigc_jax.models.wavenet import MU_LAW_BINS, WaveNet, empty_queues, receptive_field
 
 MU = MU_LAW_BINS - 1
