@@ -184,9 +184,9 @@ def test_fast_alignment_matches_the_papers_formula(num_timesteps, beta_end, fast
 
 def test_dilated_conv_is_the_stacked_convolution():
   x = jax.random.normal(jax.random.key(0), (2, 37, 3))
-  conv = DilatedConv(5, max_dilation=8)
-  params = jax.jit(conv.init)(jax.random.key(1), x, 1)["params"]
-  apply = jax.jit(lambda d: conv.apply({"params": params}, x, d))
+  x_IxBxT = x.transpose(2, 0, 1)  # the network's channel-major layout
+  params = DilatedConv(5, dilation=1).init(jax.random.key(1), x_IxBxT)["params"]
+  apply = lambda d: jax.jit(DilatedConv(5, dilation=d).apply)({"params": params}, x_IxBxT).transpose(1, 2, 0)
   stacked = jax.jit(lambda: [jax.lax.conv_general_dilated(x, params["kernel"], (1,), "SAME", rhs_dilation=(k,),
                                                           dimension_numbers=("NWC", "WIO", "NWC"))
                              + params["bias"] for k in (1, 2, 8)])()  # nn.Conv's function, per dilation

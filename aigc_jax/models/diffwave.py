@@ -25,23 +25,26 @@ Receptive field (Section 3.3): r = (k - 1) sum_i d_i + 1 = 2 * sum_i 2^(i mod cy
 position i sees inputs i - (r - 1)/2 .. i + (r - 1)/2 (zero padding beyond the clip); the network has no
 downsampling, so any clip length works.
 
-Computed for XLA:CPU's sake (same function as the stacked convolutions, measured on 2 cores):
-- The N layers are one `nn.scan` (parameters stacked [N, ...]) with the dilation a scanned integer: unrolled,
-  XLA fuses the cheap residual chain h_k = (h_{k-1} + r_k) / sqrt(2) into every consumer and recomputes it
-  from the input and all earlier outputs, so a step's cost grew quadratically with N (16 layers of a C = 32
-  stack on [16, 8000] clips: 1.27 s per layer against 0.17 s for one, single-threaded). A scanned layer costs
-  the same at any depth, and compiles once whatever N.
-- The dilated convolution is one matmul of the taps [x(t - d), x(t), x(t + d)] (dynamic slices of the clip
-  zero-padded by the largest dilation), as `DilatedConv`; XLA:CPU's convolution inside a loop ran ~10x slower.
-- The 1x1 convolutions' weight gradients are written out (`pointwise`): autodiff's own transpose of that
-  dot made XLA:CPU copy the [B*T, O] cotangent and run a slow strided dot (130 ms against 34 ms for one
-  C = 32 -> 64 layer on [16, 8000] clips).
+Computed for XLA:CPU's sake (same function as the stacked convolutions; measured on 2 cores, bench/RESULTS.md
+"DiffWave step layout", 2026-11-27):
+- Activations are channel-major, [C, B, T]: every 1x1 and dilated convolution is then one matmul
+  W^T [O, I] @ x [I, B*T] whose weight gradient contracts the minor axis of both operands. In the [B, T, C]
+  layout that gradient contracts the major axis, and XLA:CPU transposed the [B*T, 3C] taps and the [B*T, C]
+  gated activations of every layer to run it (a fifth of the step's op time).
+- The N layers are unrolled with static dilations, and each layer's outputs (h, sum of skips) pass through
+  `lax.optimization_barrier`: without it XLA fuses the cheap residual chain h_k = (h_{k-1} + r_k) / sqrt(2)
+  into every consumer and recomputes it from the input and all earlier outputs, so a step's cost grew
+  quadratically with N. (An earlier `nn.scan` over the layers avoided that too, but its traced dilation meant
+  padding every layer by the largest one and dynamic slices whose gradients were scattered into [N, ...]
+  buffers.)
+- The dilated convolution is one matmul of the taps [x(t - d), x(t), x(t + d)] stacked on the (major)
+  channel axis, as `DilatedConv`: XLA:CPU's dilated convolution ran 1.7x slower in the same stack, and three
+  matmuls of shifted inputs or one matmul with shifted outputs 1.5-1.9x slower.
 """
 import math
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -55,36 +58,26 @@ KERNEL_SIZE = 3
 conv_init = nn.initializers.he_normal()  # the reference code's kaiming_normal_ for every conv
 
 
-@jax.custom_vjp
-def pointwise(x_BxTxI, kernel_IxO):
-  """x @ kernel over the last axis (a 1x1 convolution)."""
-  return jnp.einsum("bti,io->bto", x_BxTxI, kernel_IxO)
-
-
-def _pointwise_fwd(x_BxTxI, kernel_IxO):
-  return pointwise(x_BxTxI, kernel_IxO), (x_BxTxI, kernel_IxO)
-
-
-def _pointwise_bwd(residuals, g_BxTxO):
-  x_BxTxI, kernel_IxO = residuals
-  return jnp.einsum("bto,io->bti", g_BxTxO, kernel_IxO), jnp.einsum("bti,bto->io", x_BxTxI, g_BxTxO)
-
-
-pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)
+def channel_matmul(x_IxBxT, kernel_IxO):
+  """A 1x1 convolution of channel-major activations: [O, B, T] = kernel^T @ x over the leading axis."""
+  i, b, t = x_IxBxT.shape
+  return jnp.einsum("io,in->on", kernel_IxO, x_IxBxT.reshape(i, b * t)).reshape(-1, b, t)
 
 
 class Pointwise(nn.Module):
-  """nn.Dense on [B, T, I] (params "kernel" [I, O] and "bias" [O]) with `pointwise`'s weight gradient."""
+  """A 1x1 convolution (nn.Dense's params: "kernel" [I, O], "bias" [O]) of channel-major [I, B, T] -> [O, B, T]."""
   features: int
   kernel_init: Any = nn.initializers.lecun_normal()
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x_BxTxI):
-    kernel = self.param("kernel", self.kernel_init, (x_BxTxI.shape[-1], self.features), jnp.float32)
+  def __call__(self, x_IxBxT):
+    kernel = self.param("kernel", self.kernel_init, (x_IxBxT.shape[0], self.features), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
-    x, kernel, bias = nn.dtypes.promote_dtype(x_BxTxI, kernel, bias, dtype=self.dtype)
-    return pointwise(x, kernel) + bias
+    x, kernel, bias = nn.dtypes.promote_dtype(x_IxBxT, kernel, bias, dtype=self.dtype)
+    return channel_matmul(x, kernel) + bias[:, None, None]
+
+
 
 
 def dilations(num_layers: int, dilation_cycle: int):
@@ -99,46 +92,44 @@ def receptive_field(num_layers: int, dilation_cycle: int, patch_size: int = 1) -
 
 
 class DilatedConv(nn.Module):
-  """nn.Conv(features, (3,), kernel_dilation=d, padding="SAME") on [B, T, I] with the dilation d a traced
-  integer <= max_dilation (so a scan over layers can carry it): out[t] = sum_k x[t + (k - 1) d] kernel[k]
-  + bias, zero outside the clip. Params as nn.Conv's: "kernel" [3, I, O], "bias" [O]."""
+  """nn.Conv(features, (3,), kernel_dilation=dilation, padding="SAME") on channel-major [I, B, T] -> [O, B, T]:
+  out[t] = sum_k x[t + (k - 1) d] kernel[k] + bias, zero outside the clip. Params as nn.Conv's: "kernel"
+  [3, I, O], "bias" [O]."""
   features: int
-  max_dilation: int
+  dilation: int
   kernel_init: Any = conv_init
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x_BxTxI, dilation):
-    t, i = x_BxTxI.shape[1], x_BxTxI.shape[2]
+  def __call__(self, x_IxBxT):
+    i, t, d = x_IxBxT.shape[0], x_IxBxT.shape[2], self.dilation
     kernel = self.param("kernel", self.kernel_init, (KERNEL_SIZE, i, self.features), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
-    x, kernel, bias = nn.dtypes.promote_dtype(x_BxTxI, kernel, bias, dtype=self.dtype)
-    pad = self.max_dilation
-    padded = jnp.pad(x, ((0, 0), (pad, pad), (0, 0)))
-    left = lax.dynamic_slice_in_dim(padded, pad - dilation, t, axis=1)    # x[t - d]
-    right = lax.dynamic_slice_in_dim(padded, pad + dilation, t, axis=1)   # x[t + d]
-    taps_BxTx3I = jnp.concatenate([left, x, right], axis=-1)
-    return pointwise(taps_BxTx3I, kernel.reshape(KERNEL_SIZE * i, self.features)) + bias
+    x, kernel, bias = nn.dtypes.promote_dtype(x_IxBxT, kernel, bias, dtype=self.dtype)
+    padded = jnp.pad(x, ((0, 0), (0, 0), (d, d)))
+    taps_3IxBxT = jnp.concatenate([padded[..., :t], x, padded[..., 2 * d:]], axis=0)  # x[t - d], x[t], x[t + d]
+    return channel_matmul(taps_3IxBxT, kernel.reshape(KERNEL_SIZE * i, self.features)) + bias[:, None, None]
 
 
 class ResidualLayer(nn.Module):
-  """One residual layer; scanned over the N layers, carrying (h, sum of skips)."""
+  """One residual layer: (h, sum of skips) -> (h', sum of skips'), channel-major [C, B, T]."""
   channels: int
-  max_dilation: int
+  dilation: int
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, carry, dilation, step_BxE, label_BxL):
-    h_BxTxC, skips_BxTxC = carry
+  def __call__(self, h_CxBxT, skips_CxBxT, step_BxE, label_BxL):
     c = self.channels
-    y = h_BxTxC + nn.Dense(c, dtype=self.dtype, name="step_projection")(step_BxE)[:, None, :]
-    y = DilatedConv(2 * c, self.max_dilation, dtype=self.dtype, name="dilated_conv")(y, dilation)
+    y = h_CxBxT + nn.Dense(c, dtype=self.dtype, name="step_projection")(step_BxE).T[:, :, None]
+    y = DilatedConv(2 * c, self.dilation, dtype=self.dtype, name="dilated_conv")(y)
     if label_BxL is not None:
-      y = y + nn.Dense(2 * c, kernel_init=conv_init, dtype=self.dtype, name="label_projection")(label_BxL)[:, None, :]
-    gated_BxTxC = jnp.tanh(y[..., :c]) * nn.sigmoid(y[..., c:])
-    out = Pointwise(2 * c, kernel_init=conv_init, dtype=self.dtype, name="output_projection")(gated_BxTxC)
-    residual_BxTxC, skip_BxTxC = out[..., :c], out[..., c:]
-    return ((h_BxTxC + residual_BxTxC) / math.sqrt(2.0), skips_BxTxC + skip_BxTxC), None
+      label_2CxB = nn.Dense(2 * c, kernel_init=conv_init, dtype=self.dtype, name="label_projection")(label_BxL).T
+      y = y + label_2CxB[:, :, None]
+    gated_CxBxT = jnp.tanh(y[:c]) * nn.sigmoid(y[c:])
+    out = Pointwise(2 * c, kernel_init=conv_init, dtype=self.dtype, name="output_projection")(gated_CxBxT)
+    residual_CxBxT, skip_CxBxT = out[:c], out[c:]
+    # The barrier keeps XLA from fusing the residual chain into later layers (module docstring).
+    return lax.optimization_barrier(((h_CxBxT + residual_CxBxT) / math.sqrt(2.0), skips_CxBxT + skip_CxBxT))
 
 
 class DiffWave(nn.Module):
@@ -160,9 +151,8 @@ class DiffWave(nn.Module):
       raise ValueError(f"clip length {t} is not a multiple of patch_size {p}")
     # Patching (not in the paper): P consecutive samples form one frame, so the layers run at 1/P of the
     # sample rate and every dilation (and the receptive field) spans P times as many samples.
-    h = Pointwise(c, kernel_init=conv_init, dtype=self.dtype, name="input_projection")(
-        x_BxT.astype(self.dtype).reshape(b, t // p, p))
-    h_BxTxC = nn.relu(h)
+    frames_PxBxF = x_BxT.astype(self.dtype).reshape(b, t // p, p).transpose(2, 0, 1)
+    h_CxBxF = nn.relu(Pointwise(c, kernel_init=conv_init, dtype=self.dtype, name="input_projection")(frames_PxBxF))
     step = timestep_embedding(t_B, STEP_EMBED_DIM)
     step = nn.swish(nn.Dense(STEP_HIDDEN_DIM, dtype=self.dtype, name="step_fc1")(step))
     step_BxE = nn.swish(nn.Dense(STEP_HIDDEN_DIM, dtype=self.dtype, name="step_fc2")(step))
@@ -172,12 +162,11 @@ class DiffWave(nn.Module):
         raise ValueError("a class-conditional DiffWave needs labels (use index num_classes for 'no class')")
       label_BxL = nn.Embed(self.num_classes + 1, LABEL_EMBED_DIM, dtype=self.dtype, name="label_embedding")(labels_B)
 
-    dilations_N = dilations(self.num_layers, self.dilation_cycle)
-    layers = nn.scan(ResidualLayer, variable_axes={"params": 0}, split_rngs={"params": True},
-                     in_axes=(0, nn.broadcast, nn.broadcast), length=self.num_layers)
-    (_, skips_BxTxC), _ = layers(c, max(dilations_N), self.dtype, name="layers")(
-        (h_BxTxC, jnp.zeros_like(h_BxTxC)), jnp.asarray(dilations_N, jnp.int32), step_BxE, label_BxL)
-    out = skips_BxTxC / math.sqrt(self.num_layers)
+    skips_CxBxF = jnp.zeros_like(h_CxBxF)
+    for i, dilation in enumerate(dilations(self.num_layers, self.dilation_cycle)):
+      h_CxBxF, skips_CxBxF = ResidualLayer(c, dilation, self.dtype, name=f"layer_{i}")(
+          h_CxBxF, skips_CxBxF, step_BxE, label_BxL)
+    out = skips_CxBxF / math.sqrt(self.num_layers)
     out = nn.relu(Pointwise(c, kernel_init=conv_init, dtype=self.dtype, name="skip_projection")(out))
     out = Pointwise(p, kernel_init=nn.initializers.zeros, dtype=self.dtype, name="output_projection")(out)
-    return out.reshape(b, t).astype(jnp.float32)
+    return out.transpose(1, 2, 0).reshape(b, t).astype(jnp.float32)  # [P, B, F] -> [B, F, P] -> [B, T]
