@@ -29,15 +29,17 @@ not digit for digit.
       --config.sample.sampler=fast                                                              # T_infer = 6
   python -m aigc_jax.main --config=experiments/diffwave.py:cpu --workdir=runs/diffwave_cpu          # 2 CPU cores
 Presets: paper (default: unconditional SC09); conditional (Table 3's class-conditional model); cpu
-(class-conditional on the offline synthetic `spoken_digits` at 8 kHz; not the paper's recipe, see the
-comments there: patches of 8 samples, C = 64, 20 layers, v prediction on data x 10, cosine schedule, batch 16,
-1,200 steps, guided DDIM). Measured on 2 CPU cores (2026-11-27, bench/RESULTS.md "DiffWave cpu preset"):
-~0.8 steps/s, so ~25 minutes of training, past the 15 minutes the audio issue asked for. Class accuracy of
-100 samples by the project's judge (85% on real test clips): 0.82 at 1,200 steps with guidance 6 (per digit 1.0
-0.7 0.9 1.0 1.0 0.3 1.0 0.8 0.9 0.6; "five" is heard as "four"), FID 249 on the judge's features (real test
-clips scored 31 against a judge of the same recipe on 2026-11-26); guidance 4: 0.74 / FID 265, 8: 0.79 / 264
-(the scale was picked on these same 100 samples); 600 steps (~13 min), guidance 4: 0.46. The old preset (C = 32
-on raw samples, eps, T = 200 linear, 450 steps, fast sampler, guidance 2) scored 0.20, FID 504.
+(class-conditional on the offline synthetic `spoken_digits` at 8 kHz, 0.5 s clips (the loudest half second of
+each word, as `wavenet.py:cpu`); not the paper's recipe, see the comments there: patches of 8 samples, C = 64,
+20 layers, v prediction on data x 10, cosine schedule, batch 16, 1,200 steps, guided DDIM). Measured on 2 CPU
+cores (2026-11-27, bench/RESULTS.md "DiffWave cpu preset"): ~1.8 steps/s, 11 minutes of training (12m50s for
+the whole command, the final 100 samples included). Class accuracy of 100 samples by the project's judge
+(85% on real test clips of the same form): 0.70 (per digit 0.9 0.0 1.0 1.0 1.0 0.0 1.0 1.0 1.0 0.1: "one" and
+"five" are heard as "four", "nine" as "five"), FID 253 on the judge's features; guidance 3 / 4 instead of 6:
+0.71 / 0.70, FID 237 / 234. With 1 s clips (the preset until 2026-11-27, twice the compute: ~18 minutes on the
+current step): 0.82 (per digit 1.0 0.7 0.9 1.0 1.0 0.3 1.0 0.8 0.9 0.6), FID 249; 600 steps, guidance 4: 0.46.
+One training run each. The old preset (C = 32 on raw samples, eps, T = 200 linear, 450 steps, fast sampler,
+guidance 2) scored 0.20, FID 504.
 """
 from aigc_jax.configs import lock
 from aigc_jax.families import diffusion
@@ -103,6 +105,7 @@ def get_config(preset: str = "paper"):
     #  - guidance 6 with DDIM, 25 steps (the fast sampler's betas do not fit the cosine chain).
     c.data.name = "spoken_digits"       # offline synthetic speech (eSpeak NG), not SC09
     c.data.sample_rate = 8000
+    c.data.clip_seconds = 0.5           # the word's loudest half second: half the compute of 1 s clips
     c.batch_size = 16
     c.num_train_steps = NUM_CPU_STEPS
     c.log_every_steps = 10
@@ -124,7 +127,7 @@ def get_config(preset: str = "paper"):
     c.optimizer.grad_clip_norm = 1.0
     c.sample.sampler = "ddim"
     c.sample.steps = 25
-    c.sample.guidance_scale = 6.0       # at 1,200 steps: 4 -> 0.74, 6 -> 0.82, 8 -> 0.79 class accuracy
+    c.sample.guidance_scale = 6.0       # 0.5 s clips: 3 -> 0.71, 4 -> 0.70, 6 -> 0.70 (1 s: 4 -> 0.74, 6 -> 0.82)
     c.sample.use_ema = True
     c.sample.num = 100
     c.eval.num_samples = 100            # 10 per digit

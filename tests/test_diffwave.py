@@ -235,7 +235,7 @@ def test_two_cli_steps_write_wavs_of_the_digit_asked_for(tiny_family, tmp_path, 
   samples (guided DDIM) are 16-bit WAVs at data.sample_rate, all labelled 7, and not silent."""
   from aigc_jax import main
   workdir = tmp_path / "run"
-  flags = {"data.name": tiny_family[0].data.name, "data.sample_rate": RATE, "sample.label": 7,
+  flags = {"data.name": tiny_family[0].data.name, "data.sample_rate": RATE, "data.clip_seconds": 1.0, "sample.label": 7,
            "model.residual_channels": 8, "model.residual_layers": 2, "model.dilation_cycle": 2, "model.patch_size": 1,
            "num_train_steps": 2, "log_every_steps": 1,
            "checkpoint_every_steps": 2, "sample_every_steps": 2, "sample.num": 3, "num_devices": 1}
