@@ -2,16 +2,20 @@
 
 Both sides build the `cpu` presets' networks (experiments/vae.py:cpu, the Burda et al. MLP VAE on 28x28
 dynamically binarised digits; experiments/vqvae.py:cpu, the conv VQ-VAE with an EMA codebook on 16x16 digits),
-the same optimiser and the same batches, on one device / one process. Timing alternates between the two
-implementations in rounds and reports the median round, so load from other processes hits both alike.
+the same optimiser and the same batches, in one process. Ours runs as the CLI does: one XLA:CPU device per
+core, the batch split over them (`parallel.default_host_devices` / `make_mesh`; `--one-device` for one); torch
+at its default threads. Timing alternates between the two implementations in rounds and reports the median
+round, so load from other processes hits both alike.
 
   pip install torch==2.13.0
   python bench/torch_vae.py [--steps=50] [--rounds=3]     # prints a markdown table for bench/RESULTS.md
 """
 import argparse
+import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 
@@ -23,7 +27,6 @@ import torch.nn.functional as F
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 import jax  # noqa: E402
-from jax.sharding import Mesh  # noqa: E402
 
 from aigc_jax import data as data_lib  # noqa: E402
 from aigc_jax import parallel, trainer  # noqa: E402
@@ -110,7 +113,8 @@ class TorchVQVAE(nn.Module):
 
 def jax_runner(config, batches):
   family = get_family(config)
-  mesh = Mesh(np.asarray(jax.devices()[:1]), (parallel.DATA_AXIS,))
+  mesh = parallel.make_mesh(config)
+  block = parallel.must_block_each_step()
   state = trainer.init_state(family, config, mesh)
   step_fn = parallel.data_parallel(family.train_step, mesh)
   device_batches = [parallel.shard_batch(b, mesh) for b in batches]
@@ -122,6 +126,8 @@ def jax_runner(config, batches):
       b = device_batches[holder["i"] % len(device_batches)]
       holder["state"], metrics = step_fn(holder["state"], b, trainer.step_rng(config, holder["i"]))
       holder["i"] += 1
+      if block:  # as the trainer does with several XLA:CPU devices
+        jax.block_until_ready(metrics)
     jax.block_until_ready(metrics)
     return float(next(iter(metrics.values())))
 
@@ -146,17 +152,38 @@ def torch_runner(model, lr, eps, batches, to_input):
   return run
 
 
-def time_pair(runners, steps, rounds):
-  """{name: median ms/step}; one warm-up call each (jit compile, allocator warm-up), then alternating rounds."""
-  for run in runners.values():
-    run(2)
-  times = {name: [] for name in runners}
-  for _ in range(rounds):
-    for name, run in runners.items():
-      start = time.perf_counter()
-      run(steps)
-      times[name].append(1000 * (time.perf_counter() - start) / steps)
-  return {name: statistics.median(t) for name, t in times.items()}
+def load_case(name):
+  """(config, 8 training batches, a builder of the torch runner) of one preset; the batches come from the
+  preset's own deterministic iterator, so the torch subprocess rebuilds the same ones."""
+  c = experiment_config(name)
+  iterator = data_lib.make_train_iterator(c)
+  batches = [next(iterator) for _ in range(8)]
+  iterator.close()
+  m = c.model
+  if name == "vae":
+    dims = c.data.image_size ** 2 * c.data.channels
+    grey01 = lambda x: torch.from_numpy((x.reshape(len(x), -1) + 1.0) / 2.0)
+    label = "vae (MLP 200-200-50, 28x28 binarised)"
+    make_torch = lambda: torch_runner(TorchVAE(dims, tuple(m.hidden), m.latent_dim), c.optimizer.learning_rate,
+                                      c.optimizer.eps, batches, grey01)
+  else:
+    nchw = lambda x: torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    label = f"vqvae (conv {m.hidden}ch, K={m.num_codes} D={m.code_dim} EMA, 16x16)"
+    make_torch = lambda: torch_runner(
+        TorchVQVAE(c.data.channels, m.hidden, m.residual_hidden, m.num_residual_blocks, m.num_codes, m.code_dim,
+                   m.beta, m.ema_decay, m.ema_epsilon), c.optimizer.learning_rate, 1e-8, batches, nchw)
+  return c, batches, label, make_torch
+
+
+def torch_round(name, steps, threads):
+  """ms/step of the torch twin in a fresh process: XLA:CPU's idle worker threads (several devices) slowed
+  torch's OpenMP threads 2.5x when both lived in one process."""
+  cmd = [sys.executable, os.path.abspath(__file__), f"--torch-only={name}", f"--steps={steps}", f"--threads={threads}"]
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+  if out.returncode:
+    raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr[-2000:]}")
+  return json.loads(out.stdout.strip().splitlines()[-1])["ms"]
 
 
 def main():
@@ -164,40 +191,40 @@ def main():
   p.add_argument("--steps", type=int, default=50)
   p.add_argument("--rounds", type=int, default=3)
   p.add_argument("--threads", type=int, default=0, help="torch intra-op threads; 0 = torch's default")
+  p.add_argument("--one-device", action="store_true", help="one XLA:CPU device instead of the CLI's one per core")
+  p.add_argument("--torch-only", default="", help=argparse.SUPPRESS)  # the subprocess side: vae or vqvae
   a = p.parse_args()
   if a.threads:
     torch.set_num_threads(a.threads)
   torch.manual_seed(0)
+  if a.torch_only:
+    run = load_case(a.torch_only)[3]()
+    run(2)  # allocator warm-up
+    start = time.perf_counter()
+    run(a.steps)
+    print(json.dumps({"ms": 1000 * (time.perf_counter() - start) / a.steps, "threads": torch.get_num_threads()}))
+    return
+  if not a.one_device:
+    parallel.default_host_devices()  # the CLI's rule; before JAX starts its backends
   rows = []
-
-  c = experiment_config("vae")
-  iterator = data_lib.make_train_iterator(c)
-  batches = [next(iterator) for _ in range(8)]
-  iterator.close()
-  dims = c.data.image_size ** 2 * c.data.channels
-  grey01 = lambda x: torch.from_numpy((x.reshape(len(x), -1) + 1.0) / 2.0)
-  ms = time_pair({"jax": jax_runner(c, batches),
-                  "torch": torch_runner(TorchVAE(dims, tuple(c.model.hidden), c.model.latent_dim),
-                                        c.optimizer.learning_rate, c.optimizer.eps, batches, grey01)},
-                 a.steps, a.rounds)
-  rows.append(("vae (MLP 200-200-50, 28x28 binarised)", c.batch_size, ms))
-  print(f"vae done: {ms}", file=sys.stderr, flush=True)
-
-  c = experiment_config("vqvae")
-  iterator = data_lib.make_train_iterator(c)
-  batches = [next(iterator) for _ in range(8)]
-  iterator.close()
-  m = c.model
-  nchw = lambda x: torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-  model = TorchVQVAE(c.data.channels, m.hidden, m.residual_hidden, m.num_residual_blocks, m.num_codes, m.code_dim,
-                     m.beta, m.ema_decay, m.ema_epsilon)
-  ms = time_pair({"jax": jax_runner(c, batches),
-                  "torch": torch_runner(model, c.optimizer.learning_rate, 1e-8, batches, nchw)}, a.steps, a.rounds)
-  rows.append((f"vqvae (conv {m.hidden}ch, K={m.num_codes} D={m.code_dim} EMA, 16x16)", c.batch_size, ms))
+  for name in ("vae", "vqvae"):
+    c, batches, label, _ = load_case(name)
+    ours = jax_runner(c, batches)
+    ours(2)  # compile
+    times = {"jax": [], "torch": []}
+    for _ in range(a.rounds):  # alternating rounds: ours here, torch in a fresh process
+      start = time.perf_counter()
+      ours(a.steps)
+      times["jax"].append(1000 * (time.perf_counter() - start) / a.steps)
+      times["torch"].append(torch_round(name, a.steps, a.threads))
+    print(f"{name}: jax {[round(t, 2) for t in times['jax']]} torch {[round(t, 2) for t in times['torch']]} ms/step",
+          file=sys.stderr, flush=True)
+    rows.append((label, c.batch_size, {k: statistics.median(v) for k, v in times.items()}))
 
   print(f"{time.strftime('%Y-%m-%d')} | {platform.processor() or platform.machine()} | {os.cpu_count()} cores | "
-        f"jax {jax.__version__} ({jax.default_backend()}, 1 device) vs torch {torch.__version__} eager "
-        f"({torch.get_num_threads()} threads) | median of {a.rounds} alternating rounds of {a.steps} steps\n")
+        f"jax {jax.__version__} ({jax.default_backend()}, {len(parallel.make_mesh(c).devices.flat)} devices) vs "
+        f"torch {torch.__version__} eager ({a.threads or 'default'} threads, own process) | median of {a.rounds} "
+        f"alternating rounds of {a.steps} steps\n")
   print("| step | batch | jax jit ms/step | torch eager ms/step | jax examples/s | torch examples/s | torch/jax |")
   print("|---|---|---|---|---|---|---|")
   for name, batch, ms in rows:
