@@ -36,8 +36,9 @@ with freshly initialised weights (the cost does not depend on their values), com
     every sample of a longer clip costs the same: timing the full clip would take minutes and measure nothing
     more). The two are checked to give identical samples on that clip (same seed) and the check is printed.
   * DiffWave (`--diffwave`, default diffwave.py:cpu, with its guidance scale: both branches in one doubled
-    batch per step) with DiffWave's fast sampler (T_infer = 6, sample.sampler=fast), and DDPM ancestral
-    sampling over 50 (respaced) and all 200 steps.
+    batch per step) with the preset's sampler (DDPM or DDIM) at 6, 50 and all T steps (`--diffwave-steps`),
+    and DiffWave's fast sampler (T_infer = 6, sample.sampler=fast) where the preset's schedule is the paper's
+    linear one (the cpu preset's cosine chain does not fit its betas).
 Every variant runs once per round, in the same order each round, so load hits them alike.
 
 Prints a machine line, one line per round, then Markdown tables (median, min-max over rounds).
@@ -259,11 +260,13 @@ def bench_generate(args, ts):
   dw = experiment(args.diffwave)
   scale = dw.sample.guidance_scale
   T = dw.diffusion.num_timesteps
-  gens.append(Generator(f"DiffWave fast, {len(dw.sample.fast_schedule)} steps", experiment(
-      args.diffwave, {"sample.sampler": "fast"}), batch=args.gen_batch))
+  if dw.diffusion.schedule == "linear":  # the paper's fast betas fit only the paper's linear chain
+    gens.append(Generator(f"DiffWave fast, {len(dw.sample.fast_schedule)} steps", experiment(
+        args.diffwave, {"sample.sampler": "fast", "sample.steps": 0}), batch=args.gen_batch))
+  sampler = dw.sample.sampler if dw.sample.sampler in ("ddpm", "ddim") else "ddpm"  # the preset's own
   for steps in args.diffwave_steps:
-    gens.append(Generator(f"DiffWave DDPM, {steps} steps", experiment(
-        args.diffwave, {"sample.sampler": "ddpm", "sample.steps": 0 if steps == T else steps}),
+    gens.append(Generator(f"DiffWave {sampler.upper()}, {steps} steps", experiment(
+        args.diffwave, {"sample.sampler": sampler, "sample.steps": 0 if steps == T else steps}),
         batch=args.gen_batch))
   for g in gens:
     print(f"  compiled {g.label}: {g.compile_s:.1f} s ({len(g.mesh.devices.flat)} device(s))", flush=True)
@@ -323,8 +326,9 @@ def main():
   p.add_argument("--no-reference", dest="reference", action="store_false", help="part 1 without torch")
   p.add_argument("--wavenet", default="wavenet.py:cpu", help="part 2: the WaveNet experiment[:preset]")
   p.add_argument("--diffwave", default="diffwave.py:cpu", help="part 2: the DiffWave experiment[:preset]")
-  p.add_argument("--diffwave-steps", type=lambda s: [int(v) for v in s.split(",")], default=[50, 200],
-                 help="part 2: DDPM step counts besides the fast sampler (200 = all T)")
+  p.add_argument("--diffwave-steps", type=lambda s: [int(v) for v in s.split(",")], default=[6, 50, 200],
+                 help="part 2: step counts of the preset's sampler (DDPM or DDIM; T = all steps), besides the "
+                      "fast sampler where the preset's schedule is the paper's linear one")
   p.add_argument("--gen-batch", type=int, default=1, help="part 2: clips per generation call")
   p.add_argument("--quiet", type=float, default=0.1)
   p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS")
