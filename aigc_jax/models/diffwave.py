@@ -78,8 +78,6 @@ class Pointwise(nn.Module):
     return channel_matmul(x, kernel) + bias[:, None, None]
 
 
-
-
 def dilations(num_layers: int, dilation_cycle: int):
   """Dilation of each residual layer: 1, 2, ..., 2^(cycle - 1), repeated."""
   return [2 ** (i % dilation_cycle) for i in range(num_layers)]
