@@ -2,13 +2,13 @@
 
 Both sides build the `cpu` presets' networks (experiments/vae.py:cpu, the Burda et al. MLP VAE on 28x28
 dynamically binarised digits; experiments/vqvae.py:cpu, the conv VQ-VAE with an EMA codebook on 16x16 digits),
-the same optimiser and the same batches, in one process. Ours runs as the CLI does: one XLA:CPU device per
-core, the batch split over them (`parallel.default_host_devices` / `make_mesh`; `--one-device` for one); torch
-at its default threads. Timing alternates between the two implementations in rounds and reports the median
-round, so load from other processes hits both alike.
+the same optimiser and the same batches. Ours runs as the CLI does: one XLA:CPU device per core, the batch
+split over them (`parallel.default_host_devices` / `make_mesh`; `--one-device` for one); torch runs at its
+default threads in a fresh process each round (in ours' process, XLA's idle workers slowed it 2.5x). Rounds
+alternate between the two and the median round is reported, so load from other processes hits both alike.
 
   pip install torch==2.13.0
-  python bench/torch_vae.py [--steps=50] [--rounds=3]     # prints a markdown table for bench/RESULTS.md
+  python bench/torch_vae.py [--steps=50] [--rounds=3] [--one-device]   # prints a markdown table for bench/RESULTS.md
 """
 import argparse
 import json
