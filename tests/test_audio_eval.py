@@ -92,6 +92,13 @@ def test_inception_score_closed_forms():
   labels = np.arange(200) % K  # each of the 10 splits holds every class equally often
   assert metrics.inception_score(one_hot_logits(labels, K))[0] == pytest.approx(K, rel=1e-9)
   assert metrics.inception_score(np.tile([[0.3, -1.0, 2.0, 0.5]], (200, 1)))[0] == pytest.approx(1.0, abs=1e-12)
+  # Samples ordered by class (as class-conditional generation makes them): every split holds one class, so
+  # the unshuffled score is 1; shuffled first, the splits see the classes again.
+  by_class = one_hot_logits(np.repeat(np.arange(10), 20), 10)  # 10 classes x 20 samples = 10 splits of 20
+  assert metrics.inception_score(by_class)[0] == pytest.approx(1.0, abs=1e-9)
+  shuffled = metrics.inception_score(by_class, seed=0)[0]
+  assert 7.0 < shuffled < 10.0
+  assert metrics.inception_score(by_class, seed=0) == metrics.inception_score(by_class, seed=0)  # deterministic
 
 
 def test_modified_inception_score_against_hand_computed_pairs():

@@ -127,9 +127,10 @@ def _kid(f: Features):
 
 
 def _is(f: Features):
-  score, std = metrics.inception_score(np.concatenate(f.kept_logits), IS_SPLITS)
+  score, std = metrics.inception_score(np.concatenate(f.kept_logits), IS_SPLITS, seed=f.config.eval.seed)
   return ({"is": score, "is_std": std},
-          {"splits": IS_SPLITS, "num_generated": f.count, "logits": f.backbone.info["logits_layer"]})
+          {"splits": IS_SPLITS, "split_order": "samples shuffled with eval.seed (conditional samples come by label)",
+           "num_generated": f.count, "logits": f.backbone.info["logits_layer"]})
 
 
 def _mis(f: Features):
