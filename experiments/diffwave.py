@@ -35,7 +35,8 @@ each word, as `wavenet.py:cpu`); not the paper's recipe, see the comments there:
 cores (2026-11-27, bench/RESULTS.md "DiffWave cpu preset"): ~1.8 steps/s, 11 minutes of training (12m50s for
 the whole command, the final 100 samples included). Class accuracy of 100 samples by the project's judge
 (85% on real test clips of the same form): 0.70 (per digit 0.9 0.0 1.0 1.0 1.0 0.0 1.0 1.0 1.0 0.1: "one" and
-"five" are heard as "four", "nine" as "five"), FID 253 on the judge's features; guidance 3 / 4 instead of 6:
+"five" are heard as "four", "nine" as "five"), FID 253 on the judge's features, IS 4.15 (real test clips:
+FID 31, IS 7.44); guidance 3 / 4 instead of 6:
 0.71 / 0.70, FID 237 / 234. With 1 s clips (the preset until 2026-11-27, twice the compute: ~18 minutes on the
 current step): 0.82 (per digit 1.0 0.7 0.9 1.0 1.0 0.3 1.0 0.8 0.9 0.6), FID 249; 600 steps, guidance 4: 0.46.
 One training run each. The old preset (C = 32 on raw samples, eps, T = 200 linear, 450 steps, fast sampler,
