@@ -15,7 +15,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 
@@ -32,6 +31,7 @@ from aigc_jax import data as data_lib  # noqa: E402
 from aigc_jax import parallel, trainer  # noqa: E402
 from aigc_jax.configs import load_experiment  # noqa: E402
 from aigc_jax.families import get_family  # noqa: E402
+from train_step import run_reference  # noqa: E402  (bench/, this script's folder)
 
 
 def experiment_config(name, preset="cpu"):
@@ -180,10 +180,7 @@ def torch_round(name, steps, threads):
   torch's OpenMP threads 2.5x when both lived in one process."""
   cmd = [sys.executable, os.path.abspath(__file__), f"--torch-only={name}", f"--steps={steps}", f"--threads={threads}"]
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-  if out.returncode:
-    raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr[-2000:]}")
-  return json.loads(out.stdout.strip().splitlines()[-1])["ms"]
+  return run_reference(cmd, env)["ms"]
 
 
 def main():

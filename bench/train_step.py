@@ -174,8 +174,9 @@ def reference_command(config, name, preset, batch, steps, threads):
   return cmd
 
 
-def run_reference(cmd):
-  out = subprocess.run(cmd, capture_output=True, text=True)
+def run_reference(cmd, env=None):
+  """Runs a reference script; its last stdout line is a JSON object."""
+  out = subprocess.run(cmd, capture_output=True, text=True, env=env)
   if out.returncode:
     raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr[-2000:]}")
   return json.loads(out.stdout.strip().splitlines()[-1])
