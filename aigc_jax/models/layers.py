@@ -6,6 +6,11 @@ computed on CPU as one matmul and an overlap-add. XLA:CPU's kernel gradient of a
 (the convolution autodiff produces for it) runs ~10-20x slower than that matmul, which made our DCGAN step
 half as fast as PyTorch's on 2 cores; GPU and TPU keep the convolution (bench/RESULTS.md has the numbers).
 
+`Dense` is `nn.Dense` (same parameters, same function) whose weight gradient is computed as (g^T x)^T, the
+upstream gradient as the transposed LEFT operand: for dW = x^T g, XLA:CPU transposed the [N, M] gradient into
+a copy first, fused with the elementwise op that produced it (GELU's backward in the GPT MLP), at a fraction of
+memory speed; ~20% of the GPT cpu step (bench/RESULTS.md "GPT step: weight gradients").
+
 `example_dropout` is dropout whose mask row for an example depends only on (the call site's key, the example's
 index in the global batch), so a data-parallel step draws the same masks on 1 or N devices without vmapping
 the model over examples (2x slower on CPU; ARCHITECTURE.md "Pitfalls").
@@ -93,4 +98,47 @@ class UpConv4x4(nn.Module):
       y = conv_transpose_4x4_s2_matmul(x, kernel)
     else:
       y = lax.platform_dependent(x, kernel, cpu=conv_transpose_4x4_s2_matmul, default=conv_transpose_4x4_s2)
+    return y if bias is None else y + bias
+
+
+def channel_matmul(x_IxBxT, kernel_IxO):
+  """A 1x1 convolution of channel-major activations: [O, B, T] = kernel^T @ x over the leading axis
+  (DiffWave, WaveNet: with the time axis minor, the weight gradient contracts it in both operands)."""
+  i, b, t = x_IxBxT.shape
+  return jnp.einsum("io,in->on", kernel_IxO, x_IxBxT.reshape(i, b * t)).reshape(-1, b, t)
+
+
+@jax.custom_vjp
+def matmul_rows(x_NxK, w_KxM):
+  """x @ w for 2-D x, with the weight gradient as (g^T x)^T (see the module docstring)."""
+  return x_NxK @ w_KxM
+
+
+def _matmul_rows_fwd(x_NxK, w_KxM):
+  return x_NxK @ w_KxM, (x_NxK, w_KxM)
+
+
+def _matmul_rows_bwd(residuals, g_NxM):
+  x_NxK, w_KxM = residuals
+  dw_MxK = lax.dot_general(g_NxM, x_NxK, (((0,), (0,)), ((), ())))
+  return g_NxM @ w_KxM.T, dw_MxK.T
+
+
+matmul_rows.defvjp(_matmul_rows_fwd, _matmul_rows_bwd)
+
+
+class Dense(nn.Module):
+  """nn.Dense over the last axis (params "kernel" [in, out], "bias" [out]) through `matmul_rows`."""
+  features: int
+  use_bias: bool = True
+  dtype: Optional[Any] = None
+  kernel_init: Any = nn.initializers.lecun_normal()
+  bias_init: Any = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
+    bias = self.param("bias", self.bias_init, (self.features,), jnp.float32) if self.use_bias else None
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    y = matmul_rows(x.reshape(-1, x.shape[-1]), kernel).reshape(x.shape[:-1] + (self.features,))
     return y if bias is None else y + bias

@@ -28,6 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from aigc_jax.models.layers import Dense
 from aigc_jax.models.layers import example_dropout as dropout
 
 # GPT-2's initialisation: N(0, 0.02) everywhere, residual projections further scaled by 1/sqrt(2 * layers)
@@ -60,7 +61,7 @@ class CausalSelfAttention(nn.Module):
   def __call__(self, x_BxTxD, train: bool, cache=None, cache_pos=None, example_ids_B=None):
     b, t, d = x_BxTxD.shape
     h = self.num_heads
-    dense = lambda features, std, name: nn.Dense(
+    dense = lambda features, std, name: Dense(
         features, use_bias=self.use_bias, dtype=self.dtype, kernel_init=nn.initializers.normal(std), name=name)
     qkv_BxTx3D = dense(3 * d, INIT_STD, "qkv")(x_BxTxD)
     q_BxTxD, k_BxTxD, v_BxTxD = jnp.split(qkv_BxTx3D, 3, axis=-1)
@@ -103,11 +104,11 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x_BxTxD, train: bool, example_ids_B=None):
     d = x_BxTxD.shape[-1]
-    h_BxTx4D = nn.Dense(4 * d, use_bias=self.use_bias, dtype=self.dtype,
+    h_BxTx4D = Dense(4 * d, use_bias=self.use_bias, dtype=self.dtype,
                         kernel_init=nn.initializers.normal(INIT_STD), name="fc")(x_BxTxD)
     # GPT-2 uses the tanh approximation of GELU.
     h_BxTx4D = nn.gelu(h_BxTx4D, approximate=True)
-    y_BxTxD = nn.Dense(d, use_bias=self.use_bias, dtype=self.dtype,
+    y_BxTxD = Dense(d, use_bias=self.use_bias, dtype=self.dtype,
                        kernel_init=nn.initializers.normal(INIT_STD / (2 * self.num_layers) ** 0.5),
                        name="proj")(h_BxTx4D)
     return dropout(self, self.dropout, y_BxTxD, train, example_ids_B)
