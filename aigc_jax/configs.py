@@ -70,7 +70,7 @@ def base_config() -> ml_collections.ConfigDict:
 # name is one of these, where 0 means "off", "none" or "the default".
 ZERO_MEANS_OFF = ("num_devices", "every_steps", "sample_every_steps", "num_classes", "warmup_steps", "steps", "top_k",
                   "steps_per_epoch", "num_downsamples", "num_residual_blocks", "restart_dead_after",
-                  "disc_start", "num_modes", "bpe_vocab_size", "position_frames")
+                  "disc_start", "num_modes", "bpe_vocab_size", "position_frames", "mixture_components")
 
 
 def _int_items(config, prefix=""):

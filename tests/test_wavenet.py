@@ -45,6 +45,39 @@ def test_mu_law_round_trip_and_known_bins():
   assert np.all(np.diff(np.asarray(index)) >= 0) and set(np.asarray(index).tolist()) == set(range(256))
 
 
+def test_logistic_mixture_is_a_distribution_over_the_bins_and_the_loss_is_one_of_its_entries():
+  k = 4
+  params_Nx3K = jnp.concatenate([jax.random.normal(jax.random.key(0), (6, k)),            # mixture logits
+                                 jax.random.uniform(jax.random.key(1), (6, k), minval=-1.2, maxval=1.2),  # means
+                                 jax.random.uniform(jax.random.key(2), (6, k), minval=-8, maxval=0)], -1)
+  logits_Nx256 = np.asarray(wavenet_lib.logistic_mixture_bin_logits(params_Nx3K), np.float64)
+  assert logits_Nx256.shape == (6, 256)
+  np.testing.assert_allclose(np.exp(logits_Nx256).sum(-1), 1.0, atol=2e-4)  # the bins tile [-inf, inf]
+  index_N = jnp.array([0, 255, 17, 128, 200, 3])
+  np.testing.assert_allclose(np.asarray(wavenet_lib.logistic_mixture_log_probs(params_Nx3K, index_N)),
+                             logits_Nx256[np.arange(6), np.asarray(index_N)], rtol=1e-5, atol=1e-6)
+
+  def one_component(mean, log_scale):  # one logistic that carries all the weight (3 others at -inf odds)
+    return jnp.array([[30.0, -30, -30, -30, mean, 0, 0, 0, log_scale, 0, 0, 0]])
+
+  # A logistic's mass on the bin [c - w, c + w]: sigmoid((c + w - m)/s) - sigmoid((c - w - m)/s).
+  w = 1 / 255
+  sig = lambda v: 1 / (1 + math.exp(-v))
+  centre_77 = 2 * 77 / 255 - 1
+  p = np.exp(np.asarray(wavenet_lib.logistic_mixture_bin_logits(one_component(centre_77, -7.0)))[0])
+  assert p.argmax() == 77 and p[77] == pytest.approx(2 * sig(w / math.exp(-7.0)) - 1, rel=1e-4)  # 0.973
+  s = math.exp(-2.0)
+  p = np.exp(np.asarray(wavenet_lib.logistic_mixture_bin_logits(one_component(0.1, -2.0)))[0])
+  c = 2 * 140 / 255 - 1
+  assert p[140] == pytest.approx(sig((c + w - 0.1) / s) - sig((c - w - 0.1) / s), rel=1e-4)
+  assert p[0] == pytest.approx(sig((-1 + w - 0.1) / s), rel=1e-4)          # the left tail
+  assert p[255] == pytest.approx(1 - sig((1 - w - 0.1) / s), rel=1e-3)     # the right tail
+  # Far from every bin's mass (a sharp component at one end, the target at the other): finite loss and gradient.
+  loss = lambda q: -wavenet_lib.logistic_mixture_log_probs(q, jnp.array([200]))[0]
+  value, grad = jax.value_and_grad(loss)(one_component(-0.9, -7.0))
+  assert np.isfinite(float(value)) and float(value) > 50 and np.all(np.isfinite(np.asarray(grad)))
+
+
 def tiny_model(kernel_size=2):
   return WaveNet(residual_channels=8, dilation_channels=8, skip_channels=16, layers_per_stack=2, stacks=2,
                  kernel_size=kernel_size, num_classes=3)
@@ -83,7 +116,9 @@ def test_causality_exact_by_perturbation_and_gradient():
 
 
 @pytest.mark.parametrize("overrides", [{}, {"model.position_frames": 5, "model.label_dropout": 0.1,
-                                            "sample.guidance_scale": 3.0}])
+                                            "sample.guidance_scale": 3.0},
+                                       {"model.output_distribution": "logistic_mixture",
+                                        "model.mixture_components": 3}])
 def test_cached_generation_equals_naive_and_is_per_id(overrides):
   # Receptive field 8 < 24 samples, so the naive window slides (and must pass its clip position to the
   # position code); conditional, temperature 1; the second case also runs the guided (2B-row) generators.
@@ -210,7 +245,8 @@ def test_two_steps_through_the_cli_write_wavs_and_the_test_nll(toy_clips, tmp_pa
 
 @pytest.mark.parametrize("overrides, match", [
     ({"model.layers_per_stack": 9}, "model.layers_per_stack=9 gives dilation 256, not shorter than the 256-sample clip"),
-    ({"model.output_distribution": "logistic_mixture"}, "unknown model.output_distribution"),
+    ({"model.output_distribution": "mixture"}, "unknown model.output_distribution 'mixture'"),
+    ({"model.mixture_components": 5}, "model.mixture_components=5 applies to model.output_distribution="),
     ({"model.num_classes": 0, "sample.label": 2}, "sample.label=2 needs a class-conditional model"),
     ({"sample.label": 3}, "sample.label=3 is out of range"),
     ({"model.kernel_size": 1}, "model.kernel_size=1"),

@@ -27,8 +27,13 @@ uncond + s (cond - uncond) (classifier-free guidance on the logits; the null cla
 the label with probability `model.label_dropout`). Output: {"audio": [N, T] decoded bin
 centres, "audio_sample_rate": data.sample_rate, "labels": [N] (conditional models)}.
 
-Not implemented: the discretised mixture of logistics output (Salimans et al. 2017, PixelCNN++), so
-`model.output_distribution` has the one value "categorical"; local conditioning (mel spectrograms).
+Output distributions (`model.output_distribution`): "categorical", the paper's 256-way softmax, or
+"logistic_mixture", the discretised mixture of `model.mixture_components` logistics of Salimans et al. 2017
+(PixelCNN++), which Parallel WaveNet (van den Oord et al. 2018) uses for WaveNet, here over the same 256 mu-law
+bins (so bits per sample compare across the two): 3K outputs per position instead of 256, and a distribution
+that knows neighbouring bins are neighbours. Sampling turns the mixture into logits over the 256 bins, so the
+temperature, guidance and the draw act the same way on both.
+Not implemented: local conditioning on mel spectrograms.
 """
 import math
 import time
@@ -48,7 +53,16 @@ from aigc_jax.families import Family, check_sample_label, sample_labels, wavenet
 from aigc_jax.models.wavenet import WaveNet, dilations, receptive_field
 from aigc_jax.parallel import example_keys, keys_for_ids, masked_mean
 
-OUTPUT_DISTRIBUTIONS = ("categorical",)  # a 256-way softmax over the mu-law bins
+# model.output_distribution -> (network outputs per position given model.mixture_components, log P(target bin)
+# from those outputs, logits over all 256 bins for sampling).
+OUTPUT_DISTRIBUTIONS = {
+    "categorical": (lambda k: wavenet_lib.MU_LAW_BINS,  # a 256-way softmax over the mu-law bins
+                    lambda logits, targets: -optax.softmax_cross_entropy_with_integer_labels(logits, targets),
+                    lambda logits: logits),
+    "logistic_mixture": (lambda k: 3 * k,  # PixelCNN++'s discretised mixture of K logistics over the same bins
+                         wavenet_lib.logistic_mixture_log_probs, wavenet_lib.logistic_mixture_bin_logits),
+}
+DEFAULT_MIXTURE_COMPONENTS = 10  # PixelCNN++'s (and Parallel WaveNet's) 10 logistics
 
 
 def default_config() -> ConfigDict:
@@ -68,7 +82,8 @@ def default_config() -> ConfigDict:
   m.num_classes = 10               # > 0: global conditioning on the label; 0 = unconditional
   m.position_frames = 0            # > 0: local conditioning on a learned (label, position) code, F per clip
   m.label_dropout = 0.0            # probability of training a clip as the null class (for sample.guidance_scale)
-  m.output_distribution = "categorical"  # 256-way softmax over 8-bit mu-law bins
+  m.output_distribution = "categorical"  # 256-way softmax over 8-bit mu-law bins | logistic_mixture
+  m.mixture_components = 0         # logistic_mixture's K (0 = 10); must stay 0 for categorical
   m.ema_decay = 0.0                # > 0: keep an EMA of the params (sampled and evaluated with sample.use_ema)
   c.optimizer = optim.optimizer_config(learning_rate=1e-3, grad_clip_norm=1.0)
   c.sample.num = 10
@@ -95,7 +110,11 @@ def check_config(config: ConfigDict) -> int:
   m, s = config.model, config.sample
   if m.output_distribution not in OUTPUT_DISTRIBUTIONS:
     raise UserError(f"unknown model.output_distribution {m.output_distribution!r}; use one of "
-                    f"{OUTPUT_DISTRIBUTIONS} (the discretised mixture of logistics is not implemented)")
+                    f"{tuple(OUTPUT_DISTRIBUTIONS)}")
+  if m.mixture_components < 0 or (m.mixture_components and m.output_distribution != "logistic_mixture"):
+    raise UserError(f"model.mixture_components={m.mixture_components} applies to "
+                    "model.output_distribution='logistic_mixture' only, as a count >= 1 (0 = its default "
+                    f"{DEFAULT_MIXTURE_COMPONENTS}); set --config.model.mixture_components=0")
   if m.kernel_size < 2:
     raise UserError(f"model.kernel_size={m.kernel_size}: a causal convolution with one tap never sees the past; "
                     "set --config.model.kernel_size=2 (the paper's) or more")
@@ -149,7 +168,8 @@ def build_model(config: ConfigDict) -> WaveNet:
   return WaveNet(residual_channels=m.residual_channels, dilation_channels=m.dilation_channels,
                  skip_channels=m.skip_channels, layers_per_stack=m.layers_per_stack, stacks=m.stacks,
                  kernel_size=m.kernel_size, num_classes=m.num_classes + (1 if m.label_dropout else 0),
-                 position_frames=m.position_frames,
+                 position_frames=m.position_frames, out_dim=OUTPUT_DISTRIBUTIONS[m.output_distribution][0](
+                     m.mixture_components or DEFAULT_MIXTURE_COMPONENTS),
                  clip_samples=clip_samples(config), dtype=optim.compute_dtype(config.dtype))
 
 
@@ -160,7 +180,9 @@ def build(config: ConfigDict):
   model = build_model(config)
   num_classes = m.num_classes
   tx, schedule = optim.make_optimizer(config.optimizer)
-  generate = wavenet_lib.make_generate(model, s.temperature, s.guidance_scale, null_label=num_classes)
+  _, log_prob_of, bin_logits = OUTPUT_DISTRIBUTIONS[m.output_distribution]
+  generate = wavenet_lib.make_generate(model, s.temperature, s.guidance_scale, null_label=num_classes,
+                                       bin_logits=bin_logits)
   rf = receptive_field(m.layers_per_stack, m.stacks, m.kernel_size)
 
   def labels_of(batch):
@@ -169,9 +191,9 @@ def build(config: ConfigDict):
   def sample_nll(params, batch, labels_B=None):
     """Cross-entropy [B, T] in nats of every sample's mu-law bin given the samples before it."""
     targets_BxT = wavenet_lib.mu_law_encode(batch["audio"])
-    logits_BxTxV = model.apply({"params": params}, wavenet_lib.teacher_forcing_inputs(targets_BxT),
-                               labels_of(batch) if labels_B is None else labels_B)
-    return optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT)
+    out_BxTxV = model.apply({"params": params}, wavenet_lib.teacher_forcing_inputs(targets_BxT),
+                            labels_of(batch) if labels_B is None else labels_B)
+    return -log_prob_of(out_BxTxV, targets_BxT)
 
   def guard_labels(value, batch):
     """NaN when a label is outside [0, num_classes): an embedding lookup would silently clamp or wrap it, so

@@ -1,4 +1,5 @@
-"""WaveNet's pieces outside the network: 8-bit mu-law companding and the two compiled generators.
+"""WaveNet's pieces outside the network: 8-bit mu-law companding, the mixture-of-logistics output distribution
+and the two compiled generators.
 
 Mu-law (ITU-T G.711; van den Oord et al. 2016, Section 2.2, Eq. 1): f(x) = sign(x) ln(1 + mu|x|) / ln(1 + mu),
 mu = 255, then 256 equal bins of f over [-1, 1]: index i has centre f_i = 2i/255 - 1, so encode(-1) = 0,
@@ -52,6 +53,42 @@ def teacher_forcing_inputs(targets_BxT):
   return jnp.concatenate([start, targets_BxT[:, :-1]], axis=1)
 
 
+# The discretised mixture of logistics (Salimans et al. 2017, "PixelCNN++", Section 2.1, Eq. 2) over the same 256
+# mu-law bins: the network outputs K mixture logits, K means and K log scales per position (in that order), and
+# bin i of companded centre f_i gets the mixture's probability mass on [f_i - 1/255, f_i + 1/255], the two end
+# bins the tails beyond them. Log scales are clamped below at -7 (PixelCNN++'s bound).
+MIN_LOG_SCALE = -7.0
+
+
+def logistic_mixture_log_probs(params_Nx3K, index_N):
+  """log P(bin index) [N] under the mixtures params [N, 3K] (any leading shape N, index of the same shape)."""
+  k = params_Nx3K.shape[-1] // 3
+  logit_pi, means, log_scales = jnp.split(params_Nx3K.astype(jnp.float32), [k, 2 * k], axis=-1)
+  log_scales = jnp.maximum(log_scales, MIN_LOG_SCALE)
+  index = index_N[..., None]
+  centred = (2.0 * index.astype(jnp.float32) - MU) / MU - means
+  inv_scale = jnp.exp(-log_scales)
+  upper, lower = inv_scale * (centred + 1.0 / MU), inv_scale * (centred - 1.0 / MU)
+  log_cdf_upper = upper - jax.nn.softplus(upper)       # log sigmoid(upper): the first bin's mass
+  log_survival_lower = -jax.nn.softplus(lower)         # log (1 - sigmoid(lower)): the last bin's
+  mass = jax.nn.sigmoid(upper) - jax.nn.sigmoid(lower)
+  # Where the mass underflows (a sharp component far from the bin) the density at the centre times the bin
+  # width stands in, as in PixelCNN++; both branches stay finite so the gradient through `where` does too.
+  middle = inv_scale * centred
+  log_density = middle - log_scales - 2.0 * jax.nn.softplus(middle) + math.log(2.0 / MU)
+  log_mass = jnp.where(mass > 1e-5, jnp.log(jnp.maximum(mass, 1e-12)), log_density)
+  log_bin = jnp.where(index == 0, log_cdf_upper, jnp.where(index == MU, log_survival_lower, log_mass))
+  return jax.nn.logsumexp(jax.nn.log_softmax(logit_pi, axis=-1) + log_bin, axis=-1)
+
+
+def logistic_mixture_bin_logits(params_Nx3K):
+  """log P(bin) for every bin, [N, 256]: the mixture as a categorical, for sampling (temperature, guidance and
+  the draw then act as on the softmax's logits, and the training loss is one of these entries)."""
+  bins = jnp.arange(MU_LAW_BINS, dtype=jnp.int32)
+  expanded = jnp.broadcast_to(params_Nx3K[..., None, :], params_Nx3K.shape[:-1] + (MU_LAW_BINS, params_Nx3K.shape[-1]))
+  return logistic_mixture_log_probs(expanded, jnp.broadcast_to(bins, params_Nx3K.shape[:-1] + (MU_LAW_BINS,)))
+
+
 def pick(logits_BxV, keys_B, t, temperature: float):
   """Sample t of each example: categorical(logits / temperature) with key fold_in(key_b, t); argmax at 0."""
   if temperature == 0:
@@ -60,9 +97,12 @@ def pick(logits_BxV, keys_B, t, temperature: float):
   return jax.vmap(lambda k, l: jax.random.categorical(k, l / temperature))(step_keys_B, logits_BxV).astype(jnp.int32)
 
 
-def make_generate(model: WaveNet, temperature: float, guidance_scale: float = 1.0, null_label: int = -1):
+def make_generate(model: WaveNet, temperature: float, guidance_scale: float = 1.0, null_label: int = -1,
+                  bin_logits=lambda out_NxV: out_NxV):
   """generate(params, keys_B, labels_B, length, cached=True) -> int32 mu-law indices [B, length]. With
-  guidance_scale != 1 the model must know the class `null_label` (trained with label dropout)."""
+  guidance_scale != 1 the model must know the class `null_label` (trained with label dropout). `bin_logits`
+  maps the network's outputs at one position to logits over the 256 bins (identity for the softmax head,
+  `logistic_mixture_bin_logits` for the mixture)."""
   rf = receptive_field(model.layers_per_stack, model.stacks, model.kernel_size)
   guided = guidance_scale != 1.0
 
@@ -70,7 +110,8 @@ def make_generate(model: WaveNet, temperature: float, guidance_scale: float = 1.
     """The network's batch: the B rows, twice (for the conditional and null branches) when guided."""
     return jnp.concatenate([v_B, v_B]) if guided else v_B
 
-  def combine(logits_NxV, b):
+  def combine(out_NxV, b):
+    logits_NxV = bin_logits(out_NxV)
     return guided_logits(logits_NxV[:b], logits_NxV[b:], guidance_scale) if guided else logits_NxV
 
   def generate(params, keys_B, labels_B, length: int, cached: bool = True):
@@ -95,8 +136,8 @@ def make_generate(model: WaveNet, temperature: float, guidance_scale: float = 1.
       # inputs[:, t] = sample t - 1 (START_INDEX at 0); one extra slot so the last write stays in bounds.
       start = jnp.clip(t - window + 1, 0, length - window)
       window_BxW = jax.lax.dynamic_slice_in_dim(inputs_BxT1, start, window, axis=1)
-      logits_NxWxV = model.apply(variables, rows(window_BxW), labels_B, start)
-      logits_NxV = jax.lax.dynamic_index_in_dim(logits_NxWxV, t - start, axis=1, keepdims=False)
+      out_NxWxV = model.apply(variables, rows(window_BxW), labels_B, start)
+      logits_NxV = jax.lax.dynamic_index_in_dim(out_NxWxV, t - start, axis=1, keepdims=False)
       next_B = pick(combine(logits_NxV, b), keys_B, t, temperature)
       return jax.lax.dynamic_update_index_in_dim(inputs_BxT1, next_B, t + 1, axis=1), next_B
 

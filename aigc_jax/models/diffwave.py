@@ -48,6 +48,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
+from aigc_jax.models.layers import channel_matmul
 from aigc_jax.models.unet import timestep_embedding
 
 STEP_EMBED_DIM = 128     # sinusoidal encoding of t (Section 3.1)
@@ -56,12 +57,6 @@ LABEL_EMBED_DIM = 128    # d_label (Section 3.2, "in all experiments")
 KERNEL_SIZE = 3
 
 conv_init = nn.initializers.he_normal()  # the reference code's kaiming_normal_ for every conv
-
-
-def channel_matmul(x_IxBxT, kernel_IxO):
-  """A 1x1 convolution of channel-major activations: [O, B, T] = kernel^T @ x over the leading axis."""
-  i, b, t = x_IxBxT.shape
-  return jnp.einsum("io,in->on", kernel_IxO, x_IxBxT.reshape(i, b * t)).reshape(-1, b, t)
 
 
 class Pointwise(nn.Module):

@@ -18,10 +18,12 @@ centres. Not in the paper (its local conditioning is on linguistic features or s
 clips of roughly aligned words, where it tells the network where in the word it is instead of leaving that to
 be inferred from the receptive field (experiments/wavenet.py:cpu measures the difference).
 
-Two ways to run the same parameters (and the same arithmetic, tap by tap, so both give the same numbers):
-- `__call__(x_BxT, labels_B)`: every position at once (teacher forcing, the naive generator). Each causal
-  convolution is a sum over taps of a shifted matmul (pad left by k*d, drop the last k*d), not an XLA
-  convolution, so its per-position sums are those of `column`.
+Two ways to run the same parameters (the same sums, tap by tap, so both give the same numbers up to the float
+rounding of two matmul shapes; the generators' draws agree, tests/test_wavenet.py):
+- `__call__(x_BxT, labels_B)`: every position at once (teacher forcing, the naive generator), on channel-major
+  [C, B, T] activations (the fast layout for XLA:CPU's weight gradients). Each causal convolution is a sum
+  over taps of a shifted matmul (pad left by k*d, drop the last k*d), not an XLA convolution, so its
+  per-position sums are those of `column`.
 - `column(x_B, labels_B, queues, t)`: position t only, from per-layer queues of past layer inputs (Paine et
   al. 2016, "Fast Wavenet Generation Algorithm"): layer l writes h_t into a ring buffer of its last
   (K-1)*d_l + 1 inputs and reads h_{t-k*d_l} (k = 1..K-1) from it, so one new sample costs one column of the
@@ -32,6 +34,8 @@ from typing import Any, List, Optional, Tuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from aigc_jax.models.layers import channel_matmul
 
 MU_LAW_BINS = 256
 
@@ -53,6 +57,14 @@ def _shift_right(v_BxTxC, shift: int):
   if shift >= t:
     return jnp.zeros_like(v_BxTxC)
   return jnp.pad(v_BxTxC, ((0, 0), (shift, 0), (0, 0)))[:, :t]
+
+
+def _shift_right_minor(v_CxBxT, shift: int):
+  """`_shift_right` of channel-major activations: v[..., t - shift] at position t, zeros before the start."""
+  t = v_CxBxT.shape[-1]
+  if shift >= t:
+    return jnp.zeros_like(v_CxBxT)
+  return jnp.pad(v_CxBxT, ((0, 0), (0, 0), (shift, 0)))[..., :t]
 
 
 class WaveNet(nn.Module):
@@ -106,14 +118,17 @@ class WaveNet(nn.Module):
     linear between frame centres (t + 0.5) T / F - 0.5 and constant beyond the first and last; None when off."""
     if not self.position_frames:
       return None
-    f = self.position_frames
     table_BxFxNx2G = jnp.take(self.position_embed, labels_B if self.num_classes else jnp.zeros((1,), jnp.int32),
                               axis=0)
-    # Hat-function weights over the frames (a matmul, so the gradient is one too, not a scatter-add).
-    u = jnp.clip((jnp.asarray(t, jnp.float32) + 0.5) * (f / self.clip_samples) - 0.5, 0.0, f - 1.0)
-    weights_PxF = jnp.maximum(0.0, 1.0 - jnp.abs(u[..., None] - jnp.arange(f, dtype=jnp.float32)))
-    code = jnp.einsum("...f,bfnc->b...nc", weights_PxF, table_BxFxNx2G)
+    code = jnp.einsum("...f,bfnc->b...nc", self._hat_weights(t), table_BxFxNx2G)
     return code.astype(self.dtype)
+
+  def _hat_weights(self, t):
+    """[*P, F] weights of the frames at positions t: hat functions centred on (f + 0.5) T / F - 0.5 (a matmul
+    with the table, so the gradient is one too, not a scatter-add)."""
+    f = self.position_frames
+    u = jnp.clip((jnp.asarray(t, jnp.float32) + 0.5) * (f / self.clip_samples) - 0.5, 0.0, f - 1.0)
+    return jnp.maximum(0.0, 1.0 - jnp.abs(u[..., None] - jnp.arange(f, dtype=jnp.float32)))
 
   def _input_tap(self, k: int, x_B):
     """Tap k's embedding of mu-law indices; index -1 (before the clip) is the zero one-hot."""
@@ -138,27 +153,55 @@ class WaveNet(nn.Module):
 
   def __call__(self, x_BxT, labels_B: Optional[jnp.ndarray] = None, start=0):
     """Logits [B, T, out_dim] at every position; position t depends on x[:, t - receptive_field + 1 .. t].
-    `start`: the clip position of x[:, 0] (a window of a longer clip; only the position code reads it)."""
-    label_terms = self._label_terms(labels_B)
-    position_terms = self._position_terms(labels_B, start + jnp.arange(x_BxT.shape[1]))
+    `start`: the clip position of x[:, 0] (a window of a longer clip; only the position code reads it).
+
+    The residual layers run on channel-major [C, B, T] activations: every weight gradient then contracts the
+    minor (time) axis of both operands and the gate's tanh/sigmoid halves are contiguous slices, where the
+    [B, T, C] layout made XLA:CPU transpose each layer's inputs and interleave the halves' gradients
+    (bench/RESULTS.md "WaveNet step layout")."""
+    b, t_len = x_BxT.shape
     h = self._input_tap(0, x_BxT)
     for k in range(1, self.kernel_size):
       h = h + _shift_right(self._input_tap(k, x_BxT), k)
     h = h + self.input_bias.astype(self.dtype)
     # A zero added to the first layer's output: its gradient (flax "perturbations") is d logits / d h per
     # position, which tests/test_wavenet.py uses to check causality. A no-op without that collection.
-    h = self.perturb("input_h", h)
-    skip = 0.0
+    h_RxBxT = jnp.transpose(self.perturb("input_h", h), (2, 0, 1))
+    conditioning = self._conditioning_terms(labels_B, start + jnp.arange(t_len), b)
+    skip_SxBxT = 0.0
     for i, d in enumerate(self.dilations):
       w = self.gate_taps[i].astype(self.dtype)
-      acc = h @ w[0]
+      acc = channel_matmul(h_RxBxT, w[0])
       for k in range(1, self.kernel_size):
-        acc = acc + _shift_right(h, k * d) @ w[k]
-      out = self._gate(acc, i, label_terms[i], position_terms)
-      skip = skip + self._one_by_one(out, self.skip_kernel, self.skip_bias, i)
+        acc = acc + channel_matmul(_shift_right_minor(h_RxBxT, k * d), w[k])
+      z_2GxBxT = acc + (self.gate_bias[i].astype(self.dtype)[:, None, None] + conditioning[i])
+      g = z_2GxBxT.shape[0] // 2
+      out_GxBxT = jnp.tanh(z_2GxBxT[:g]) * jax.nn.sigmoid(z_2GxBxT[g:])
+      skip_SxBxT = skip_SxBxT + self._channel_one_by_one(out_GxBxT, self.skip_kernel, self.skip_bias, i)
       if i < len(self.dilations) - 1:
-        h = h + self._one_by_one(out, self.residual_kernel, self.residual_bias, i)
-    return self._head(skip)
+        h_RxBxT = h_RxBxT + self._channel_one_by_one(out_GxBxT, self.residual_kernel, self.residual_bias, i)
+    return self._head(jnp.transpose(skip_SxBxT, (1, 2, 0)))
+
+  def _channel_one_by_one(self, v_IxBxT, kernel, bias, i: int):
+    return channel_matmul(v_IxBxT, kernel[i].astype(self.dtype)) + bias[i].astype(self.dtype)[:, None, None]
+
+  def _conditioning_terms(self, labels_B, t_T, batch: int) -> list:
+    """Per layer, the label and position terms of the gate in channel-major form: [2G, B, 1] or [2G, B, T]
+    (0.0 when unconditional). The position code is the hat-weight matmul of `_position_terms`, per layer and
+    with the time axis minor, so neither it nor its gradient needs a transpose of a [B, T, 2G] array."""
+    n = len(self.dilations)
+    terms = [0.0] * n
+    if self.num_classes:
+      label_Nx2GxB = jnp.transpose(jnp.take(self.label_embed, labels_B, axis=1), (0, 2, 1)).astype(self.dtype)
+      terms = [label_Nx2GxB[i][:, :, None] for i in range(n)]
+    if self.position_frames:
+      weights_TxF = self._hat_weights(t_T)
+      table_BxFxNx2G = jnp.take(self.position_embed, labels_B if self.num_classes else jnp.zeros((batch,), jnp.int32),
+                                axis=0)
+      table_Nx2GxBxF = jnp.transpose(table_BxFxNx2G, (2, 3, 0, 1)).astype(self.dtype)
+      terms = [terms[i] + jnp.einsum("cbf,tf->cbt", table_Nx2GxBxF[i], weights_TxF.astype(self.dtype))
+               for i in range(n)]
+    return terms
 
   def queue_shapes(self, batch: int) -> List[Tuple[int, ...]]:
     """Shapes of the generation queues: input indices [B, K], then per layer [B, (K-1)*d + 1, R] (its inputs
