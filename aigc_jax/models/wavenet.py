@@ -35,7 +35,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from aigc_jax.models.layers import channel_matmul
+from aigc_jax.models.layers import Dense, channel_matmul
 
 MU_LAW_BINS = 256
 
@@ -104,8 +104,8 @@ class WaveNet(nn.Module):
     # The last layer's residual output would feed nothing.
     self.residual_kernel = self.param("residual_kernel", fan_in, (n - 1, g, r))
     self.residual_bias = self.param("residual_bias", nn.initializers.zeros, (n - 1, r))
-    self.head_hidden = nn.Dense(s, dtype=self.dtype)
-    self.head_out = nn.Dense(self.out_dim, dtype=self.dtype)
+    self.head_hidden = Dense(s, dtype=self.dtype)
+    self.head_out = Dense(self.out_dim, dtype=self.dtype)
 
   def _label_terms(self, labels_B) -> list:
     """V_f,g y per layer, [B, 2G] (zeros when unconditional)."""
