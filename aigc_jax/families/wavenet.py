@@ -62,7 +62,7 @@ OUTPUT_DISTRIBUTIONS = {
     "logistic_mixture": (lambda k: 3 * k,  # PixelCNN++'s discretised mixture of K logistics over the same bins
                          wavenet_lib.logistic_mixture_log_probs, wavenet_lib.logistic_mixture_bin_logits),
 }
-DEFAULT_MIXTURE_COMPONENTS = 10  # PixelCNN++'s (and Parallel WaveNet's) 10 logistics
+DEFAULT_MIXTURE_COMPONENTS = 10  # PixelCNN++'s 10 logistics (Salimans et al. 2017)
 
 
 def default_config() -> ConfigDict:

@@ -158,7 +158,7 @@ class WaveNet(nn.Module):
     The residual layers run on channel-major [C, B, T] activations: every weight gradient then contracts the
     minor (time) axis of both operands and the gate's tanh/sigmoid halves are contiguous slices, where the
     [B, T, C] layout made XLA:CPU transpose each layer's inputs and interleave the halves' gradients
-    (bench/RESULTS.md "WaveNet step layout")."""
+    (bench/RESULTS.md "WaveNet: channel-major layers")."""
     b, t_len = x_BxT.shape
     h = self._input_tap(0, x_BxT)
     for k in range(1, self.kernel_size):
