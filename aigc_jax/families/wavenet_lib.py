@@ -122,8 +122,8 @@ def make_generate(model: WaveNet, temperature: float, guidance_scale: float = 1.
     if cached:
       def step(carry, t):
         x_B, queues = carry
-        logits_NxV, queues = model.apply(variables, rows(x_B), labels_B, queues, t, method=WaveNet.column)
-        next_B = pick(combine(logits_NxV, b), keys_B, t, temperature)
+        out_NxV, queues = model.apply(variables, rows(x_B), labels_B, queues, t, method=WaveNet.column)
+        next_B = pick(combine(out_NxV, b), keys_B, t, temperature)
         return (next_B, queues), next_B
 
       carry = (jnp.full((b,), START_INDEX, jnp.int32), empty_queues(model, 2 * b if guided else b))
@@ -137,8 +137,8 @@ def make_generate(model: WaveNet, temperature: float, guidance_scale: float = 1.
       start = jnp.clip(t - window + 1, 0, length - window)
       window_BxW = jax.lax.dynamic_slice_in_dim(inputs_BxT1, start, window, axis=1)
       out_NxWxV = model.apply(variables, rows(window_BxW), labels_B, start)
-      logits_NxV = jax.lax.dynamic_index_in_dim(out_NxWxV, t - start, axis=1, keepdims=False)
-      next_B = pick(combine(logits_NxV, b), keys_B, t, temperature)
+      out_NxV = jax.lax.dynamic_index_in_dim(out_NxWxV, t - start, axis=1, keepdims=False)
+      next_B = pick(combine(out_NxV, b), keys_B, t, temperature)
       return jax.lax.dynamic_update_index_in_dim(inputs_BxT1, next_B, t + 1, axis=1), next_B
 
     inputs_BxT1 = jnp.full((b, length + 1), START_INDEX, jnp.int32)

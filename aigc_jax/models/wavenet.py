@@ -51,20 +51,14 @@ def receptive_field(layers_per_stack: int, stacks: int, kernel_size: int) -> int
   return kernel_size + (kernel_size - 1) * sum(dilations(layers_per_stack, stacks))
 
 
-def _shift_right(v_BxTxC, shift: int):
-  """v[:, t - shift] at position t, zeros before the start (the causal padding)."""
-  t = v_BxTxC.shape[1]
+def _shift_right(v, shift: int, axis: int):
+  """v[..., t - shift, ...] at position t of `axis`, zeros before the start (the causal padding)."""
+  t = v.shape[axis]
   if shift >= t:
-    return jnp.zeros_like(v_BxTxC)
-  return jnp.pad(v_BxTxC, ((0, 0), (shift, 0), (0, 0)))[:, :t]
-
-
-def _shift_right_minor(v_CxBxT, shift: int):
-  """`_shift_right` of channel-major activations: v[..., t - shift] at position t, zeros before the start."""
-  t = v_CxBxT.shape[-1]
-  if shift >= t:
-    return jnp.zeros_like(v_CxBxT)
-  return jnp.pad(v_CxBxT, ((0, 0), (0, 0), (shift, 0)))[..., :t]
+    return jnp.zeros_like(v)
+  widths = [(0, 0)] * v.ndim
+  widths[axis] = (shift, 0)
+  return jax.lax.slice_in_dim(jnp.pad(v, widths), 0, t, axis=axis)
 
 
 class WaveNet(nn.Module):
@@ -162,7 +156,7 @@ class WaveNet(nn.Module):
     b, t_len = x_BxT.shape
     h = self._input_tap(0, x_BxT)
     for k in range(1, self.kernel_size):
-      h = h + _shift_right(self._input_tap(k, x_BxT), k)
+      h = h + _shift_right(self._input_tap(k, x_BxT), k, axis=1)
     h = h + self.input_bias.astype(self.dtype)
     # A zero added to the first layer's output: its gradient (flax "perturbations") is d logits / d h per
     # position, which tests/test_wavenet.py uses to check causality. A no-op without that collection.
@@ -173,7 +167,7 @@ class WaveNet(nn.Module):
       w = self.gate_taps[i].astype(self.dtype)
       acc = channel_matmul(h_RxBxT, w[0])
       for k in range(1, self.kernel_size):
-        acc = acc + channel_matmul(_shift_right_minor(h_RxBxT, k * d), w[k])
+        acc = acc + channel_matmul(_shift_right(h_RxBxT, k * d, axis=2), w[k])
       z_2GxBxT = acc + (self.gate_bias[i].astype(self.dtype)[:, None, None] + conditioning[i])
       g = z_2GxBxT.shape[0] // 2
       out_GxBxT = jnp.tanh(z_2GxBxT[:g]) * jax.nn.sigmoid(z_2GxBxT[g:])
