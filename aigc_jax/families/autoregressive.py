@@ -50,7 +50,7 @@ def default_config() -> ConfigDict:
   m.dropout = 0.2                  # embeddings, attention output, MLP output
   m.attention_dropout = 0.0        # attention probabilities (nanoGPT's attn_dropout); > 0 trains without flash
   m.use_bias = False               # biases in linear layers and layer norms
-  m.attention_impl = ""            # "" = JAX's choice | xla | cudnn (flash attention on NVIDIA GPUs)
+  m.attention_impl = ""            # "" = explicit einsums | xla | cudnn (flash attention on NVIDIA GPUs)
   # data.name = "codes": a DALL-E-style prior over a VQ run's code grids (families/code_prior_ar_lib.py).
   c.data.vq_workdir = "runs/vqgan_cpu"  # the VQ run whose --mode=encode codes the prior models
   c.data.num_codes = 512           # its codebook size (checked against the code file)

@@ -62,7 +62,7 @@ def default_config() -> ConfigDict:
   m.text_heads = 4
   m.init_temperature = INIT_TEMPERATURE  # logits = <i, t> / temperature; learned as log(1 / temperature)
   m.max_logit_scale = 100.0          # the paper's clip on 1 / temperature
-  m.attention_impl = ""              # "" = JAX's choice | xla | cudnn
+  m.attention_impl = ""              # "" = explicit einsums | xla | cudnn
   c.optimizer = optim.optimizer_config(name="adamw", learning_rate=5e-4, b1=0.9, b2=0.98, eps=1e-6,
                                        weight_decay=0.2, schedule="cosine", warmup_steps=100, decay_steps=1000)
   c.sample.num = 100                 # retrieval figure: ceil(sqrt(num)) columns per prompt row

@@ -59,7 +59,7 @@ def default_config() -> ConfigDict:
   m.num_heads = 4
   m.width = 256                    # divisible by num_heads
   m.dropout = 0.1
-  m.attention_impl = ""            # "" = JAX's choice | xla | cudnn
+  m.attention_impl = ""            # "" = explicit einsums | xla | cudnn
   c.maskgit = ConfigDict()
   c.maskgit.mask_schedule = "cosine"   # cosine | linear | square: gamma, in training and decoding
   c.maskgit.label_smoothing = 0.1

@@ -1,8 +1,9 @@
 """A GPT-2 style decoder-only transformer (Radford et al., 2019), readable top to bottom.
 
 Pre-LayerNorm blocks, learned absolute positions, GELU MLP, input and output embeddings tied, dropout,
-optional biases. Attention goes through `jax.nn.dot_product_attention`, which uses cuDNN flash attention
-on GPU when asked (`attention_impl="cudnn"`) and XLA elsewhere.
+optional biases. Training attention is explicit einsums and a float32 softmax (`explicit_attention`) unless an
+implementation is named: `attention_impl="cudnn"` (flash attention on NVIDIA GPUs) or "xla" go through
+`jax.nn.dot_product_attention`, as decoding with the cache does.
 
 Decoding uses an explicit key/value cache: a list with one `(k_BxSxHxK, v_BxSxHxK)` pair per layer, where
 S is the context length. `GPT(tokens_BxT, cache=cache, cache_pos=p)` writes the keys/values of the T new
@@ -15,7 +16,8 @@ fold_in(the call site's key, that index), so the masks an example sees do not de
 over devices, without vmapping the model over examples (which was 2x slower per step on CPU and is the prime
 suspect for the GPU gap in bench/RESULTS.md). Without it, masks are drawn for the whole array at once.
 `attention_dropout` drops attention probabilities, as GPT-2 and nanoGPT do (`attn_dropout`); it makes training
-take the explicit softmax path instead of `jax.nn.dot_product_attention`, which has no dropout.
+take the explicit softmax path even when an implementation is named (`jax.nn.dot_product_attention` has no
+dropout).
 
 `causal=False` on `CausalSelfAttention` / `Block` lets every token attend to every other (the bidirectional
 encoder of aigc_jax.models.maskgit reuses these blocks); the GPT is always causal.
@@ -67,7 +69,9 @@ class CausalSelfAttention(nn.Module):
     q_BxTxD, k_BxTxD, v_BxTxD = jnp.split(qkv_BxTx3D, 3, axis=-1)
     q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = (a.reshape(b, t, h, d // h) for a in (q_BxTxD, k_BxTxD, v_BxTxD))
 
-    if cache is None and train and self.attention_dropout > 0:
+    if cache is None and (self.attention_impl is None or (train and self.attention_dropout > 0)):
+      # Without a named implementation, the explicit einsums: jax.nn.dot_product_attention's own XLA path
+      # (the same math, with extra head-group reshapes) made the GPT cpu step 1.07-1.10x slower on XLA:CPU.
       y_BxTxHxK = explicit_attention(
           q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, self.causal,
           lambda p: dropout(self, self.attention_dropout, p, train, example_ids_B)).astype(self.dtype)
