@@ -10,10 +10,14 @@ import difflib
 import os
 import sys
 
-from absl import app, flags, logging
-from ml_collections import ConfigDict, config_flags
+from aigc_jax import hostmem
 
-from aigc_jax.errors import UserError
+hostmem.keep_freed_memory()  # before any library starts threads (see aigc_jax/hostmem.py)
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import ConfigDict, config_flags  # noqa: E402
+
+from aigc_jax.errors import UserError  # noqa: E402
 
 # TensorFlow (imported by tf.data, TFDS and clu's writers) logs banners to stderr at import; keep the
 # console for our own progress and errors unless the user asks for TF's logs.
