@@ -8,13 +8,19 @@ faults a step and ran 1.37x slower than with the memory kept (bench/RESULTS.md "
 with brk) and no mmap, and never trims the heap's top, so the second call reuses the first call's pages. The
 price: the process keeps its peak host memory until it exits.
 
-It runs at import of the command line (aigc_jax.main) and the benches, before JAX or TensorFlow start their
+Not a default: with one arena the DDPM and DCGAN cpu steps ran 0.65-0.85x as fast (their XLA threads' many
+smaller allocations then share one lock, by my reading; not profiled). `config.host_memory = "keep"` asks for
+it (the WaveNet family's default); the command line applies it after parsing flags, before JAX starts its
 threads (a thread keeps the arena it first allocated from). It does nothing off glibc, and nothing when the
 user chose malloc settings (GLIBC_TUNABLES, MALLOC_ARENA_MAX) or set AIGC_JAX_MALLOC=default.
 """
 import ctypes
 import os
 import sys
+
+from aigc_jax.errors import UserError
+
+CHOICES = ("release", "keep")
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 _applied = None
@@ -39,3 +45,10 @@ def keep_freed_memory() -> bool:
   _applied = all(libc.mallopt(option, value) == 1 for option, value in
                  ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2 ** 31 - 1)))
   return _applied
+
+
+def apply(setting: str) -> bool:
+  """`config.host_memory`: "release" leaves glibc as it is, "keep" calls keep_freed_memory()."""
+  if setting not in CHOICES:
+    raise UserError(f"host_memory={setting!r} is not one of {CHOICES}; set --config.host_memory=release or keep")
+  return keep_freed_memory() if setting == "keep" else False

@@ -10,14 +10,11 @@ import difflib
 import os
 import sys
 
+from absl import app, flags, logging
+from ml_collections import ConfigDict, config_flags
+
 from aigc_jax import hostmem
-
-hostmem.keep_freed_memory()  # before any library starts threads (see aigc_jax/hostmem.py)
-
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import ConfigDict, config_flags  # noqa: E402
-
-from aigc_jax.errors import UserError  # noqa: E402
+from aigc_jax.errors import UserError
 
 # TensorFlow (imported by tf.data, TFDS and clu's writers) logs banners to stderr at import; keep the
 # console for our own progress and errors unless the user asks for TF's logs.
@@ -143,6 +140,7 @@ def _main(argv):
     from aigc_jax import data
     from aigc_jax import parallel  # after flag parsing: importing jax is slow
 
+    hostmem.apply(FLAGS.config.host_memory)  # before JAX starts its threads (a thread keeps its arena)
     parallel.default_host_devices()  # one CPU device per core; before JAX starts its backends
     parallel.enable_compilation_cache()
 

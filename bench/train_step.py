@@ -37,14 +37,11 @@ import subprocess
 import sys
 import time
 
+import jax
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from aigc_jax import hostmem  # noqa: E402
-
-hostmem.keep_freed_memory()  # as the command line does, before JAX starts its threads
-
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
 from aigc_jax import configs  # noqa: E402
 from aigc_jax import data as data_lib  # noqa: E402
 from aigc_jax import parallel, trainer  # noqa: E402

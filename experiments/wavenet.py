@@ -31,10 +31,10 @@ Presets:
                        8 kHz in 0.5-second clips, ONE stack of 10 layers of width 32 (receptive field 1,025
                        samples = 0.13 s) plus a learned position code (model.position_frames = 10: local
                        conditioning on (digit, where in the clip), NOT in the paper, see models/wavenet.py),
-                       batch 8, Adam 1e-3 with cosine decay over 2,000 steps. 14 min 16 s for the whole command
-                       on 2 idle CPU cores (2.2-2.5 steps/s, channel-major layers; ~18 min before), not the
-                       issue's "well under 15": 1,000 steps at a constant rate
-                       (9 minutes) reached class accuracy 0.32 only
+                       batch 8, Adam 1e-3 with cosine decay over 2,000 steps. 9 min 27 s for the whole
+                       training command on 2 idle CPU cores (3.4-4.1 steps/s: channel-major layers and
+                       aigc_jax/hostmem.py; 14 min 16 s before the latter, ~18 min before both); 1,000 steps
+                       at a constant rate reached class accuracy 0.32 only
 Commands:
   python -m aigc_jax.main --config=experiments/wavenet.py --workdir=runs/wavenet_sc09
   python -m aigc_jax.main --config=experiments/wavenet.py:cpu --workdir=runs/wavenet_cpu
@@ -51,7 +51,9 @@ Two stacks with the code at equal compute (1,200 steps): 0.28; 20 frames: 0.42; 
 collapses to two digits), so the preset has none; the mixture-of-logistics output
 (`--config.model.output_distribution=logistic_mixture`): 0.40 / 0.35, FID 289 / 300, 6.28 bits. One training run
 per setting. Rerun of the preset after the channel-major rewrite (session 9, /tmp/runs/wN): the same training
-losses to 3 decimals, 6.175 test bits, class accuracy 0.41 (eval seed 0), FID 286.
+losses to 3 decimals, 6.175 test bits, class accuracy 0.41 (eval seed 0), FID 286. Rerun with hostmem.py
+(session 10, /tmp/runs/wS): the same losses again, 9 min 27 s, class accuracy 0.41 / 0.40 (eval seeds 0 / 1),
+FID 286 / 289: "most k" is still not met.
 """
 from aigc_jax.configs import lock
 from aigc_jax.families import wavenet

@@ -52,3 +52,11 @@ def test_freed_memory_is_reused_and_the_user_can_opt_out():
   assert faults > 10_000  # glibc's default: a fresh mmap each round, every page faults on first touch
   applied, _ = _probe(MALLOC_ARENA_MAX="4")
   assert not applied  # the user's own malloc settings are left alone
+
+
+def test_a_bad_setting_is_one_line_error():
+  from aigc_jax import hostmem
+  from aigc_jax.errors import UserError
+  with pytest.raises(UserError, match="host_memory"):
+    hostmem.apply("always")
+  assert hostmem.apply("release") is False
