@@ -21,7 +21,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_devices = 0              # devices to split the batch over; 0 = all (on CPU: the most that divide it)
   c.steps_per_dispatch = 1       # train steps per jitted call (lax.scan): cuts per-step host overhead of small models
   c.host_memory = "release"      # release (glibc's default) | keep: freed host memory stays in the process
-                                 # (aigc_jax/hostmem.py: 1.5x the WaveNet cpu step; slower DDPM/DCGAN steps)
+                                 # (aigc_jax/hostmem.py: the audio cpu presets, 1.2-1.5x; DDPM/DCGAN: slower)
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "digits"         # digits | npz | image_folder | a TFDS image dataset (mnist, cifar10, ...) |

@@ -10,7 +10,7 @@ price: the process keeps its peak host memory until it exits.
 
 Not a default: with one arena the DDPM and DCGAN cpu steps ran 0.65-0.85x as fast (their XLA threads' many
 smaller allocations then share one lock, by my reading; not profiled). `config.host_memory = "keep"` asks for
-it (the WaveNet family's default); the command line applies it after parsing flags, before JAX starts its
+it (the WaveNet and DiffWave cpu presets); the command line applies it after parsing flags, before JAX starts its
 threads (a thread keeps the arena it first allocated from). It does nothing off glibc, and nothing when the
 user chose malloc settings (GLIBC_TUNABLES, MALLOC_ARENA_MAX) or set AIGC_JAX_MALLOC=default.
 """

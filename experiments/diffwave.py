@@ -105,6 +105,7 @@ def get_config(preset: str = "paper"):
     #  - the cosine schedule (ends at pure noise; the T = 200 linear one keeps sqrt(abar_T) = 0.36 of s x);
     #  - guidance 6 with DDIM, 25 steps (the fast sampler's betas do not fit the cosine chain).
     c.data.name = "spoken_digits"       # offline synthetic speech (eSpeak NG), not SC09
+    c.host_memory = "keep"              # freed host memory reused: 1.2-1.3x steps/s (bench/RESULTS.md "Host memory")
     c.data.sample_rate = 8000
     c.data.clip_seconds = 0.5           # the word's loudest half second: half the compute of 1 s clips
     c.batch_size = 16

@@ -69,7 +69,6 @@ def default_config() -> ConfigDict:
   """`configs.base_config()` plus every key this family reads; experiments/wavenet.py overrides it."""
   c = configs.base_config()
   c.family = "wavenet"
-  c.host_memory = "keep"           # its per-call temporaries faulted in afresh: 1.5x steps/s (bench/RESULTS.md)
   c.batch_size = 16
   c.num_train_steps = 100_000
   c.data.name = "spoken_digits"    # spoken_digits (offline) | speech_commands (SC09, TFDS) | audio_folder
