@@ -33,7 +33,8 @@ Presets: paper (default: unconditional SC09); conditional (Table 3's class-condi
 each word, as `wavenet.py:cpu`); not the paper's recipe, see the comments there: patches of 8 samples, C = 64,
 20 layers, v prediction on data x 10, cosine schedule, batch 16, 1,200 steps, guided DDIM). Measured on 2 CPU
 cores (2026-11-27, bench/RESULTS.md "DiffWave cpu preset"): ~1.8 steps/s, 11 minutes of training (12m50s for
-the whole command, the final 100 samples included). Class accuracy of 100 samples by the project's judge
+the whole command, the final 100 samples included); with host_memory = "keep" (session 10, "Host memory"):
+2.3-2.9 steps/s, 9 min 9 s for the whole command, and the same 0.70 / FID 253 / IS 4.15 as below. Class accuracy of 100 samples by the project's judge
 (85% on real test clips of the same form): 0.70 (per digit 0.9 0.0 1.0 1.0 1.0 0.0 1.0 1.0 1.0 0.1: "one" and
 "five" are heard as "four", "nine" as "five"), FID 253 on the judge's features, IS 4.15 (real test clips:
 FID 31, IS 7.44); guidance 3 / 4 instead of 6:
