@@ -111,7 +111,7 @@ def test_causality_exact_by_perturbation_and_gradient():
   # d logits[:, p] / d h[:, q] (h: the input layer's output) is exactly 0 for q > p and for q at or beyond the
   # stack's receptive field, and nonzero at q = p and at the oldest position it reaches.
   reach = receptive_field(2, 2, kernel_size) - kernel_size + 1  # positions of h one prediction reads
-  nonzero_q = np.nonzero(np.abs(np.asarray(grads)).max(axis=(0, 2)) > 0)[0]
+  nonzero_q = np.nonzero(np.abs(np.asarray(grads)).max(axis=(0, 1)) > 0)[0]  # input_h is channel-major [R, B, T]
   assert nonzero_q.max() == p and nonzero_q.min() == p - reach + 1, nonzero_q
 
 

@@ -136,9 +136,16 @@ class Dense(nn.Module):
   bias_init: Any = nn.initializers.zeros
 
   @nn.compact
-  def __call__(self, x):
-    kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
+  def __call__(self, x, channels_first: bool = False):
+    """x [..., in] -> [..., out]; `channels_first`: x is [in, ...] (channel-major activations) and the product
+    contracts its leading axis directly, [in, ...] -> [..., out], with no transpose of x."""
+    in_features = x.shape[0] if channels_first else x.shape[-1]
+    kernel = self.param("kernel", self.kernel_init, (in_features, self.features), jnp.float32)
     bias = self.param("bias", self.bias_init, (self.features,), jnp.float32) if self.use_bias else None
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    y = matmul_rows(x.reshape(-1, x.shape[-1]), kernel).reshape(x.shape[:-1] + (self.features,))
+    if channels_first:
+      y = lax.dot_general(x.reshape(in_features, -1), kernel, (((0,), (0,)), ((), ())))
+      y = y.reshape(x.shape[1:] + (self.features,))
+    else:
+      y = matmul_rows(x.reshape(-1, x.shape[-1]), kernel).reshape(x.shape[:-1] + (self.features,))
     return y if bias is None else y + bias

@@ -129,6 +129,11 @@ class WaveNet(nn.Module):
     e = jnp.take(self.input_taps[k], jnp.maximum(x_B, 0), axis=0)
     return jnp.where((x_B >= 0)[..., None], e, 0.0).astype(self.dtype)
 
+  def _input_tap_channels_first(self, k: int, x_BxT):
+    """`_input_tap` gathered straight into channel-major [R, B, T] (columns of the transposed table)."""
+    e = jnp.take(self.input_taps[k].T, jnp.maximum(x_BxT, 0), axis=1)
+    return jnp.where((x_BxT >= 0)[None], e, 0.0).astype(self.dtype)
+
   def _gate(self, acc, i: int, label_term, position_term=None):
     z = acc + self.gate_bias[i].astype(self.dtype)
     if label_term is not None:
@@ -141,8 +146,10 @@ class WaveNet(nn.Module):
   def _one_by_one(self, v, kernel, bias, i: int):
     return v @ kernel[i].astype(self.dtype) + bias[i].astype(self.dtype)
 
-  def _head(self, skip):
-    y = self.head_hidden(nn.relu(skip))
+  def _head(self, skip, channels_first: bool = False):
+    """relu -> 1x1 -> relu -> 1x1 on skip [..., S], or on channel-major skip [S, B, T] (`channels_first`: the
+    first 1x1 contracts the channel axis where it lies, so no [S, B, T] -> [B, T, S] transpose)."""
+    y = self.head_hidden(nn.relu(skip), channels_first=channels_first)
     return self.head_out(nn.relu(y)).astype(jnp.float32)
 
   def __call__(self, x_BxT, labels_B: Optional[jnp.ndarray] = None, start=0):
@@ -154,13 +161,13 @@ class WaveNet(nn.Module):
     [B, T, C] layout made XLA:CPU transpose each layer's inputs and interleave the halves' gradients
     (bench/RESULTS.md "WaveNet: channel-major layers")."""
     b, t_len = x_BxT.shape
-    h = self._input_tap(0, x_BxT)
+    h_RxBxT = self._input_tap_channels_first(0, x_BxT)
     for k in range(1, self.kernel_size):
-      h = h + _shift_right(self._input_tap(k, x_BxT), k, axis=1)
-    h = h + self.input_bias.astype(self.dtype)
+      h_RxBxT = h_RxBxT + _shift_right(self._input_tap_channels_first(k, x_BxT), k, axis=2)
+    h_RxBxT = h_RxBxT + self.input_bias.astype(self.dtype)[:, None, None]
     # A zero added to the first layer's output: its gradient (flax "perturbations") is d logits / d h per
     # position, which tests/test_wavenet.py uses to check causality. A no-op without that collection.
-    h_RxBxT = jnp.transpose(self.perturb("input_h", h), (2, 0, 1))
+    h_RxBxT = self.perturb("input_h", h_RxBxT)
     conditioning = self._conditioning_terms(labels_B, start + jnp.arange(t_len), b)
     skip_SxBxT = 0.0
     for i, d in enumerate(self.dilations):
@@ -174,7 +181,7 @@ class WaveNet(nn.Module):
       skip_SxBxT = skip_SxBxT + self._channel_one_by_one(out_GxBxT, self.skip_kernel, self.skip_bias, i)
       if i < len(self.dilations) - 1:
         h_RxBxT = h_RxBxT + self._channel_one_by_one(out_GxBxT, self.residual_kernel, self.residual_bias, i)
-    return self._head(jnp.transpose(skip_SxBxT, (1, 2, 0)))
+    return self._head(skip_SxBxT, channels_first=True)
 
   def _channel_one_by_one(self, v_IxBxT, kernel, bias, i: int):
     return channel_matmul(v_IxBxT, kernel[i].astype(self.dtype)) + bias[i].astype(self.dtype)[:, None, None]
