@@ -12,6 +12,7 @@ import logging as std_logging
 import os
 import sys
 import time
+import warnings
 
 import jax
 import numpy as np
@@ -143,7 +144,9 @@ def _read(fn):
   else:
     asyncio_logger.setLevel(previous_level)
     return result, None
-  gc.collect()
+  with warnings.catch_warnings():  # the failed read's coroutines, collected unawaited ("never awaited")
+    warnings.filterwarnings("ignore", message=r"coroutine '.*' was never awaited", category=RuntimeWarning)
+    gc.collect()
   return None, failure
 
 
