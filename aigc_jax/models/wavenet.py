@@ -124,15 +124,14 @@ class WaveNet(nn.Module):
     u = jnp.clip((jnp.asarray(t, jnp.float32) + 0.5) * (f / self.clip_samples) - 0.5, 0.0, f - 1.0)
     return jnp.maximum(0.0, 1.0 - jnp.abs(u[..., None] - jnp.arange(f, dtype=jnp.float32)))
 
-  def _input_tap(self, k: int, x_B):
-    """Tap k's embedding of mu-law indices; index -1 (before the clip) is the zero one-hot."""
-    e = jnp.take(self.input_taps[k], jnp.maximum(x_B, 0), axis=0)
-    return jnp.where((x_B >= 0)[..., None], e, 0.0).astype(self.dtype)
-
-  def _input_tap_channels_first(self, k: int, x_BxT):
-    """`_input_tap` gathered straight into channel-major [R, B, T] (columns of the transposed table)."""
-    e = jnp.take(self.input_taps[k].T, jnp.maximum(x_BxT, 0), axis=1)
-    return jnp.where((x_BxT >= 0)[None], e, 0.0).astype(self.dtype)
+  def _input_tap(self, k: int, x, channels_first: bool = False):
+    """Tap k's embedding of mu-law indices x [...] as [..., R], or gathered straight into channel-major [R, ...]
+    (`channels_first`: columns of the transposed table); index -1 (before the clip) is the zero one-hot."""
+    if channels_first:
+      e = jnp.take(self.input_taps[k].T, jnp.maximum(x, 0), axis=1)
+      return jnp.where((x >= 0)[None], e, 0.0).astype(self.dtype)
+    e = jnp.take(self.input_taps[k], jnp.maximum(x, 0), axis=0)
+    return jnp.where((x >= 0)[..., None], e, 0.0).astype(self.dtype)
 
   def _gate(self, acc, i: int, label_term, position_term=None):
     z = acc + self.gate_bias[i].astype(self.dtype)
@@ -161,9 +160,9 @@ class WaveNet(nn.Module):
     [B, T, C] layout made XLA:CPU transpose each layer's inputs and interleave the halves' gradients
     (bench/RESULTS.md "WaveNet: channel-major layers")."""
     b, t_len = x_BxT.shape
-    h_RxBxT = self._input_tap_channels_first(0, x_BxT)
+    h_RxBxT = self._input_tap(0, x_BxT, channels_first=True)
     for k in range(1, self.kernel_size):
-      h_RxBxT = h_RxBxT + _shift_right(self._input_tap_channels_first(k, x_BxT), k, axis=2)
+      h_RxBxT = h_RxBxT + _shift_right(self._input_tap(k, x_BxT, channels_first=True), k, axis=2)
     h_RxBxT = h_RxBxT + self.input_bias.astype(self.dtype)[:, None, None]
     # A zero added to the first layer's output: its gradient (flax "perturbations") is d logits / d h per
     # position, which tests/test_wavenet.py uses to check causality. A no-op without that collection.
