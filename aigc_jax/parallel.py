@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
+from jax.extend import core as jax_core
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from aigc_jax.errors import UserError
@@ -132,6 +133,22 @@ def data_parallel_steps(step: Callable, mesh: Mesh) -> Callable:
   mapped = jax.shard_map(
       run, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P(), P()), out_specs=(P(), P()), check_vma=False)
   return jax.jit(mapped, donate_argnums=(0,))
+
+
+def primitive_names(closed_jaxpr) -> set:
+  """Every primitive in a jaxpr, including those of nested jaxprs (jit, shard_map, scan, cond, custom_vjp)."""
+  names, todo = set(), [closed_jaxpr.jaxpr]
+  while todo:
+    jaxpr = todo.pop()
+    for eqn in jaxpr.eqns:
+      names.add(eqn.primitive.name)
+      for value in eqn.params.values():
+        for v in (value if isinstance(value, (tuple, list)) else (value,)):
+          if isinstance(v, jax_core.ClosedJaxpr):
+            todo.append(v.jaxpr)
+          elif isinstance(v, jax_core.Jaxpr):
+            todo.append(v)
+  return names
 
 
 def data_parallel_map(fn: Callable, mesh: Mesh) -> Callable:

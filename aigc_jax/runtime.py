@@ -59,6 +59,18 @@ def check_config(config: ConfigDict):
                     f"--config.batch_size to a multiple of {n}")
 
 
+def check_scanned_step(config: ConfigDict, traced_steps):
+  """steps_per_dispatch > 1 on CPU with a convolutional model is refused: XLA:CPU rewrites convolutions into the
+  layouts its fast kernels take only at a program's top level (xla/service/cpu/conv_canonicalization.h), so the
+  gradient convolutions inside the multi-step `lax.scan` fall back to naive loops: 6-17x slower per step (DCGAN,
+  DDPM, VQ-VAE cpu presets, bench/RESULTS.md). `traced_steps`: the multi-step program's `jit(...).trace(...)`,
+  which its first call then reuses (no extra tracing)."""
+  if jax.default_backend() == "cpu" and "conv_general_dilated" in parallel.primitive_names(traced_steps.jaxpr):
+    raise UserError(f"steps_per_dispatch={config.steps_per_dispatch} on CPU with a convolutional model: XLA:CPU "
+                    "runs convolution gradients inside the multi-step loop without its fast kernels (6-17x slower "
+                    "per step); set --config.steps_per_dispatch=1")
+
+
 def run_keys(config: ConfigDict):
   """(init key, training key) from the one seed; step t trains with fold_in(training key, t)."""
   init_key, train_key = jax.random.split(jax.random.key(config.seed))

@@ -139,6 +139,7 @@ def _train(config: ConfigDict, workdir: str, family, experiment: str):
       if unfinished_eval:
         evaluate(start_step, state)
       first_step_time = time.time()
+      scan_checked = False
       while step < config.num_train_steps:
         num_steps = _steps_this_call(step, config)
         if num_steps == 1:
@@ -146,7 +147,11 @@ def _train(config: ConfigDict, workdir: str, family, experiment: str):
           state, metrics = step_fn(state, batch, jax.random.fold_in(train_key, step))
         else:
           batches = _next_train_batches(iterator, family.batches_per_step, num_steps)
-          state, metrics = steps_fn(state, parallel.shard_batch(batches, mesh), train_key, np.int32(step))
+          args = (state, parallel.shard_batch(batches, mesh), train_key, np.int32(step))
+          if not scan_checked:
+            runtime.check_scanned_step(config, steps_fn.trace(*args))
+            scan_checked = True
+          state, metrics = steps_fn(*args)
         if block or step == start_step:
           jax.block_until_ready(metrics)
         if step == start_step and chief:  # compilation (or a load from the compilation cache) plus the call
