@@ -62,12 +62,12 @@ def check_config(config: ConfigDict):
 def check_scanned_step(config: ConfigDict, traced_steps):
   """steps_per_dispatch > 1 on CPU with a convolutional model is refused: XLA:CPU rewrites convolutions into the
   layouts its fast kernels take only at a program's top level (xla/service/cpu/conv_canonicalization.h), so the
-  gradient convolutions inside the multi-step `lax.scan` fall back to naive loops: 6-17x slower per step (DCGAN,
-  DDPM, VQ-VAE cpu presets, bench/RESULTS.md). `traced_steps`: the multi-step program's `jit(...).trace(...)`,
-  which its first call then reuses (no extra tracing)."""
+  gradient convolutions inside the multi-step `lax.scan` fall back to naive loops: 6-30x slower per step (DCGAN,
+  DDPM, VQ-VAE cpu presets, the paper U-Net; bench/RESULTS.md). `traced_steps`: the multi-step program's
+  `jit(...).trace(...)`, which its first call then reuses (no extra tracing)."""
   if jax.default_backend() == "cpu" and "conv_general_dilated" in parallel.primitive_names(traced_steps.jaxpr):
     raise UserError(f"steps_per_dispatch={config.steps_per_dispatch} on CPU with a convolutional model: XLA:CPU "
-                    "runs convolution gradients inside the multi-step loop without its fast kernels (6-17x slower "
+                    "runs convolution gradients inside the multi-step loop without its fast kernels (6-30x slower "
                     "per step); set --config.steps_per_dispatch=1")
 
 

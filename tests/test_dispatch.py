@@ -51,7 +51,7 @@ def test_scanned_steps_train_exactly_like_one_step_per_call(tmp_path, capsys):
 
 
 def test_scanned_steps_of_a_convolutional_model_are_refused_on_cpu(tmp_path):
-  """XLA:CPU leaves convolutions inside a loop body without its fast kernels (measured 6-17x slower per step):
+  """XLA:CPU leaves convolutions inside a loop body without its fast kernels (measured 6-30x slower per step):
   a one-line error before the first step, nothing saved."""
   c = load_experiment(os.path.join(ROOT, "experiments", "dcgan.py"), "cpu", {
       "model.g_width": 8, "model.d_width": 8, "model.z_dim": 16, "data.image_size": 8, "batch_size": 8,
