@@ -72,14 +72,16 @@ case $PART in
     part unet_speed; unet_speed 220 90
     part end
     ;;
-  speed)
-    gpt_speed; unet_speed
+  speed)  # GPT (ours with and without dropout, both torch twins with it) then the paper U-Net, ~7 minutes
+    part gpt_speed; gpt_speed 130 100
+    part unet_speed; unet_speed 210 90
+    part end
     ;;
   train)
     gpt_train
     ;;
-  train_short)  # what is left of one lease after `all`: the run with its validation curve
-    gpt_train 285 noval
+  train_short)  # what is left of one lease after `all` or `speed`: the run with its validation curve
+    part gpt_train; gpt_train 300 noval; part end
     ;;
   gan2d)
     # Four processes share the GPU (each run is far too small to fill it): no preallocation of its memory.

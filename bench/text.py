@@ -140,6 +140,7 @@ def cmd_gpu(a):
     cmd = [sys.executable, os.path.join(ROOT, "bench", "torch_gpt.py"), f"--data-path={a.torch_data}",
            f"--iters={a.iters + 10}", "--warmup=10", f"--batch={c.batch_size}", f"--block={m.block_size}",
            f"--layers={m.num_layers}", f"--heads={m.num_heads}", f"--width={m.width}", "--eval-batches=0",
+           f"--dropout={m.dropout}", f"--attention-dropout={m.attention_dropout}",
            "--device=cuda", f"--dtype={c.dtype}", *(["--compile"] if compiled else [])]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode:

@@ -30,9 +30,10 @@ from aigc_jax.data.text import TRAIN_FRACTION, TextBatchIterator, Tokenizer  # n
 
 class Block(nn.Module):
 
-  def __init__(self, width, heads, layers):
+  def __init__(self, width, heads, layers, dropout=0.0, attention_dropout=0.0):
     super().__init__()
-    self.heads = heads
+    self.heads, self.attention_dropout = heads, attention_dropout
+    self.drop = nn.Dropout(dropout)  # nanoGPT's resid_dropout and MLP dropout
     self.ln_1, self.ln_2 = nn.LayerNorm(width, bias=False), nn.LayerNorm(width, bias=False)
     self.qkv = nn.Linear(width, 3 * width, bias=False)
     self.proj = nn.Linear(width, width, bias=False)
@@ -47,23 +48,25 @@ class Block(nn.Module):
     b, t, d = x.shape
     q, k, v = self.qkv(self.ln_1(x)).split(d, dim=2)
     q, k, v = (a.view(b, t, self.heads, d // self.heads).transpose(1, 2) for a in (q, k, v))
-    y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, t, d)
-    x = x + self.proj(y)
-    return x + self.fc_proj(F.gelu(self.fc(self.ln_2(x)), approximate="tanh"))
+    p_drop = self.attention_dropout if self.training else 0.0  # nanoGPT's attn_dropout (flash dropout_p)
+    y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p_drop).transpose(1, 2).reshape(b, t, d)
+    x = x + self.drop(self.proj(y))
+    return x + self.drop(self.fc_proj(F.gelu(self.fc(self.ln_2(x)), approximate="tanh")))
 
 
 class GPT(nn.Module):
 
-  def __init__(self, vocab, block, layers, heads, width):
+  def __init__(self, vocab, block, layers, heads, width, dropout=0.0, attention_dropout=0.0):
     super().__init__()
     self.wte, self.wpe = nn.Embedding(vocab, width), nn.Embedding(block, width)
     nn.init.normal_(self.wte.weight, std=0.02)
     nn.init.normal_(self.wpe.weight, std=0.02)
-    self.blocks = nn.ModuleList(Block(width, heads, layers) for _ in range(layers))
+    self.drop = nn.Dropout(dropout)
+    self.blocks = nn.ModuleList(Block(width, heads, layers, dropout, attention_dropout) for _ in range(layers))
     self.ln_f = nn.LayerNorm(width, bias=False)
 
   def forward(self, idx, targets):
-    x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device))
+    x = self.drop(self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device)))
     for blk in self.blocks:
       x = blk(x)
     logits = self.ln_f(x) @ self.wte.weight.T  # tied
@@ -88,6 +91,8 @@ def main():
   p.add_argument("--width", type=int, default=128)
   p.add_argument("--eval-batches", type=int, default=200)
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--dropout", type=float, default=0.0, help="embedding, attention-output and MLP dropout")
+  p.add_argument("--attention-dropout", type=float, default=0.0, help="attention-probability dropout")
   p.add_argument("--threads", type=int, default=0, help="0 = torch's default")
   p.add_argument("--device", default="cpu")
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="autocast compute dtype")
@@ -103,7 +108,7 @@ def main():
   tok = Tokenizer("char", "".join(sorted(set(text))))
   train_it = TextBatchIterator(tok.encode(text[:cut]), a.block, a.batch, a.seed)
   device = torch.device(a.device)
-  model = GPT(tok.vocab_size, a.block, a.layers, a.heads, a.width).to(device)
+  model = GPT(tok.vocab_size, a.block, a.layers, a.heads, a.width, a.dropout, a.attention_dropout).to(device)
   decay = [p for p in model.parameters() if p.dim() >= 2]
   no_decay = [p for p in model.parameters() if p.dim() < 2]
   opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
