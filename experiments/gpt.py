@@ -23,9 +23,9 @@ Side by side with nanoGPT's own train.py on 2 cores (`python bench/nanogpt.py --
 --data=input.txt`, 2026-11-27, medians of 3 alternating rounds): on a 2-core AMD EPYC VM 161.0 s vs 161.1 s wall;
 on a 2-core Intel Xeon VM 103.4 s vs 96.9 s (0.94x; 0.74x before models/layers.Dense); validation 1.8928 vs
 1.8871 (nanoGPT's checkpoint on our windows).
-Measured on one H200 (bench/RESULTS.md, 2026-11-27, bf16, before attention-probability dropout was added to the
-preset): 5,000 iterations in 225 s; best validation loss 1.496 at step 1,000, then overfitting to 2.085 at
-5,000: nanoGPT's 1.4697 is not reproduced yet. `--config.eval.every_steps=250` logs the validation curve.
+Measured on one H200 (bench/RESULTS.md, 2026-11-27, bf16, this preset): 5,000 iterations in 243 s with a
+validation every 250 steps (`--config.eval.every_steps=250`); best validation loss 1.455 at step 2,000 (nanoGPT's
+best: 1.4697; ours without attention-probability dropout: 1.496 at 1,000), then overfitting to 1.703 at 5,000.
 Presets: shakespeare_char (default), cpu. Without data.name the cpu preset trains offline on the Python
 standard library's own source files.
 """

@@ -1,11 +1,12 @@
-"""models/layers.Dense: the same function and gradients as flax's nn.Dense, row-major and channel-major."""
+"""models/layers.Dense: the same function and gradients as flax's nn.Dense, row-major and channel-major;
+models/layers.Embed: nn.Embed's lookup, with the bfloat16 lookup's gradient accumulated in float32."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from aigc_jax.models.layers import Dense
+from aigc_jax.models.layers import Dense, Embed
 
 
 @pytest.mark.parametrize("channels_first", [False, True])
@@ -31,3 +32,29 @@ def test_dense_equals_nn_dense_values_and_gradients(channels_first):
   np.testing.assert_allclose(g_ours[1], dx_ref, rtol=1e-5, atol=1e-5)
   assert jax.tree.map(jnp.shape, ours.init(jax.random.key(1), x_in, channels_first=channels_first)["params"]) == \
       {"kernel": (4, 6), "bias": (6,)}
+
+
+def test_embed_values_match_nn_embed_and_bf16_gradient_accumulates_in_float32():
+  # 4 rows, 4,096 lookups: the frequent rows sum ~1,000 cotangents each, where bfloat16 sums drift.
+  ids_BxT = jax.random.choice(jax.random.key(0), 4, (16, 256), p=jnp.array([0.5, 0.3, 0.15, 0.05]))
+  cotangent = jax.random.normal(jax.random.key(1), (16, 256, 8)) * 1e-3
+  ours, ref_bf16 = Embed(4, 8, dtype=jnp.bfloat16), nn.Embed(4, 8, dtype=jnp.bfloat16)
+  params = ref_bf16.init(jax.random.key(2), ids_BxT)["params"]
+  out = ours.apply({"params": params}, ids_BxT)
+  assert out.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(out, ref_bf16.apply({"params": params}, ids_BxT))
+  np.testing.assert_array_equal(Embed(4, 8).apply({"params": params}, ids_BxT),
+                                nn.Embed(4, 8).apply({"params": params}, ids_BxT))
+
+  def grad(module):
+    loss = lambda p: jnp.sum(module.apply({"params": p}, ids_BxT).astype(jnp.float32) * cotangent)
+    return jax.grad(loss)(params)["embedding"]
+
+  # Reference: the float32 sum of the very cotangents the bf16 model sees (rounded to bf16 once).
+  exact = jax.grad(lambda p: jnp.sum(nn.Embed(4, 8).apply({"params": p}, ids_BxT) *
+                                     cotangent.astype(jnp.bfloat16).astype(jnp.float32)))(params)["embedding"]
+  rel_err = lambda g: float(jnp.max(jnp.linalg.norm(g - exact, axis=1) / jnp.linalg.norm(exact, axis=1)))
+  assert rel_err(grad(ours)) < 1e-5
+  assert rel_err(grad(ref_bf16)) > 1e-3  # what Embed fixes: flax's bf16 table sums in bf16
+  with pytest.raises(ValueError, match="integer ids"):
+    ours.apply({"params": params}, jnp.zeros((2, 3)))

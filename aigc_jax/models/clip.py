@@ -24,6 +24,7 @@ from typing import Optional
 import flax.linen as nn
 import jax.numpy as jnp
 
+from aigc_jax.models.layers import Embed
 from aigc_jax.models.transformer import INIT_STD, Block
 
 INIT_TEMPERATURE = 0.07
@@ -81,7 +82,7 @@ class TextTransformer(nn.Module):
     token_states, the final layer-normed states of all tokens [B, L, width] instead (same params, no `proj`)."""
     b, length = tokens_BxL.shape
     init = nn.initializers.normal(INIT_STD)
-    x_BxLxD = nn.Embed(self.vocab_size, self.width, dtype=self.dtype, embedding_init=init, name="wte")(tokens_BxL)
+    x_BxLxD = Embed(self.vocab_size, self.width, dtype=self.dtype, embedding_init=init, name="wte")(tokens_BxL)
     pos_LxD = self.param("pos_embed", nn.initializers.normal(0.01), (self.context_length, self.width))
     x_BxLxD = x_BxLxD + pos_LxD[:length].astype(self.dtype)[None]
     for i in range(self.num_layers):

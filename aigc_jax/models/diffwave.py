@@ -48,7 +48,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
-from aigc_jax.models.layers import channel_matmul
+from aigc_jax.models.layers import Embed, channel_matmul
 from aigc_jax.models.unet import timestep_embedding
 
 STEP_EMBED_DIM = 128     # sinusoidal encoding of t (Section 3.1)
@@ -153,7 +153,7 @@ class DiffWave(nn.Module):
     if self.num_classes:
       if labels_B is None:
         raise ValueError("a class-conditional DiffWave needs labels (use index num_classes for 'no class')")
-      label_BxL = nn.Embed(self.num_classes + 1, LABEL_EMBED_DIM, dtype=self.dtype, name="label_embedding")(labels_B)
+      label_BxL = Embed(self.num_classes + 1, LABEL_EMBED_DIM, dtype=self.dtype, name="label_embedding")(labels_B)
 
     skips_CxBxF = jnp.zeros_like(h_CxBxF)
     for i, dilation in enumerate(dilations(self.num_layers, self.dilation_cycle)):

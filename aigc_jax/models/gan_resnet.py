@@ -41,7 +41,7 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax.numpy as jnp
 
-from aigc_jax.models.layers import UpConv4x4
+from aigc_jax.models.layers import Embed, UpConv4x4
 
 HEADS = ("plain", "projection", "acgan")
 POOLS = ("sum", "mean")
@@ -96,8 +96,8 @@ class ConditionalBatchNorm(nn.Module):
       return x
     c = x.shape[-1]
     shape = (x.shape[0],) + (1,) * (x.ndim - 2) + (c,)
-    gamma = nn.Embed(self.num_classes, c, embedding_init=nn.initializers.ones, dtype=self.dtype, name="gammas")
-    beta = nn.Embed(self.num_classes, c, embedding_init=nn.initializers.zeros, dtype=self.dtype, name="betas")
+    gamma = Embed(self.num_classes, c, embedding_init=nn.initializers.ones, dtype=self.dtype, name="gammas")
+    beta = Embed(self.num_classes, c, embedding_init=nn.initializers.zeros, dtype=self.dtype, name="betas")
     return x * gamma(labels_B).reshape(shape) + beta(labels_B).reshape(shape)
 
 
@@ -118,7 +118,7 @@ class DiscriminatorHead(nn.Module):
     logits_B = sn(psi, phi_BxF)[:, 0]
     aux_BxK = None
     if self.head == "projection":
-      embed = nn.Embed(self.num_classes, phi_BxF.shape[-1], embedding_init=glorot, dtype=self.dtype, name="embed")
+      embed = Embed(self.num_classes, phi_BxF.shape[-1], embedding_init=glorot, dtype=self.dtype, name="embed")
       logits_B = logits_B + jnp.sum(sn(embed, labels_B) * phi_BxF, axis=-1)
     elif self.head == "acgan":
       aux = nn.Dense(self.num_classes, kernel_init=self.kernel_init, dtype=self.dtype, name="aux")

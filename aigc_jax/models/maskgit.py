@@ -15,6 +15,7 @@ from typing import Optional
 import flax.linen as nn
 import jax.numpy as jnp
 
+from aigc_jax.models.layers import Embed
 from aigc_jax.models.transformer import INIT_STD, Block
 
 
@@ -42,8 +43,8 @@ class MaskGITTransformer(nn.Module):
   def __call__(self, tokens_BxN, labels_B, train: bool = False):
     """Logits [B, N, K] in float32 for every position (the caller picks the masked ones)."""
     init = nn.initializers.normal(INIT_STD)
-    codes = nn.Embed(self.num_codes + 1, self.width, dtype=self.dtype, embedding_init=init, name="code_embed")
-    classes = nn.Embed(self.num_classes + 1, self.width, dtype=self.dtype, embedding_init=init, name="class_embed")
+    codes = Embed(self.num_codes + 1, self.width, dtype=self.dtype, embedding_init=init, name="code_embed")
+    classes = Embed(self.num_classes + 1, self.width, dtype=self.dtype, embedding_init=init, name="class_embed")
     pos_1xN1xD = self.param("pos_embed", init, (1, self.seq_len + 1, self.width))
     x_BxN1xD = jnp.concatenate([classes(labels_B)[:, None], codes(tokens_BxN)], axis=1)
     x_BxN1xD = x_BxN1xD + pos_1xN1xD.astype(self.dtype)

@@ -30,7 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from aigc_jax.models.layers import Dense
+from aigc_jax.models.layers import Dense, Embed
 from aigc_jax.models.layers import example_dropout as dropout
 
 # GPT-2's initialisation: N(0, 0.02) everywhere, residual projections further scaled by 1/sqrt(2 * layers)
@@ -158,7 +158,7 @@ class GPT(nn.Module):
     """Logits [B, T, V] in float32 (and the updated cache when one is given); `example_ids_B`: see the module
     docstring (dropout)."""
     t = tokens_BxT.shape[1]
-    embed = lambda n, name: nn.Embed(n, self.width, dtype=self.dtype,
+    embed = lambda n, name: Embed(n, self.width, dtype=self.dtype,
                                      embedding_init=nn.initializers.normal(INIT_STD), name=name)
     wte, wpe = embed(self.vocab_size, "wte"), embed(self.block_size, "wpe")
     positions_T = cache_pos + jnp.arange(t)

@@ -22,7 +22,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from aigc_jax.models.layers import example_dropout
+from aigc_jax.models.layers import Embed, example_dropout
 
 default_init = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
 
@@ -133,7 +133,7 @@ class UNet(nn.Module):
     if self.num_classes:
       if labels_B is None:
         raise ValueError("a class-conditional UNet needs labels (use index num_classes for 'no class')")
-      temb = temb + nn.Embed(self.num_classes + 1, 4 * self.ch, dtype=self.dtype)(labels_B)
+      temb = temb + Embed(self.num_classes + 1, 4 * self.ch, dtype=self.dtype)(labels_B)
 
     h = nn.Conv(self.ch, (3, 3), kernel_init=default_init, dtype=self.dtype)(x_BxHxWxC.astype(self.dtype))
     skips = [h]
