@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # One lent GPU's measurements (issue "Speed", item 5; the 2-D paper-length runs of the GAN zoo), prepared so a
 # session with a device spends its 15 minutes measuring, not debugging. Parts (times seen on one H200, 2026-11-27):
-#   all    gpt_speed + gpt_train in one call (~7 min); then, at once (the machine stays warm 30 s), `unet`
-#          (~5 min). The first lease ran the U-Net inside `all` with 110 s: too little (bench/RESULTS.md)
-#   speed  GPT shakespeare_char tokens/s + MFU, ours vs PyTorch eager and torch.compile (bench/text.py gpu, ~90 s);
-#          the DDPM paper U-Net at batch 128 images/s + MFU vs its PyTorch twin, eager then compiled; bf16
-#   train  the full shakespeare_char run (5,000 iterations, bf16, validation every 250 steps; 225 s without the
-#          validation, 253 s with it): nanoGPT's best validation loss is 1.4697 in ~3 min on one A100
-#   train_short  the same run without the final `text.py val` (fits what `all` leaves of a lease)
+#   speed  (the second lease's first call, 412 s; give it timeout_s 570) bench/embed_lookup.py (the embedding
+#          gradient's scatter-add vs one-hot), then GPT shakespeare_char tokens/s + MFU, ours (with and without
+#          dropout) vs PyTorch eager and torch.compile (bench/text.py gpu), then the DDPM paper U-Net at batch 128
+#          images/s + MFU vs its PyTorch twin, eager then compiled; bf16
+#   train_short  (then, at once on the warm machine: 251 s; timeout_s 340) the full shakespeare_char run,
+#          5,000 iterations, bf16, validation every 250 steps (243 s): nanoGPT's best validation loss is 1.4697
+#   train  the same run plus a final `text.py val` on its last checkpoint
+#   all    gpt_speed + gpt_train in one call (~7 min); then `unet` (~5 min): the first lease's plan
+#   unet   the U-Net part of `speed` alone
 #   gan2d  the four PacGAN Table 1 settings (ring, grid, GAN and PacGAN2) at the paper's 400,000 steps, seed 0,
 #          1,000 steps per jitted call, the four runs side by side on the one GPU, then the table (not yet run:
 #          4,000 steps took 107 s on 2 CPU cores, so a full run wants most of a lease)
@@ -18,8 +20,8 @@
 #   cp ../shared/data/tinyshakespeare.txt .devcarry/
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux2014_x86_64 -d .devcarry/whl ml-collections
-# Then one device call per part (tool `run`): carry [".devcarry"], timeout_s about 480 for `all`, 330 for `unet`,
-#   command "bash bench/gpu_session.sh all"        (then unet at once; logs come back under $OUT). Test a
+# Then one device call per part (tool `run`): carry [".devcarry"], command "bash bench/gpu_session.sh speed",
+#   then at once "bash bench/gpu_session.sh train_short" (logs come back under $OUT; 15 minutes hold both). Test a
 #   changed part here first on CPU with tiny settings and TensorFlow blocked (a dir of stub packages that raise
 #   ImportError, first on PYTHONPATH): a failed call costs a machine start.
 set -uo pipefail
@@ -36,6 +38,8 @@ LOG=$OUT/$PART.log
 { date -u; nvidia-smi -L; python3 -c "import jax, flax, optax, torch; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, jax.devices(), '| torch', torch.__version__)"; } 2>&1 | tee "$LOG"
 
 gpt_speed() {
+  # The token table's lookup + gradient three ways (flax bf16 gather, float32 gather, one-hot): seconds.
+  timeout 60 python3 bench/embed_lookup.py 2>&1 | tee -a "$LOG"
   timeout "${1:-240}" python3 bench/text.py gpu --preset=shakespeare_char --iters="${2:-200}" --dtype=bfloat16 \
       --set data.name=text_file --set data.path="$DATA" --torch-data="$DATA" 2>&1 | tee -a "$LOG"
   # What the dropout costs us: the same step without any (no masks, cuDNN attention in training too).
@@ -72,9 +76,10 @@ case $PART in
     part unet_speed; unet_speed 220 90
     part end
     ;;
-  speed)  # GPT (ours with and without dropout, both torch twins with it) then the paper U-Net, ~7 minutes
-    part gpt_speed; gpt_speed 130 100
-    part unet_speed; unet_speed 210 90
+  speed)  # GPT (ours with and without dropout, both torch twins with it) then the paper U-Net, ~8 minutes
+    # (2026-11-27: 412 s with 90 s for the compiled U-Net twin, which did not finish compiling in them)
+    part gpt_speed; gpt_speed 150 100
+    part unet_speed; unet_speed 210 150
     part end
     ;;
   train)

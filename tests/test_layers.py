@@ -1,10 +1,12 @@
 """models/layers.Dense: the same function and gradients as flax's nn.Dense, row-major and channel-major;
-models/layers.Embed: nn.Embed's lookup, with the bfloat16 lookup's gradient accumulated in float32."""
+models/layers.Embed: nn.Embed's lookup, with the bfloat16 lookup's gradient accumulated in float32, and a
+one-hot lookup (no scatter-add) in programs lowered for GPUs and TPUs."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import export
 
 from aigc_jax.models.layers import Dense, Embed
 
@@ -34,16 +36,17 @@ def test_dense_equals_nn_dense_values_and_gradients(channels_first):
       {"kernel": (4, 6), "bias": (6,)}
 
 
-def test_embed_values_match_nn_embed_and_bf16_gradient_accumulates_in_float32():
+@pytest.mark.parametrize("lookup", ["gather", "one_hot"])
+def test_embed_values_match_nn_embed_and_bf16_gradient_accumulates_in_float32(lookup):
   # 4 rows, 4,096 lookups: the frequent rows sum ~1,000 cotangents each, where bfloat16 sums drift.
   ids_BxT = jax.random.choice(jax.random.key(0), 4, (16, 256), p=jnp.array([0.5, 0.3, 0.15, 0.05]))
   cotangent = jax.random.normal(jax.random.key(1), (16, 256, 8)) * 1e-3
-  ours, ref_bf16 = Embed(4, 8, dtype=jnp.bfloat16), nn.Embed(4, 8, dtype=jnp.bfloat16)
+  ours, ref_bf16 = Embed(4, 8, dtype=jnp.bfloat16, lookup=lookup), nn.Embed(4, 8, dtype=jnp.bfloat16)
   params = ref_bf16.init(jax.random.key(2), ids_BxT)["params"]
   out = ours.apply({"params": params}, ids_BxT)
   assert out.dtype == jnp.bfloat16
   np.testing.assert_array_equal(out, ref_bf16.apply({"params": params}, ids_BxT))
-  np.testing.assert_array_equal(Embed(4, 8).apply({"params": params}, ids_BxT),
+  np.testing.assert_array_equal(Embed(4, 8, lookup=lookup).apply({"params": params}, ids_BxT),
                                 nn.Embed(4, 8).apply({"params": params}, ids_BxT))
 
   def grad(module):
@@ -56,5 +59,19 @@ def test_embed_values_match_nn_embed_and_bf16_gradient_accumulates_in_float32():
   rel_err = lambda g: float(jnp.max(jnp.linalg.norm(g - exact, axis=1) / jnp.linalg.norm(exact, axis=1)))
   assert rel_err(grad(ours)) < 1e-5
   assert rel_err(grad(ref_bf16)) > 1e-3  # what Embed fixes: flax's bf16 table sums in bf16
+
+
+def test_embed_auto_lookup_is_a_gather_on_cpu_and_a_matmul_on_gpu_and_tpu():
+  ids_BxT = jnp.zeros((2, 16), jnp.int32)
+  small, large = Embed(65, 8, dtype=jnp.bfloat16), Embed(4096, 8, dtype=jnp.bfloat16)
+  for module, one_hot_off_cpu in ((small, True), (large, False)):
+    params = module.init(jax.random.key(0), ids_BxT)["params"]
+    grad = jax.jit(jax.grad(lambda p: jnp.sum(module.apply({"params": p}, ids_BxT).astype(jnp.float32))))
+    for platform in ("cpu", "cuda", "tpu"):
+      mlir = export.export(grad, platforms=[platform])(params).mlir_module()
+      matmul = platform != "cpu" and one_hot_off_cpu
+      assert ("scatter" in mlir) != matmul and ("dot_general" in mlir) == matmul, (module.num_embeddings, platform)
   with pytest.raises(ValueError, match="integer ids"):
-    ours.apply({"params": params}, jnp.zeros((2, 3)))
+    small.init(jax.random.key(0), jnp.zeros((2, 3)))
+  with pytest.raises(ValueError, match="lookup='dense'"):
+    Embed(4, 8, lookup="dense").init(jax.random.key(0), ids_BxT)

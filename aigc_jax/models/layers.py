@@ -15,11 +15,14 @@ memory speed; ~20% of the GPT cpu step (bench/RESULTS.md "GPT step: weight gradi
 index in the global batch), so a data-parallel step draws the same masks on 1 or N devices without vmapping
 the model over examples (2x slower on CPU; ARCHITECTURE.md "Pitfalls").
 
-`Embed` is `nn.Embed` (same parameter, same lookup values) that gathers float32 rows and casts them after:
-the lookup's gradient, a scatter-add of every token's cotangent into its row, then accumulates in float32.
-nn.Embed casts the table first, so with dtype=bfloat16 the scatter-add summed in bfloat16: on a 64 x 256
-batch of tiny Shakespeare the most frequent character's row gradient was 5.9% off (0.17% this way, the
-cotangent's own rounding; bench/RESULTS.md).
+`Embed` is `nn.Embed` (same parameter, same lookup values) whose lookup runs in float32 and is cast after, so
+its gradient (every token's cotangent summed into its row) accumulates in float32. nn.Embed casts the table
+first, so with dtype=bfloat16 that sum ran in bfloat16: on a 64 x 256 batch of tiny Shakespeare the most
+frequent character's row gradient was 5.9% off (0.17% this way, the cotangent's own rounding; bench/RESULTS.md).
+Off CPU, small tables (characters, bytes, VQ codes, class labels) are looked up as a one-hot matmul: the
+gather's gradient is a scatter-add into few rows, each hit thousands of times per batch, which GPUs serialise
+on atomics (a compare-and-swap loop for bf16, and for float32 too in jaxlib 0.10.2-0.11.0: openxla/xla#26371,
+jax-ml/jax#38806); the one-hot product's gradient is a matmul.
 """
 from typing import Any, Optional
 
@@ -31,13 +34,35 @@ from jax import lax
 UPCONV_IMPLS = ("auto", "conv", "matmul")
 
 
+EMBED_LOOKUPS = ("auto", "gather", "one_hot")
+ONE_HOT_MAX_ROWS = 2048  # one-hot costs 4 * rows * width FLOPs per token (lookup and gradient)
+
+
+def embed_one_hot(table_VxD, ids):
+  """table[ids] as one_hot(ids) @ table in the table's dtype at full precision: the same values (one nonzero
+  term per row), and a gradient that is a matmul instead of a scatter-add."""
+  one_hot = jax.nn.one_hot(ids, table_VxD.shape[0], dtype=table_VxD.dtype)
+  return jnp.dot(one_hot, table_VxD, precision=lax.Precision.HIGHEST)
+
+
 class Embed(nn.Embed):
-  """nn.Embed whose rows are gathered in the parameter dtype and cast to `dtype` after (module docstring)."""
+  """nn.Embed whose lookup runs in the parameter dtype and is cast to `dtype` after (module docstring).
+  `lookup`: "gather" (jnp.take), "one_hot" (`embed_one_hot`), "auto": one-hot for tables of at most
+  ONE_HOT_MAX_ROWS rows when the program is lowered for a GPU or TPU, gather otherwise."""
+  lookup: str = "auto"
 
   def __call__(self, inputs):
     if not jnp.issubdtype(inputs.dtype, jnp.integer):
       raise ValueError(f"Embed takes integer ids, got {inputs.dtype}")
-    rows = jnp.take(self.embedding, inputs, axis=0)
+    if self.lookup not in EMBED_LOOKUPS:
+      raise ValueError(f"Embed lookup={self.lookup!r}; choose one of {EMBED_LOOKUPS}")
+    gather = lambda table, ids: jnp.take(table, ids, axis=0)
+    if self.lookup == "one_hot":
+      rows = embed_one_hot(self.embedding, inputs)
+    elif self.lookup == "auto" and self.num_embeddings <= ONE_HOT_MAX_ROWS:
+      rows = lax.platform_dependent(self.embedding, inputs, cpu=gather, default=embed_one_hot)
+    else:
+      rows = gather(self.embedding, inputs)
     return rows if self.dtype is None else rows.astype(self.dtype)
 
 
