@@ -57,8 +57,9 @@ def test_embed_values_match_nn_embed_and_bf16_gradient_accumulates_in_float32(lo
   exact = jax.grad(lambda p: jnp.sum(nn.Embed(4, 8).apply({"params": p}, ids_BxT) *
                                      cotangent.astype(jnp.bfloat16).astype(jnp.float32)))(params)["embedding"]
   rel_err = lambda g: float(jnp.max(jnp.linalg.norm(g - exact, axis=1) / jnp.linalg.norm(exact, axis=1)))
-  assert rel_err(grad(ours)) < 1e-5
-  assert rel_err(grad(ref_bf16)) > 1e-3  # what Embed fixes: flax's bf16 table sums in bf16
+  # gather: the float32 sum; one_hot: a bf16 matmul's float32 sum, rounded to bf16 once (~2^-9 relative).
+  assert rel_err(grad(ours)) < (1e-5 if lookup == "gather" else 4e-3)
+  assert rel_err(grad(ref_bf16)) > 1e-2  # what Embed fixes: flax's bf16 table sums in bf16
 
 
 def test_embed_auto_lookup_is_a_gather_on_cpu_and_a_matmul_on_gpu_and_tpu():

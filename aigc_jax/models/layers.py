@@ -22,8 +22,9 @@ frequent character's row gradient was 5.9% off (0.17% this way, the cotangent's 
 Off CPU, small tables (characters, bytes, VQ codes, class labels) are looked up as a one-hot matmul: the
 gather's gradient is a scatter-add into few rows, each hit thousands of times per batch, which GPUs serialise
 on atomics (a compare-and-swap loop for bf16, and for float32 too in jaxlib 0.10.2-0.11.0: openxla/xla#26371,
-jax-ml/jax#38806); the one-hot product's gradient is a matmul.
+jax-ml/jax#38806); the one-hot product's gradient is a matmul (float32 accumulation, rounded to `dtype` once).
 """
+import functools
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -35,19 +36,22 @@ UPCONV_IMPLS = ("auto", "conv", "matmul")
 
 
 EMBED_LOOKUPS = ("auto", "gather", "one_hot")
-ONE_HOT_MAX_ROWS = 2048  # one-hot costs 4 * rows * width FLOPs per token (lookup and gradient)
+ONE_HOT_MAX_ROWS = 2048  # one-hot costs 4 * rows * width FLOPs per token (lookup and gradient), in `dtype`
 
 
-def embed_one_hot(table_VxD, ids):
-  """table[ids] as one_hot(ids) @ table in the table's dtype at full precision: the same values (one nonzero
-  term per row), and a gradient that is a matmul instead of a scatter-add."""
-  one_hot = jax.nn.one_hot(ids, table_VxD.shape[0], dtype=table_VxD.dtype)
-  return jnp.dot(one_hot, table_VxD, precision=lax.Precision.HIGHEST)
+def embed_one_hot(table_VxD, ids, dtype=None):
+  """table[ids] as one_hot(ids) @ table in `dtype` (default: the table's): the same values (one nonzero term per
+  row, at full precision), and a gradient that is a matmul instead of a scatter-add. On GPUs and TPUs a bf16
+  matmul accumulates in float32, so the table's gradient is rounded to bf16 once, like every Dense kernel's
+  gradient in bf16 training, rather than summed in bf16."""
+  dtype = dtype or table_VxD.dtype
+  one_hot = jax.nn.one_hot(ids, table_VxD.shape[0], dtype=dtype)
+  return jnp.dot(one_hot, table_VxD.astype(dtype), precision=lax.Precision.HIGHEST)
 
 
 class Embed(nn.Embed):
-  """nn.Embed whose lookup runs in the parameter dtype and is cast to `dtype` after (module docstring).
-  `lookup`: "gather" (jnp.take), "one_hot" (`embed_one_hot`), "auto": one-hot for tables of at most
+  """nn.Embed whose gradient is not summed in bf16 (module docstring). `lookup`: "gather" (jnp.take from the
+  float32 table, cast to `dtype` after), "one_hot" (`embed_one_hot`), "auto": one-hot for tables of at most
   ONE_HOT_MAX_ROWS rows when the program is lowered for a GPU or TPU, gather otherwise."""
   lookup: str = "auto"
 
@@ -56,14 +60,14 @@ class Embed(nn.Embed):
       raise ValueError(f"Embed takes integer ids, got {inputs.dtype}")
     if self.lookup not in EMBED_LOOKUPS:
       raise ValueError(f"Embed lookup={self.lookup!r}; choose one of {EMBED_LOOKUPS}")
-    gather = lambda table, ids: jnp.take(table, ids, axis=0)
+    dtype = self.dtype or self.embedding.dtype
+    gather = lambda table, ids: jnp.take(table, ids, axis=0).astype(dtype)
+    one_hot = functools.partial(embed_one_hot, dtype=dtype)
     if self.lookup == "one_hot":
-      rows = embed_one_hot(self.embedding, inputs)
-    elif self.lookup == "auto" and self.num_embeddings <= ONE_HOT_MAX_ROWS:
-      rows = lax.platform_dependent(self.embedding, inputs, cpu=gather, default=embed_one_hot)
-    else:
-      rows = gather(self.embedding, inputs)
-    return rows if self.dtype is None else rows.astype(self.dtype)
+      return one_hot(self.embedding, inputs)
+    if self.lookup == "auto" and self.num_embeddings <= ONE_HOT_MAX_ROWS:
+      return lax.platform_dependent(self.embedding, inputs, cpu=gather, default=one_hot)
+    return gather(self.embedding, inputs)
 
 
 def example_dropout(module: nn.Module, rate: float, x, train: bool, example_ids_B=None):
