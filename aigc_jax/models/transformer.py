@@ -159,7 +159,7 @@ class GPT(nn.Module):
     docstring (dropout)."""
     t = tokens_BxT.shape[1]
     embed = lambda n, name: Embed(n, self.width, dtype=self.dtype,
-                                     embedding_init=nn.initializers.normal(INIT_STD), name=name)
+                                  embedding_init=nn.initializers.normal(INIT_STD), name=name)
     wte, wpe = embed(self.vocab_size, "wte"), embed(self.block_size, "wpe")
     positions_T = cache_pos + jnp.arange(t)
     x_BxTxD = wte(tokens_BxT) + wpe(positions_T)[None]
