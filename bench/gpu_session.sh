@@ -41,7 +41,7 @@ gpt_speed() {
   # The token table's lookup + gradient three ways (flax bf16 gather, float32 gather, one-hot): seconds.
   timeout 60 python3 bench/embed_lookup.py 2>&1 | tee -a "$LOG"
   timeout "${1:-240}" python3 bench/text.py gpu --preset=shakespeare_char --iters="${2:-200}" --dtype=bfloat16 \
-      --set data.name=text_file --set data.path="$DATA" --torch-data="$DATA" 2>&1 | tee -a "$LOG"
+      --profile-steps=5 --set data.name=text_file --set data.path="$DATA" --torch-data="$DATA" 2>&1 | tee -a "$LOG"
   # What the dropout costs us: the same step without any (no masks, cuDNN attention in training too).
   timeout 60 python3 bench/text.py gpu --preset=shakespeare_char --iters="${2:-200}" --dtype=bfloat16 \
       --set data.name=text_file --set data.path="$DATA" --set model.dropout=0.0 --set model.attention_dropout=0.0 \

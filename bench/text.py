@@ -6,15 +6,18 @@
   python bench/text.py gpu --preset=shakespeare_char [--torch-data=input.txt]      # tokens/s and MFU on a GPU
 """
 import argparse
+import glob
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.profiler import ProfileData
 from jax.sharding import Mesh
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,7 +48,9 @@ def one_device_mesh():
   return Mesh(np.asarray(jax.devices()[:1]), (parallel.DATA_AXIS,))
 
 
-def time_ours(config, iters, warmup=5):
+def time_ours(config, iters, warmup=5, profile_steps=0):
+  """(state, seconds per step); with `profile_steps`, then traces that many more steps and prints the device's
+  most expensive ops (`print_op_profile`)."""
   family = ar.make_family(config)
   mesh = one_device_mesh()
   state = jax.jit(family.init)(jax.random.key(0), data_lib.example_batch(config))
@@ -59,7 +64,36 @@ def time_ours(config, iters, warmup=5):
     state, metrics = step(state, parallel.shard_batch(next(it), mesh), jax.random.key(i))
   jax.block_until_ready(metrics)
   secs = time.time() - start
+  if profile_steps:
+    with tempfile.TemporaryDirectory() as trace_dir:
+      with jax.profiler.trace(trace_dir):
+        for i in range(profile_steps):
+          state, metrics = step(state, parallel.shard_batch(next(it), mesh), jax.random.key(i))
+        jax.block_until_ready(metrics)
+      print_op_profile(trace_dir, profile_steps)
   return state, secs / iters
+
+
+def print_op_profile(trace_dir, steps, top=20):
+  """Per-step device time of the most expensive ops in a jax.profiler trace: on a GPU the "XLA Ops" line of
+  each /device: plane (HLO op names; kernels on the streams if a plane has no such line)."""
+  paths = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
+  totals, busy_ns = {}, 0
+  for plane in ProfileData.from_file(paths[0]).planes if paths else []:
+    if not plane.name.startswith("/device:"):
+      continue
+    lines = list(plane.lines)
+    ops = [line for line in lines if line.name == "XLA Ops"] or [l for l in lines if l.name.startswith("Stream")]
+    for line in ops:
+      for event in line.events:
+        totals[event.name] = totals.get(event.name, 0) + event.duration_ns
+        busy_ns += event.duration_ns
+  if not totals:
+    print("op profile: the trace has no device ops (CPU-only run?)")
+    return
+  print(f"op profile over {steps} steps: {busy_ns / steps / 1e6:.2f} ms of device ops per step; top {top}:")
+  for name, ns in sorted(totals.items(), key=lambda kv: -kv[1])[:top]:
+    print(f"  {ns / steps / 1e6:8.3f} ms {100 * ns / busy_ns:5.1f}%  {name[:110]}")
 
 
 def cmd_train(a):
@@ -122,7 +156,7 @@ def cmd_gpu(a):
   c = load_config(a.preset, a.set)
   c.dtype = a.dtype
   c.model.attention_impl = a.attention
-  state, secs = time_ours(c, a.iters)
+  state, secs = time_ours(c, a.iters, profile_steps=a.profile_steps)
   params = state["params"]
   n = sum(x.size for x in jax.tree.leaves(params)) - params["wpe"]["embedding"].size
   m = c.model
@@ -166,6 +200,7 @@ def main():
   p.add_argument("--batches", type=int, default=0, help="validation batches (0 = eval.text_batches)")
   p.add_argument("--dtype", default="bfloat16")
   p.add_argument("--attention", default="cudnn")
+  p.add_argument("--profile-steps", type=int, default=0, help="gpu: trace this many steps, print the top ops")
   p.add_argument("--torch-data", default="", help="gpu: a text file for the PyTorch twins (eager, compile)")
   a = p.parse_args()
   {"train": cmd_train, "generate": cmd_generate, "val": cmd_val, "gpu": cmd_gpu}[a.command](a)
