@@ -3,7 +3,8 @@
   python bench/text.py train --set data.name=text_file --set data.path=input.txt   # ours vs PyTorch eager, cpu preset
   python bench/text.py generate [--workdir=runs/gpt_cpu]                           # KV cache vs recomputation
   python bench/text.py val --workdir=runs/gpt_cpu --set data.path=...              # validation loss of a checkpoint
-  python bench/text.py gpu --preset=shakespeare_char [--torch-data=input.txt]      # tokens/s and MFU on a GPU
+  python bench/text.py gpu --preset=shakespeare_char [--torch-data=input.txt] [--profile-steps=5]
+                                                # tokens/s and MFU on a GPU (and the top device ops)
 """
 import argparse
 import glob
