@@ -6,6 +6,7 @@ run expects, so a checkpoint of another layout or config fails with one line nam
 whose files cannot be read raises `CorruptCheckpoint`; `move_aside` puts it next to the checkpoints (never
 deleted) so the run can fall back to an earlier one (runtime.restore_latest).
 """
+import dataclasses
 import gc
 import json
 import logging as std_logging
@@ -13,6 +14,7 @@ import os
 import sys
 import time
 import warnings
+from typing import Callable, Optional
 
 import jax
 import numpy as np
@@ -156,12 +158,29 @@ def _first_line(e: Exception) -> str:
   return f"{type(e).__name__}: {first[:200]}"
 
 
-class Checkpointer:
+@dataclasses.dataclass
+class _PreserveStep(ocp.checkpoint_managers.PreservationPolicy):
+  """Keeps the step `step_fn()` names (None: none) out of the rotation; read at every clean-up, so it can move."""
+  step_fn: Callable[[], Optional[int]]
 
-  def __init__(self, workdir: str, keep: int = 3, async_save: bool = True, create: bool = True):
+  def should_preserve(self, checkpoints, *, context=None):
+    keep = self.step_fn()
+    return [info.step == keep for info in checkpoints]
+
+
+class Checkpointer:
+  """The run's orbax CheckpointManager: the newest `keep` steps, plus the step `preserve_step()` names (the best
+  evaluation's, eval.keep_best) when given."""
+
+  def __init__(self, workdir: str, keep: int = 3, async_save: bool = True, create: bool = True,
+               preserve_step: Optional[Callable[[], Optional[int]]] = None):
     self.directory = checkpoint_dir(workdir)
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, enable_async_checkpointing=async_save, create=create)
+    if preserve_step is None:
+      retention = {"max_to_keep": keep}
+    else:
+      policies = [ocp.checkpoint_managers.LatestN(n=keep), _PreserveStep(preserve_step)]
+      retention = {"preservation_policy": ocp.checkpoint_managers.AnyPreservationPolicy(policies)}
+    options = ocp.CheckpointManagerOptions(enable_async_checkpointing=async_save, create=create, **retention)
     # Handlers named up front (not only through save/restore args) so item_metadata can read a step's tree.
     handlers = {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
                 "config": ocp.JsonCheckpointHandler()}
@@ -219,6 +238,14 @@ class Checkpointer:
     if failure is not None:
       raise CorruptCheckpoint(f"cannot read checkpoint {self.path(step)} ({failure})")
     return restored.state, restored.data, restored.config
+
+  def drop_if_rotated_out(self, step: int, keep: int):
+    """Deletes `step` unless it is one of the newest `keep`: a step that was preserved (the former best
+    evaluation's) goes as soon as it stops being preserved, not at the next save."""
+    steps = sorted(self.all_steps())
+    if step in steps and step not in steps[-keep:]:
+      self.wait()  # no delete while a save is in flight
+      self._manager.delete(step)
 
   def move_aside(self, step: int) -> str:
     """Moves an unreadable step out of checkpoints/ (never deletes it); returns where it went."""

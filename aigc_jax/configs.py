@@ -16,7 +16,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 50
   c.checkpoint_every_steps = 500
   c.sample_every_steps = 500     # 0 disables sample grids during training
-  c.keep_checkpoints = 3
+  c.keep_checkpoints = 3          # the newest N; plus the best evaluation's step with eval.keep_best
+  c.load_checkpoint = "latest"   # --mode=sample/eval: latest | best (the step eval.keep_best kept)
   c.dtype = "float32"            # compute dtype: float32 | bfloat16 (params stay float32)
   c.num_devices = 0              # devices to split the batch over; 0 = all (on CPU: the most that divide it)
   c.steps_per_dispatch = 1       # train steps per jitted call (lax.scan): cuts per-step host overhead of small models
@@ -48,6 +49,8 @@ def base_config() -> ml_collections.ConfigDict:
   # Sample-quality evaluation (--mode=eval, and every eval.every_steps while training); aigc_jax/evaluation.
   c.eval = ml_collections.ConfigDict()
   c.eval.every_steps = 0          # 0: no evaluation during training
+  c.eval.keep_best = ""           # a metric of the eval card (e.g. loss, fid): its best step's checkpoint is kept
+  c.eval.best_mode = "min"        # min | max: which value of eval.keep_best is best
   c.eval.num_samples = 1000       # generated samples (papers: 50000 for FID); generated in batch_size chunks
   c.eval.batch_size = 256         # per chunk of generation and feature extraction, global
   c.eval.seed = 0

@@ -22,7 +22,9 @@ from aigc_jax.workdir_lock import WorkdirLock
 # evaluates, what it samples, where TFDS keeps its files): listed at start, never an error. Any other change
 # is a warning (the run no longer equals an uninterrupted one), or an error if it changes the state's shapes.
 RESUMABLE_KEYS = ("num_train_steps", "log_every_steps", "checkpoint_every_steps", "sample_every_steps",
-                  "keep_checkpoints", "sample.", "eval.", "data.data_dir")
+                  "keep_checkpoints", "load_checkpoint", "sample.", "eval.", "data.data_dir")
+LOAD_CHECKPOINTS = ("latest", "best")
+BEST_MODES = ("min", "max")
 
 
 def prepare_workdir(workdir: str):
@@ -94,19 +96,85 @@ def abstract_state(family: Family, config: ConfigDict):
 
 
 def load_latest(config: ConfigDict, workdir: str, family: Family, mesh, log=print):
-  """(state, step, data_state) of the latest readable checkpoint in workdir; a UserError if there is none."""
+  """(state, step, data_state) of the latest readable checkpoint in workdir, or with load_checkpoint=best of the
+  step eval.keep_best kept; a UserError if there is none."""
+  check_checkpoint_choice(config, training=False)
   ckpt_dir = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(ckpt_dir):
     raise UserError(f"no checkpoint in {ckpt_dir}; train first (--mode=train) or point --workdir at a run")
   ckpt = Checkpointer(workdir, create=False)
   try:
-    restored = restore_latest(ckpt, config, family, mesh, log)
+    if config.get("load_checkpoint", "latest") == "best":
+      restored = _restore_best(ckpt, config, family, mesh, workdir, log)
+    else:
+      restored = restore_latest(ckpt, config, family, mesh, log)
   finally:
     ckpt.close()
   if restored is None:
     raise UserError(f"no checkpoint in {ckpt_dir}; train first (--mode=train) or point --workdir at a run")
   state, step, data_state, _ = restored
   return state, step, data_state
+
+
+def check_checkpoint_choice(config: ConfigDict, training: bool):
+  """One-line UserErrors for eval.keep_best / eval.best_mode / load_checkpoint settings that cannot work or would
+  be ignored."""
+  load, keep_best, mode = (config.get("load_checkpoint", "latest"), config.eval.get("keep_best", ""),
+                           config.eval.get("best_mode", "min"))
+  if load not in LOAD_CHECKPOINTS:
+    raise UserError(f"load_checkpoint={load!r}; choose one of {LOAD_CHECKPOINTS}")
+  if mode not in BEST_MODES:
+    raise UserError(f"eval.best_mode={mode!r}; choose one of {BEST_MODES}")
+  if training and load != "latest":
+    raise UserError(f"load_checkpoint={load} picks what --mode=sample/eval/encode load; training always resumes "
+                    "from the latest checkpoint: drop --config.load_checkpoint")
+  if training and keep_best and not config.eval.every_steps:
+    raise UserError(f"eval.keep_best={keep_best} keeps the best evaluation's checkpoint, but eval.every_steps=0 "
+                    "runs none during training; set --config.eval.every_steps=N")
+  if load == "best" and not keep_best:
+    raise UserError("load_checkpoint=best needs --config.eval.keep_best=<metric>, the metric the run kept its best "
+                    "checkpoint by")
+
+
+def best_eval_step(workdir: str, config: ConfigDict):
+  """(step, value) of the eval card in workdir/eval/<step>.json with the best eval.keep_best (eval.best_mode;
+  the earliest on ties), or None if no card has that metric as a number."""
+  metric, sign = config.eval.keep_best, (1.0 if config.eval.best_mode == "min" else -1.0)
+  folder = os.path.join(workdir, "eval")
+  steps = sorted(int(n[:-5]) for n in (os.listdir(folder) if os.path.isdir(folder) else [])
+                 if n.endswith(".json") and n[:-5].isdigit())
+  best = None
+  for step in steps:
+    try:
+      with open(os.path.join(folder, f"{step}.json")) as f:
+        value = json.load(f).get("metrics", {}).get(metric)
+    except (OSError, ValueError):  # cards are written whole (tmp + rename); an unreadable one does not count
+      continue
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value):
+      if best is None or sign * value < sign * best[1]:
+        best = (step, float(value))
+  return best
+
+
+def _restore_best(ckpt: Checkpointer, config: ConfigDict, family: Family, mesh, workdir: str, log=print):
+  metric = config.eval.keep_best
+  found = best_eval_step(workdir, config)
+  if found is None:
+    raise UserError(f"load_checkpoint=best: no eval card in {os.path.join(workdir, 'eval')} has the metric "
+                    f"{metric!r}; check --config.eval.keep_best, or use --config.load_checkpoint=latest")
+  step, value = found
+  if step not in ckpt.all_steps():
+    raise UserError(f"load_checkpoint=best: the best {metric} ({value:.6g}) is at step {step}, whose checkpoint is "
+                    f"not in {ckpt.directory} (trained without eval.keep_best={metric}?); use "
+                    "--config.load_checkpoint=latest")
+  abstract = abstract_state(family, config)
+  try:
+    changes = check_resume_config(ckpt, step, config, abstract)
+    state, data_state, _ = ckpt.restore(step, abstract, mesh)
+  except CorruptCheckpoint as e:
+    raise UserError(f"load_checkpoint=best: {e}; use --config.load_checkpoint=latest") from None
+  log(f"Loading the best {metric} checkpoint: step {step} ({metric} {value:.6g}, {ckpt.path(step)})")
+  return state, step, data_state, changes
 
 
 def restore_latest(ckpt: Checkpointer, config: ConfigDict, family: Family, mesh, log=print):

@@ -60,6 +60,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str, experiment: str = ""):
   (the --config spec) only labels the console's start and end blocks."""
   prepare_workdir(workdir)
   check_config(config)
+  runtime.check_checkpoint_choice(config, training=True)
   family = get_family(config)
   if config.eval.every_steps:  # a bad eval setting fails now, not after the first eval.every_steps steps
     runner.check_eval_config(config, family)
@@ -73,7 +74,11 @@ def train_and_evaluate(config: ConfigDict, workdir: str, experiment: str = ""):
 
 def _train(config: ConfigDict, workdir: str, family, experiment: str):
   mesh = parallel.make_mesh(config)
-  ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
+  keep_best = config.eval.get("keep_best", "")
+  # eval.keep_best: the best card so far (recomputed from workdir/eval on a resume) names a step the rotation keeps.
+  best = runtime.best_eval_step(workdir, config) if keep_best else None
+  ckpt = Checkpointer(workdir, keep=config.keep_checkpoints,
+                      preserve_step=(lambda: best[0] if best else None) if keep_best else None)
   try:
     restored = runtime.restore_latest(ckpt, config, family, mesh)
   except BaseException:
@@ -127,13 +132,22 @@ def _train(config: ConfigDict, workdir: str, family, experiment: str):
     with Preemption() as preemption:
 
       def evaluate(step, state):
-        """The in-training eval; SIGTERM stops it between chunks (they are saved, the rerun resumes it)."""
+        """The in-training eval; SIGTERM stops it between chunks (they are saved, the rerun resumes it). With
+        eval.keep_best the step is saved first, and a better card makes it the step the rotation keeps."""
+        nonlocal best
+        if keep_best:
+          save(step, state)
         try:
-          runner.evaluate_state(config, workdir, family, mesh, state, step, writer=writer,
-                                checkpoint=ckpt.path(step) if ckpt.latest_step() == step else "",
-                                stop=lambda: preemption.requested)
+          card = runner.evaluate_state(config, workdir, family, mesh, state, step, writer=writer,
+                                       checkpoint=ckpt.path(step) if ckpt.latest_step() == step else "",
+                                       stop=lambda: preemption.requested)
         except runner.EvaluationStopped as stopped:
           print(stopped, flush=True)
+          return
+        if keep_best:  # every process: the card's metrics are global, so all keep the same step
+          before, best = best, _track_best(config, card, step, best, ckpt)
+          if before is not None and before != best:
+            ckpt.drop_if_rotated_out(before[0], config.keep_checkpoints)
 
       step = start_step
       if unfinished_eval:
@@ -202,6 +216,23 @@ def _train(config: ConfigDict, workdir: str, family, experiment: str):
     console.finish(config, experiment=experiment, workdir=workdir, step=step, sample_paths=sample_paths,
                    checkpoint=ckpt.path(latest) if latest is not None else "")
   return state
+
+
+def _track_best(config: ConfigDict, card: dict, step: int, best, ckpt: Checkpointer):
+  """The new (step, value) of the best eval.keep_best card: `best` or this step's."""
+  metric = config.eval.keep_best
+  value = card["metrics"].get(metric)
+  if not isinstance(value, (int, float, np.number)) or isinstance(value, bool) or not np.isfinite(value):
+    numbers = sorted(k for k, v in card["metrics"].items() if isinstance(v, (int, float, np.number)))
+    raise UserError(f"eval.keep_best={metric!r}: the eval card of step {step} has no finite number of that name "
+                    f"(it has {numbers}); set --config.eval.keep_best to one of them, or to ''")
+  sign = 1.0 if config.eval.best_mode == "min" else -1.0
+  if best is not None and not sign * float(value) < sign * best[1]:
+    return best
+  if jax.process_index() == 0:
+    print(f"best {metric} so far: {float(value):.6g} at step {step}; its checkpoint {ckpt.path(step)} is kept",
+          flush=True)
+  return step, float(value)
 
 
 def _eta(steps_left, rate):

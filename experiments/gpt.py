@@ -24,8 +24,9 @@ Side by side with nanoGPT's own train.py on 2 cores (`python bench/nanogpt.py --
 on a 2-core Intel Xeon VM 103.4 s vs 96.9 s (0.94x; 0.74x before models/layers.Dense); validation 1.8928 vs
 1.8871 (nanoGPT's checkpoint on our windows).
 Measured on one H200 (bench/RESULTS.md, 2026-11-27, bf16, this preset): 5,000 iterations in 243 s with a
-validation every 250 steps (`--config.eval.every_steps=250`); best validation loss 1.455 at step 2,000 (nanoGPT's
-best: 1.4697; ours without attention-probability dropout: 1.496 at 1,000), then overfitting to 1.703 at 5,000.
+validation every 250 steps; best validation loss 1.455 at step 2,000 (nanoGPT's best: 1.4697; ours without
+attention-probability dropout: 1.496 at 1,000), then overfitting to 1.703 at 5,000. Like nanoGPT, the preset keeps
+the best validation loss's checkpoint (eval.keep_best; sample it with `--config.load_checkpoint=best`).
 Presets: shakespeare_char (default), cpu. Without data.name the cpu preset trains offline on the Python
 standard library's own source files.
 """
@@ -67,6 +68,11 @@ def get_config(preset: str = "shakespeare_char"):
   c.sample.temperature = 0.8
   c.sample.top_k = 200
 
+  # nanoGPT evaluates every 250 iterations and writes a checkpoint only when the validation loss improves: the
+  # best step's checkpoint is kept beside the latest (`--config.load_checkpoint=best` samples from it).
+  c.eval.every_steps = 250
+  c.eval.keep_best = "loss"
+
   if preset == "shakespeare_char":
     pass
   elif preset == "cpu":
@@ -83,6 +89,8 @@ def get_config(preset: str = "shakespeare_char"):
     c.model.dropout = 0.0
     c.model.attention_dropout = 0.0
     c.optimizer.decay_steps = 2000
+    c.eval.every_steps = 0           # the timed CPU run (bench/nanogpt.py): `bench/text.py val` scores it after
+    c.eval.keep_best = ""
     c.steps_per_dispatch = 10        # a small model: one jitted call per 10 steps (1.06x steps/s, bench/RESULTS.md)
   else:
     raise ValueError(f"unknown preset {preset!r}; use shakespeare_char or cpu")
