@@ -161,6 +161,11 @@ def cases(tmp):
       "eval_bad_reference_split": ([cfg, f"--workdir={workdir_with_checkpoint(tmp, 'eval_bad_reference_split')}",
                                     "--mode=eval", *TINY, "--config.eval.classifier_steps=1",
                                     "--config.eval.reference_split=validation"], env()),
+      # eval.keep_best with no evaluation during training; load_checkpoint=best of a run that has no eval cards.
+      "keep_best_without_eval": ([cfg, wd("keep_best_without_eval"), *TINY, "--config.eval.keep_best=fid"], env()),
+      "sample_best_without_cards": ([cfg, f"--workdir={workdir_with_checkpoint(tmp, 'sample_best_without_cards')}",
+                                     "--mode=sample", *TINY, "--config.load_checkpoint=best",
+                                     "--config.eval.keep_best=fid"], env()),
       # Adam moves every generator weight by ~1e30 in step 1 (still finite, so checkpoint 1 is good); step 2's
       # batch-norm statistics overflow to NaN.
       "nan_loss": ([cfg, wd("nan_loss"), *TINY, "--config.optimizer.g_learning_rate=1e30",
@@ -327,3 +332,14 @@ def test_dcgan_image_size_it_cannot_build(results):
   line = the_error_line(done["dcgan_image_size_30"])
   assert "got 30" in line and "--config.data.image_size" in line
   assert_notes_kept(tmp, "dcgan_image_size_30")
+
+
+@pytest.mark.parametrize("name,words", [("keep_best_without_eval", ["eval.keep_best=fid", "--config.eval.every_steps"]),
+                                        ("sample_best_without_cards", ["load_checkpoint=best", "'fid'",
+                                                                       "--config.load_checkpoint=latest"])])
+def test_best_checkpoint_settings_that_cannot_work(results, name, words):
+  tmp, done = results
+  line = the_error_line(done[name])
+  assert done[name][0] == 2 and all(w in line for w in words), line
+  assert (tmp / name / "notes.txt").read_text() == SENTINEL
+  assert not (tmp / name / "samples").exists()
