@@ -136,10 +136,20 @@ def check_checkpoint_choice(config: ConfigDict, training: bool):
                     "checkpoint by")
 
 
+def finite_number(v) -> bool:
+  """A metric value that is a finite number (bools, strings, NaN and inf are not)."""
+  return isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and bool(np.isfinite(v))
+
+
+def improves(value: float, best, mode: str) -> bool:
+  """Whether `value` beats `best` (None: nothing yet) under eval.best_mode `mode` (ties do not)."""
+  return best is None or (value < best if mode == "min" else value > best)
+
+
 def best_eval_step(workdir: str, config: ConfigDict):
   """(step, value) of the eval card in workdir/eval/<step>.json with the best eval.keep_best (eval.best_mode;
   the earliest on ties), or None if no card has that metric as a number."""
-  metric, sign = config.eval.keep_best, (1.0 if config.eval.best_mode == "min" else -1.0)
+  metric, mode = config.eval.keep_best, config.eval.best_mode
   folder = os.path.join(workdir, "eval")
   steps = sorted(int(n[:-5]) for n in (os.listdir(folder) if os.path.isdir(folder) else [])
                  if n.endswith(".json") and n[:-5].isdigit())
@@ -150,9 +160,8 @@ def best_eval_step(workdir: str, config: ConfigDict):
         value = json.load(f).get("metrics", {}).get(metric)
     except (OSError, ValueError):  # cards are written whole (tmp + rename); an unreadable one does not count
       continue
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value):
-      if best is None or sign * value < sign * best[1]:
-        best = (step, float(value))
+    if finite_number(value) and improves(float(value), best and best[1], mode):
+      best = (step, float(value))
   return best
 
 

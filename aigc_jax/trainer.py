@@ -222,12 +222,11 @@ def _track_best(config: ConfigDict, card: dict, step: int, best, ckpt: Checkpoin
   """The new (step, value) of the best eval.keep_best card: `best` or this step's."""
   metric = config.eval.keep_best
   value = card["metrics"].get(metric)
-  if not isinstance(value, (int, float, np.number)) or isinstance(value, bool) or not np.isfinite(value):
-    numbers = sorted(k for k, v in card["metrics"].items() if isinstance(v, (int, float, np.number)))
+  if not runtime.finite_number(value):
+    numbers = sorted(k for k, v in card["metrics"].items() if runtime.finite_number(v))
     raise UserError(f"eval.keep_best={metric!r}: the eval card of step {step} has no finite number of that name "
                     f"(it has {numbers}); set --config.eval.keep_best to one of them, or to ''")
-  sign = 1.0 if config.eval.best_mode == "min" else -1.0
-  if best is not None and not sign * float(value) < sign * best[1]:
+  if not runtime.improves(float(value), best and best[1], config.eval.best_mode):
     return best
   if jax.process_index() == 0:
     print(f"best {metric} so far: {float(value):.6g} at step {step}; its checkpoint {ckpt.path(step)} is kept",

@@ -9,7 +9,6 @@ Generation goes chunk by chunk, and what each chunk contributes is saved as it g
 evaluation stopped by SIGTERM or a kill resumes at the first missing chunk and ends with the same numbers.
 """
 import json
-import math
 import os
 import time
 
@@ -171,17 +170,13 @@ def evaluate_state(config: ConfigDict, workdir: str, family, mesh, state, step: 
     card["path"] = path
     if store is not None:
       store.remove()
-    log(f"eval step {step}: " + " | ".join(f"{k} {v:.4g}" if _is_number(v) else f"{k} {v}" for k, v in values.items())
-        + f" -> {path}")
+    shown = (f"{k} {v:.4g}" if runtime.finite_number(v) else f"{k} {v}" for k, v in values.items())
+    log(f"eval step {step}: " + " | ".join(shown) + f" -> {path}")
   if writer is not None:
-    scalars = {f"eval/{k}": float(v) for k, v in values.items() if _is_number(v)}
+    scalars = {f"eval/{k}": float(v) for k, v in values.items() if runtime.finite_number(v)}
     writer.write_scalars(step, scalars)
     writer.flush()
   return card
-
-
-def _is_number(v):
-  return isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and math.isfinite(float(v))
 
 
 def _json_default(x):
